@@ -206,3 +206,69 @@ def test_clear_errors(trained, data, tmp_path):
                 "--images", data["images"]], check=False)
     assert proc.returncode != 0 and "sixteen.json" in proc.stderr and "17" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_own_photos(trained, data, tmp_path):
+    """--images without --ann: pose for a user's photos, whole image or given boxes."""
+    ckpt = str(trained[0] / "last.pt")
+    photos = sorted(os.listdir(data["images"]))[:2]
+    files = [os.path.join(data["images"], f) for f in photos]
+    run(["evaluate.py", ckpt, "--images", *files, "--workers", "0",
+         "--output-dir", str(tmp_path / "whole")])
+    out = json.load(open(tmp_path / "whole" / "photo_results.json"))
+    assert len(out) == 2 and all(len(o["keypoints"]) == 17 for o in out)
+    h, w = __import__("cv2").imread(files[0]).shape[:2]
+    assert out[0]["bbox"] == [0.0, 0.0, w, h]
+    assert len(os.listdir(tmp_path / "whole" / "vis")) == 2
+    boxes = tmp_path / "boxes.json"
+    json.dump([{"file_name": photos[0], "bbox": [10, 20, 100, 80], "score": 0.5},
+               {"file_name": photos[0], "bbox": [50, 50, 60, 60]}], open(boxes, "w"))
+    run(["evaluate.py", ckpt, "--images", data["images"], "--boxes", str(boxes),
+         "--workers", "0", "--output-dir", str(tmp_path / "boxes")])
+    out = json.load(open(tmp_path / "boxes" / "photo_results.json"))
+    first = [o for o in out if os.path.basename(o["file_name"]) == photos[0]]
+    assert [o["bbox"] for o in first] == [[10, 20, 100, 80], [50, 50, 60, 60]]
+    for o in first:  # predictions stay inside (or near) their box: the crop was that box
+        x, y, bw, bh = o["bbox"]
+        kp = np.asarray(o["keypoints"])
+        assert (kp[:, 0] > x - 0.2 * bw).all() and (kp[:, 0] < x + 1.2 * bw).all()
+    bad = tmp_path / "bad_boxes.json"
+    bad.write_text('[{"file_name": "a.jpg"}]')
+    proc = run(["evaluate.py", ckpt, "--images", files[0], "--boxes", str(bad)], check=False)
+    assert proc.returncode != 0 and "bad_boxes.json" in proc.stderr
+
+
+def test_output_dir_is_never_overwritten(trained, data):
+    out = trained[0]
+    before = open(out / "last.pt", "rb").read()
+    proc = run(train_args(data, out, 1), check=False)
+    assert proc.returncode != 0 and "--resume" in proc.stderr
+    assert open(out / "last.pt", "rb").read() == before
+
+
+def test_init_from_remaps_keypoints_by_name(trained, capsys):
+    """COCO -> AP-10K style transfer: same-name keypoint rows are copied, others keep init."""
+    from model import build_model
+    from train import init_from
+    ckpt = load_checkpoint(str(trained[0] / "last.pt"))
+    names = list(ckpt["keypoint_names"])
+    other = ["nose", "tail_tip"] + [n for n in names if n != "nose"][:15]  # 16 shared, reordered
+    torch.manual_seed(0)
+    model = build_model(ckpt["model_config"], other)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded, remapped, skipped = init_from(model, str(trained[0] / "last.pt"))
+    sd, src = model.state_dict(), ckpt["model"]
+    assert not skipped and "keypoint_head.final_layer.weight" in remapped
+    assert "pixel_head.deconv_layers.0.weight" in remapped
+    for name in ("keypoint_head.final_layer.weight", "keypoint_head.final_layer.bias"):
+        for j, n in enumerate(other):
+            expected = src[name][names.index(n)] if n in names else init[name][j]
+            assert torch.equal(sd[name][j], expected), (name, n)
+    # the fused head's input: backbone channels copied as they are, score-map channels by name
+    name, K = "keypoint_head.deconv_layers.0.weight", 17
+    C = sd[name].shape[0] - K
+    assert torch.equal(sd[name][:C], src[name][:C])
+    assert torch.equal(sd[name][C + 0], src[name][C + names.index("nose")])
+    assert torch.equal(sd[name][C + 1], init[name][C + 1])  # tail_tip: nothing to copy
+    assert torch.equal(sd["prompt_learner.ctx"], src["prompt_learner.ctx"])  # shared context
+    assert "16 of 17 shared by name" in capsys.readouterr().out
