@@ -1,0 +1,106 @@
+"""The three losses of PromptPose (paper Sec. 3.2.2-3.2.4), one function per term.
+
+  L_pred      `pred_loss`      masked heatmap MSE of the keypoint head (Sec. 3.2.4)
+  L_pixel     `pixel_loss`     masked heatmap MSE of the upsampled score map S (Eq. 5)
+  L_semantic  `semantic_loss`  keypoint-feature / prompt contrast (Eq. 6-8)
+  L_total     `total_loss`     L_pred + alpha1 L_semantic + alpha2 L_pixel (Eq. 10)
+
+Coordinate convention (shared with dataset.py): keypoints are (x, y) in heatmap pixels;
+heatmap pixel i has its centre at integer i and covers [i - 0.5, i + 0.5], so a heatmap of
+width w spans [-0.5, w - 0.5]. The dense embedding (h0, w0) covers the same extent, so its
+cell j has its centre at heatmap x = (j + 0.5) * w / w0 - 0.5 (8j + 3.5 for 8 cells on 64).
+"""
+import torch
+import torch.nn.functional as F
+
+
+def default_loss_weights(backbone):
+    """The authors' (alpha1, alpha2) of Eq. 10: semantic 0.0005; pixel 0.4 for ResNet-50,
+    2.0 for ViT-B. Returns {'alpha1': ..., 'alpha2': ...}."""
+    return {"alpha1": 0.0005, "alpha2": 2.0 if "vit" in backbone else 0.4}
+
+
+def heatmap_mse(heatmaps, target, target_weight):
+    """Mean over (B, K, h, w) of ((pred - gt) * weight)^2 (mmpose's JointsMSELoss with
+    target weights). heatmaps, target (B, K, h, w); target_weight (B, K) -> scalar (fp32)."""
+    weight = target_weight.float()[:, :, None, None]  # (B, K, 1, 1)
+    return ((heatmaps.float() - target.float()) * weight).pow(2).mean()
+
+
+def pred_loss(heatmaps, target, target_weight):
+    """L_pred (Sec. 3.2.4): keypoint-head heatmaps (B, K, h, w) vs Gaussian targets, masked MSE."""
+    return heatmap_mse(heatmaps, target, target_weight)
+
+
+def pixel_loss(pixel_heatmaps, target, target_weight):
+    """L_pixel = MSE(S, H_target), Eq. 5: the score map S after the pixel head's upsampling
+    (B, K, h, w) vs the same targets, masked like L_pred."""
+    return heatmap_mse(pixel_heatmaps, target, target_weight)
+
+
+def sample_keypoint_features(dense, keypoints, heatmap_size):
+    """F_keypoint, Eq. 6: bilinear grid-sampling of the dense embedding at the keypoints.
+
+    dense (B, C, h0, w0); keypoints (B, K, 2) (x, y) in heatmap pixels (module docstring);
+    heatmap_size (h, w) -> (B, K, C). grid = (x + 0.5) / w * 2 - 1 with align_corners=False
+    maps the heatmap extent onto the dense map's extent, so a keypoint at a cell centre reads
+    exactly that cell; outside the outermost cell centres the border value is used.
+    """
+    h, w = heatmap_size
+    kp = keypoints.to(dense.dtype)
+    grid = torch.stack([(kp[..., 0] + 0.5) / w * 2 - 1,
+                        (kp[..., 1] + 0.5) / h * 2 - 1], dim=-1)[:, :, None]  # (B, K, 1, 2)
+    feats = F.grid_sample(dense, grid, mode="bilinear", padding_mode="border",
+                          align_corners=False)  # (B, C, K, 1)
+    return feats[..., 0].transpose(1, 2)  # (B, K, C)
+
+
+def semantic_loss(dense, prompts, keypoints, visible, logit_scale, heatmap_size):
+    """L_semantic, Eq. 6-8, over visible keypoints only.
+
+    dense (B, C, h0, w0) projected features; prompts (B, K, C) enhanced prompt embeddings;
+    keypoints (B, K, 2) heatmap pixels; visible (B, K) bool; logit_scale scalar (log of the
+    inverse temperature, CLIP-style: scale = exp(logit_scale) clamped at 100); heatmap_size (h, w).
+    Per sample, with the V visible keypoints of that sample, M = scale * F^ E^T (V, V) (Eq. 7)
+    and the loss is (CE(M, arange V) + CE(M^T, arange V)) / 2 (Eq. 8); an invisible keypoint
+    is neither a row nor a column. Averaged over samples with at least one visible keypoint;
+    0 (still attached to the graph) when there are none.
+    """
+    visible = visible.bool()
+    keypoints = keypoints.masked_fill(~visible[..., None], 0)  # unlabeled may hold NaN / junk
+    f = F.normalize(sample_keypoint_features(dense.float(), keypoints, heatmap_size), dim=-1)  # (B, K, C)
+    e = F.normalize(prompts.float(), dim=-1)  # (B, K, C)
+    scale = logit_scale.float().exp().clamp(max=100)
+    M = scale * f @ e.transpose(1, 2)  # (B, K, K), Eq. 7
+    pair = visible[:, :, None] & visible[:, None, :]  # (B, K, K): both keypoints visible
+    M = M.masked_fill(~pair, torch.finfo(M.dtype).min)  # finite, so fully masked rows stay NaN-free
+    ce_rows = -M.log_softmax(dim=2).diagonal(dim1=1, dim2=2)  # (B, K): CE(M, label) per row
+    ce_cols = -M.log_softmax(dim=1).diagonal(dim1=1, dim2=2)  # (B, K): CE(M^T, label) per column
+    per_keypoint = torch.where(visible, 0.5 * (ce_rows + ce_cols), torch.zeros_like(ce_rows))  # Eq. 8
+    count = visible.sum(dim=1)  # (B,)
+    per_sample = per_keypoint.sum(dim=1) / count.clamp(min=1)  # (B,)
+    has_visible = count > 0
+    return (per_sample * has_visible).sum() / has_visible.sum().clamp(min=1)
+
+
+def total_loss(outputs, batch, logit_scale, alpha1, alpha2):
+    """L_total = L_pred + alpha1 * L_semantic + alpha2 * L_pixel, Eq. 10.
+
+    outputs: the model's training-mode dict ('heatmaps', and for PromptPose 'pixel_heatmaps'
+    when use_pixel, 'dense' and 'prompts'); batch: 'target' (B, K, h, w), 'target_weight'
+    (B, K), 'keypoints' (B, K, 2). A keypoint is visible for L_semantic when its target weight
+    is > 0 (labeled and inside the heatmap). A term whose inputs are absent (SimpleBaseline,
+    pixel branch off) or whose weight is 0 is not computed and reported as 0.
+    Returns (loss, {'pred', 'pixel', 'semantic'} as detached scalars).
+    """
+    target, weight = batch["target"], batch["target_weight"]
+    zero = target.new_zeros(())
+    pred = pred_loss(outputs["heatmaps"], target, weight)
+    pixel = semantic = zero
+    if "pixel_heatmaps" in outputs and alpha2 != 0:
+        pixel = pixel_loss(outputs["pixel_heatmaps"], target, weight)
+    if "dense" in outputs and logit_scale is not None and alpha1 != 0:
+        semantic = semantic_loss(outputs["dense"], outputs["prompts"], batch["keypoints"],
+                                 weight > 0, logit_scale, target.shape[-2:])
+    loss = pred + alpha1 * semantic + alpha2 * pixel
+    return loss, {"pred": pred.detach(), "pixel": pixel.detach(), "semantic": semantic.detach()}
