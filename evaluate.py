@@ -487,8 +487,9 @@ def main(args):
                          "checkpoint: pass --ann VAL_JSON --images DIR")
     cfg = ckpt["model_config"]
     mean, std = image_normalization(cfg["backbone"])
-    dataset = KeypointDataset(ann, images, train=False, image_size=tuple(cfg["image_size"]),
-                              heatmap_size=tuple(cfg["heatmap_size"]), mean=mean, std=std)
+    dataset = KeypointDataset(ann, images, train=False,  # model: [H, W]; dataset: (W, H)
+                              image_size=tuple(cfg["image_size"][::-1]),
+                              heatmap_size=tuple(cfg["heatmap_size"][::-1]), mean=mean, std=std)
     check_keypoints_match(ckpt["keypoint_names"], dataset.keypoint_names, ann)
     start = time.time()
     results, stats, species, families = evaluate_dataset(model, dataset, args, device, rank,

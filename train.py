@@ -340,7 +340,8 @@ def main(args):
                use_prompt_encoder=args.use_prompt_encoder, use_cross_attn=args.use_cross_attn)
     mean, std = image_normalization(args.backbone)
     sigmas = [float(s) for s in args.sigmas.split(",")] if args.sigmas else None
-    common = dict(image_size=tuple(cfg["image_size"]), heatmap_size=tuple(cfg["heatmap_size"]),
+    common = dict(image_size=tuple(cfg["image_size"][::-1]),  # model: [H, W]; dataset: (W, H)
+                  heatmap_size=tuple(cfg["heatmap_size"][::-1]),
                   mean=mean, std=std, sigmas=sigmas)
     train_set = KeypointDataset(args.train_ann, args.images, train=True, few_shot=args.few_shot,
                                 few_shot_seed=args.few_shot_seed, **common)
@@ -409,8 +410,11 @@ def main(args):
 
     train_model = model
     if world > 1:
+        # PromptPose with neither L_pixel nor L_semantic leaves its text side unused
+        text_unused = args.method == "promptpose" and not args.use_pixel and alpha1 == 0
         train_model = DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None)
+            model, device_ids=[local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=text_unused)
     if args.compile:
         train_model = torch.compile(train_model)
 
