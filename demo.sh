@@ -10,6 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
+"$PY" -c "import torch, torchvision, cv2, pycocotools, ftfy, regex, tqdm" 2>/dev/null || {
+    echo "demo.sh: $PY lacks the requirements; set up first:" >&2
+    echo "  python3 -m venv .venv && .venv/bin/pip install -r requirements.txt" >&2
+    exit 1
+}
 OUT=demo_output
 start=$(date +%s)
 

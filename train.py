@@ -272,12 +272,12 @@ def seed_everything(seed):
 
 
 # ----------------------------------------------------------------------------- training
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, alphas, device, epoch):
-    """One pass over the loader; returns summed loss terms and the sample count (reduced
-    across processes as sums, so the mean is exact whatever the sharding)."""
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, alphas, logit_scale,
+                    device, epoch):
+    """One pass over the loader (`model` may be wrapped by DDP / torch.compile; logit_scale
+    is the temperature of L_semantic or None). Returns the mean of each loss term over the
+    epoch's samples, reduced across processes as sums and counts."""
     model.train()
-    core = model.module if isinstance(model, DistributedDataParallel) else model
-    core = getattr(core, "_orig_mod", core)  # torch.compile wrapper
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, pred, pixel, semantic
     count = torch.zeros(1, dtype=torch.float64, device=device)
@@ -291,8 +291,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, alphas, d
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             outputs = model(batch["image"])
         loss, terms = total_loss({k: v.float() for k, v in outputs.items()}, batch,
-                                 core.logit_scale if core.logit_scale is not None else None,
-                                 *alphas)
+                                 logit_scale, *alphas)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()} ({terms}); "
                                      f"lower --lr or use --amp bf16 instead of fp16")
@@ -350,8 +349,7 @@ def main(args):
     if list(train_set.keypoint_names) != list(val_set.keypoint_names):
         raise ValueError(f"--train-ann and --val-ann define different keypoints: "
                          f"{train_set.keypoint_names} vs {val_set.keypoint_names}")
-    print0(f"train: {len(train_set)} instances ({train_set.skip_summary}); "
-           f"val: {len(val_set)} instances ({val_set.skip_summary})")
+    print0(f"train data: {train_set.skip_summary}\nval data: {val_set.skip_summary}")
     if rank == 0 and train_set.few_shot_image_ids is not None:
         with open(os.path.join(args.output_dir, "few_shot_image_ids.json"), "w") as f:
             json.dump(train_set.few_shot_image_ids, f)
@@ -401,6 +399,11 @@ def main(args):
     start_epoch, best_ap = 0, -1.0
     if args.resume:
         ckpt = load_checkpoint(args.resume)
+        changed = sorted(k for k in set(model.cfg) | set(ckpt["model_config"])
+                         if model.cfg.get(k) != ckpt["model_config"].get(k))
+        if changed:
+            raise ValueError(f"--resume {args.resume} was trained with a different model "
+                             f"({', '.join(changed)} differ): repeat the run's own flags")
         model.load_state_dict(ckpt["model"], strict=True)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -432,7 +435,7 @@ def main(args):
         if sampler is not None:
             sampler.set_epoch(epoch)
         losses = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, args,
-                                 (alpha1, alpha2), device, epoch)
+                                 (alpha1, alpha2), model.logit_scale, device, epoch)
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"] /
                   optimizer.param_groups[0]["lr_mult"], **losses,
                   "train_time_s": round(time.time() - t0, 2)}
