@@ -468,7 +468,8 @@ def main(args):
     ckpt = load_checkpoint(args.checkpoint)
     out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                               "eval")
-    model = model_from_checkpoint(ckpt).to(device)
+    # channels_last (NHWC): faster convolutions (BENCHMARKS.md)
+    model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last)
     if args.compile:
         model = torch.compile(model)
 

@@ -150,10 +150,13 @@ def test_torchrun_two_processes_match_single(trained, data, tmp_path):
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                 "--master_port", "29517"]
-    proc = subprocess.run(torchrun + train_args(data, out, 1), cwd=ROOT, capture_output=True,
-                          text=True, env=ENV, timeout=600)
+    proc = subprocess.run(torchrun + train_args(data, out, 1, "--few-shot", "3"), cwd=ROOT,
+                          capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (out / "last.pt").exists() and "val_AP" in open(out / "log.jsonl").read()
+    few_shot_ids = json.load(open(out / "few_shot_image_ids.json"))  # Table 2's draw, saved
+    train_ids = {a["image_id"] for a in json.load(open(data["train"]))["annotations"]}
+    assert set(few_shot_ids) <= train_ids and 3 <= len(few_shot_ids) <= 6 * 3
 
     ckpt = str(trained[0] / "last.pt")
     single = run(["evaluate.py", ckpt, "--workers", "0", "--output-dir", str(tmp_path / "s")])
