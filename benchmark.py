@@ -17,11 +17,12 @@ Sections (each prints one markdown table):
   opt        the optimisations this file proves: channels_last, fused AdamW, bf16 autocast
 
 Timing protocol: contenders of one comparison run round-robin (A B, B A, A B, ...) after
-warm-up rounds, so a load change on a shared machine hits both; a ratio is computed per
-round and reported as median [min, max] over rounds; a rate as median (min-max). FLOPs are
-counted by torch.utils.flop_counter.FlopCounterMode on the last warm-up round (matmuls,
-convolutions and attention; element-wise ops are not counted). Models are randomly
-initialised (default_config + build_model): speed does not depend on the weights.
+warm-up rounds (3 timed rounds for train steps, 6 for cheaper calls), so a load change on a
+shared machine hits both; a ratio is computed per round and reported as median [min, max]
+over rounds; a rate as median (min-max). FLOPs are counted by
+torch.utils.flop_counter.FlopCounterMode on the last warm-up round (matmuls, convolutions and
+attention; element-wise ops are not counted). Models are randomly initialised
+(default_config + build_model): speed does not depend on the weights.
 """
 import argparse
 import datetime
@@ -76,7 +77,9 @@ def get_args_parser():
                         "FLOP utilisation (MFU) of the train step")
     g = p.add_argument_group("protocol")
     g.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
-    g.add_argument("--reps", type=int, default=None, help="timed rounds, default 3 (quick: 2)")
+    g.add_argument("--reps", type=int, default=None,
+                   help="timed rounds of a train-step comparison, default 3 (quick: 2); "
+                        "the cheaper inference-only comparisons run twice as many")
     g = p.add_argument_group("output")
     g.add_argument("--output", default=None,
                    help=f"markdown file whose generated block is replaced (default: "
@@ -236,7 +239,7 @@ def section_train(args, device, results):
         infers = {m: inference_fn(models[m], batch["image"], args, device, compiled[m])
                   for m in models}
         # 2 warm-up rounds: the first fills the prompt cache, the second is the steady state
-        t_inf, f_inf = measure(infers, device, max(args.warmup, 2), args.reps, not args.compile)
+        t_inf, f_inf = measure(infers, device, max(args.warmup, 2), 2 * args.reps, not args.compile)
         if args.compile:
             f_train = {m: flop_count(train_step_fn(models[m], backbone, m, batch, args, device)[0])
                        for m in models}
@@ -349,7 +352,7 @@ def section_backbones(args, device, results):
     header = ["ours vs reference", "ours img/s", "reference img/s", "time ratio", "FLOP ratio",
               "max abs diff", "goal"]
     note = ("2. Hand-written backbones vs references (inference, batch "
-            f"{B}, {args.input_size}x{args.input_size}, {2 * args.reps} timed rounds (cheap, noisy), "
+            f"{B}, {args.input_size}x{args.input_size}, "
             f"{'channels_last' if args.channels_last else 'contiguous'} on both sides; "
             "our CLIP towers also return the dense embedding, the FLOP ratio shows any extra work)")
     return note, header, rows
@@ -382,7 +385,7 @@ def section_text(args, device, results):
         return f
     L = learner.name_tokens.shape[1] + learner.n_ctx
     t, _ = measure({"exact": fwd_bwd(learner), "full": fwd_bwd(lambda: full_length_prompts(learner))},
-                   device, args.warmup, args.reps)
+                   device, args.warmup, 2 * args.reps)
     r, r_med = ratio(t["exact"], t["full"])
     rows = [[f"prompt pass fwd+bwd, exact length L={L} vs 77 tokens "
              f"({len(AP10K_KEYPOINTS)} prompts)",
@@ -530,7 +533,7 @@ def section_eval(args, device, results, tmp):
             predict_batch(model, batch["image"], [], False, args.amp)
         return f
     t, _ = measure({"cached": predict_batch_fn(True), "uncached": predict_batch_fn(False)},
-                   device, args.warmup, args.reps)
+                   device, args.warmup, 2 * args.reps)
     r, r_med = ratio(t["cached"], t["uncached"])
     rows.append(["predict_batch, text cached vs recomputed", rate(t["cached"], args.batch_size)[0], r])
     results["eval text cache"] = {"ratio": r_med}
@@ -621,7 +624,7 @@ def section_opt(args, device, results):
                  rate(t[True], B)[0], rate(t[False], B)[0], ratio(t[True], t[False])[0]])
     results["opt channels_last train"] = {"ratio": ratio(t[True], t[False])[1]}
     infer = {cl: inference_fn(v[0], v[1]["image"], args, device) for cl, v in variants.items()}
-    t, _ = measure(infer, device, args.warmup, args.reps)
+    t, _ = measure(infer, device, args.warmup, 2 * args.reps)
     rows.append([f"channels_last vs contiguous, PromptPose {backbone} inference",
                  rate(t[True], B)[0], rate(t[False], B)[0], ratio(t[True], t[False])[0]])
     results["opt channels_last inference"] = {"ratio": ratio(t[True], t[False])[1]}
@@ -633,7 +636,7 @@ def section_opt(args, device, results):
         step, opt = train_step_fn(model, backbone, method, batch, args, device, fused=fused or None)
         step()  # gradients and optimizer state exist
         optimizers[fused] = opt
-    t, _ = measure({f: o.step for f, o in optimizers.items()}, device, args.warmup, args.reps)
+    t, _ = measure({f: o.step for f, o in optimizers.items()}, device, args.warmup, 2 * args.reps)
     n = sum(p.numel() for g in optimizers[True].param_groups for p in g["params"])
     rows.append([f"AdamW step fused vs default, {n / 1e6:.1f}M parameters",
                  f"{1e3 * statistics.median(t[True]):.0f} ms", f"{1e3 * statistics.median(t[False]):.0f} ms",
@@ -704,7 +707,8 @@ def main(args):
               f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}. "
               f"Memory format {'channels_last' if args.channels_last else 'contiguous'}, "
               f"amp {args.amp}, compile {args.compile}, {args.warmup} warm-up + {args.reps} "
-              f"timed rounds per comparison.")
+              f"timed rounds per comparison ({2 * args.reps} for the cheap ones: inference, "
+              f"backbones, prompt pass, optimizer step).")
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in sections:
