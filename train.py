@@ -3,71 +3,133 @@
     torchrun --nproc_per_node=8 train.py --backbone clip-rn50 --method promptpose \
         --clip-weights RN50.pt --train-ann ap10k/annotations/ap10k-train-split1.json \
         --val-ann ap10k/annotations/ap10k-val-split1.json --images ap10k/data --output-dir out
-    python train.py ...            # same code, one process, no process group
+    python train.py ...                          # same code, one process, no process group
+    python train.py --resume out/last.pt         # continue a run: every flag comes from it
+    python train.py ... --output-dir out --resume auto   # resume if out/last.pt exists
 
-Every epoch writes out/last.pt (and out/best.pt on a new best val AP) atomically, appends a
-line to out/log.jsonl, and --resume out/last.pt continues at the next epoch with identical
-state. `--batch-size` is per process: the paper's total batch 128 is 8 GPUs x 16.
+The run directory and the checkpoint's fields are described in checkpoint.py. `--batch-size`
+is per process: the paper's total batch 128 is 8 GPUs x 16.
 """
 import argparse
 import json
-import math
 import os
 import random
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from checkpoint import (existing_run_files, git_commit, init_from, load_checkpoint, lock_run_dir,
+                        make_checkpoint, model_only, remove_stale_temporaries, save_checkpoint)
 from clip_text import load_clip_state_dict
-from dataset import KeypointDataset
-from evaluate import (evaluate_dataset, format_report, image_normalization, init_distributed,
-                      is_distributed, load_checkpoint)
+from dataset import KeypointDataset, default_workers, make_loader, parse_flip_pairs
+from distributed import (HelpFormatter, all_reduce_sum, barrier, cleanup, init_distributed,
+                         is_main, print0, run_cli)
+from evaluate import evaluate_dataset, format_report
 from losses import default_loss_weights, total_loss
-from model import build_model, default_config, load_imagenet_resnet
+from model import AMP_DTYPES, BACKBONES, METHODS, autocast, build_model, default_config
+from model import load_imagenet_resnet
+from visualize import plot_training_curves
+
+# flags that may differ from the run's own when resuming (applied and recorded in args.json)
+RESUME_CHANGEABLE = ("resume", "epochs", "workers", "eval_interval", "eval_batch_size",
+                     "device", "compile", "output_dir")
+PATH_FLAGS = ("train_ann", "val_ann", "images", "val_images", "clip_weights",
+              "imagenet_weights", "init_from", "output_dir")
+
+
+# ----------------------------------------------------------------------------- arguments
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def n_ctx(text):
+    """Context vectors of Eq. 2: at least 1, and room left in CLIP's 77 text positions for
+    SOT, a few name tokens and EOT."""
+    value = positive_int(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"{value} context vectors leave too few of CLIP's 77 "
+                                         f"text positions for the keypoint names (at most 64)")
+    return value
+
+
+def input_size(text):
+    """'256' -> [256, 256]; '256x192' -> [256, 192] (height x width), multiples of 32."""
+    try:
+        size = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        size = []
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) <= 0 or size[0] % 32 or size[1] % 32:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT[xWIDTH], positive multiples of 32 "
+                                         f"(the backbone stride), got {text!r}")
+    return size
+
+
+def number_list(kind):
+    def parse(text):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, "
+                                             f"got {text!r}") from None
+        if not values or (kind is float and not all(np.isfinite(values))):
+            raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
+        return values
+    return parse
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("PromptPose training", add_help=True)
+    p = argparse.ArgumentParser("PromptPose training", allow_abbrev=False,
+                                formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--train-ann", required=True, help="COCO-format keypoint json for training")
-    g.add_argument("--val-ann", required=True, help="COCO-format keypoint json for validation")
-    g.add_argument("--images", required=True, help="directory the json file_names are relative to")
-    g.add_argument("--val-images", default=None, help="image directory of --val-ann "
-                                                      "(default: --images)")
-    g.add_argument("--few-shot", type=int, default=None, metavar="K",
-                   help="train on K images per species (Table 2/4: 20); default: all images")
+    g.add_argument("--train-ann", help="COCO-format keypoint json for training (required)")
+    g.add_argument("--val-ann", help="COCO-format keypoint json for validation (required)")
+    g.add_argument("--images", help="directory the json file_names are relative to (required)")
+    g.add_argument("--val-images", help="image directory of --val-ann (default: --images)")
+    g.add_argument("--few-shot", type=positive_int, metavar="K",
+                   help="train on K images per species (Tables 2 and 4: 20); default: all")
     g.add_argument("--few-shot-seed", type=int, default=0,
                    help="seed of the few-shot draw; the chosen image ids are saved in the run")
-    g.add_argument("--sigmas", default=None,
-                   help="comma-separated OKS sigmas for a dataset that is neither AP-10K nor "
-                        "COCO (default: the known ones, else 0.05 each with a warning)")
-    g.add_argument("--workers", type=int, default=4, help="data loader processes per GPU")
+    g.add_argument("--sigmas", type=number_list(float),
+                   help="comma-separated OKS sigmas, one per keypoint (default: the json's "
+                        "'sigmas', else AP-10K's / COCO's, else 0.05 each with a warning)")
+    g.add_argument("--flip-pairs", help="left/right pairs 'a,b;c,d' by name or 0-based index "
+                                        "(default: the json's 'flip_pairs', else from the names)")
+    g.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="no flip augmentation and no flip test (data without left/right)")
+    g.add_argument("--workers", type=int, help="data loader processes per process "
+                                               "(default: the CPUs per process, at most 8)")
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", choices=["clip-rn50", "clip-vitb16", "imagenet-rn50"],
-                   default="clip-rn50", help="image encoder and its pre-training")
-    g.add_argument("--method", choices=["promptpose", "baseline"], default="promptpose",
-                   help="promptpose (Sec. 3.2) or SimpleBaseline (same backbone + head only)")
-    g.add_argument("--clip-weights", default=None,
-                   help="OpenAI CLIP checkpoint (RN50.pt / ViT-B-16.pt) for the clip-* backbones "
-                        "and for the text encoder of promptpose")
-    g.add_argument("--imagenet-weights", default=None,
-                   help="torchvision resnet50 state dict (resnet50-*.pth) for imagenet-rn50")
+    g.add_argument("--backbone", choices=BACKBONES, default="clip-rn50",
+                   help="image encoder and its pre-training")
+    g.add_argument("--method", choices=METHODS, default="promptpose",
+                   help="promptpose (Sec. 3.2) or baseline (SimpleBaseline: backbone + head)")
+    g.add_argument("--clip-weights", help="OpenAI CLIP checkpoint (RN50.pt / ViT-B-16.pt): the "
+                                          "clip-* backbones and PromptPose's text encoder")
+    g.add_argument("--imagenet-weights", help="torchvision resnet50 state dict for imagenet-rn50")
     g.add_argument("--random-init", action="store_true",
-                   help="train from random weights (no pre-training at all): demo/tests only")
+                   help="no pre-trained weights at all: demo and tests only")
     g.add_argument("--small", action="store_true",
-                   help="a small architecture of the same structure, for CPU runs and tests "
-                        "(pre-trained weights do not fit it: needs --random-init)")
-    g.add_argument("--input-size", type=int, default=256,
-                   help="square input crop size; heatmaps are 1/4 of it (paper: 256 -> 64)")
-    g.add_argument("--n-ctx", type=int, default=8,
-                   help="number of learnable context vectors [T]_1..[T]_k of Eq. 2")
-    g.add_argument("--ctx-init-std", type=float, default=0.02,
-                   help="std of the context vectors' init (CoOp 0.02; the authors used 1.0)")
+                   help="a small model of the same structure (CPU demo / tests; needs "
+                        "--random-init)")
+    g.add_argument("--input-size", type=input_size, default=[256, 256],
+                   help="crop HEIGHT[xWIDTH] (AP-10K 256, COCO pre-training 256x192); "
+                        "heatmaps are 1/4 of it")
+    g.add_argument("--normalize", choices=["imagenet", "clip"],
+                   help="input mean/std (default: imagenet for every backbone, as the authors)")
+    g.add_argument("--drop-path", type=float,
+                   help="ViT-B stochastic depth at the last block (default 0.4 ViT-B, 0 ResNet)")
+    g.add_argument("--n-ctx", type=n_ctx,
+                   help="learnable context vectors [T]_1..[T]_k of Eq. 2 (default 8)")
+    g.add_argument("--ctx-init-std", type=float,
+                   help="std of the context vectors' truncated-normal init (default 1.0)")
     g.add_argument("--no-pixel", dest="use_pixel", action="store_false",
                    help="ablation: no pixel-level score map / L_pixel (Table 5)")
     g.add_argument("--no-prompt-encoder", dest="use_prompt_encoder", action="store_false",
@@ -75,359 +137,387 @@ def get_args_parser():
     g.add_argument("--no-cross-attn", dest="use_cross_attn", action="store_false",
                    help="ablation: no cross-attention of the prompts to the image")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
-    g.add_argument("--init-from", default=None,
-                   help="checkpoint of an earlier run (e.g. COCO human pre-training, Tables "
-                        "3-4) whose matching tensors initialise this model")
+    g.add_argument("--init-from", help="checkpoint of an earlier run (e.g. COCO pre-training, "
+                                       "Tables 3-4) whose matching tensors initialise this model")
+    g.add_argument("--init-from-partial", action="store_true",
+                   help="allow --init-from across backbones / tower types (matching tensors only)")
     g = p.add_argument_group("loss (Eq. 10)")
-    g.add_argument("--alpha1", type=float, default=None,
-                   help="weight of L_semantic (default 0.0005; 0 turns the term off)")
-    g.add_argument("--alpha2", type=float, default=None,
-                   help="weight of L_pixel (default 0.4 for ResNet-50, 2.0 for ViT-B)")
+    g.add_argument("--alpha1", type=float, help="weight of L_semantic (default 0.0005)")
+    g.add_argument("--alpha2", type=float, help="weight of L_pixel (default 0.4 ResNet-50, "
+                                                "2.0 ViT-B)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=210, help="total epochs")
-    g.add_argument("--batch-size", type=int, default=16, help="batch size per process")
+    g.add_argument("--epochs", type=positive_int, default=210, help="total epochs")
+    g.add_argument("--batch-size", type=positive_int, default=16, help="batch size per process")
     g.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
-    g.add_argument("--backbone-lr-mult", type=float, default=None,
-                   help="lr multiplier of the image encoder (default 0.1 for ViT-B, else 1)")
+    g.add_argument("--backbone-lr-mult", type=float,
+                   help="lr multiplier of the image encoder (default 0.1 ViT-B, else 1)")
     g.add_argument("--weight-decay", type=float, default=1e-4,
                    help="AdamW weight decay (never on norms, biases, embeddings, context)")
     g.add_argument("--warmup-iters", type=int, default=500,
-                   help="linear warm-up iterations, starting at --warmup-ratio x lr")
+                   help="linear warm-up iterations, from --warmup-ratio x lr")
     g.add_argument("--warmup-ratio", type=float, default=0.001, help="lr factor at iteration 0")
-    g.add_argument("--lr-steps", default="170,200",
+    g.add_argument("--lr-steps", type=number_list(int), default=[170, 200],
                    help="epochs at which the lr is multiplied by 0.1")
     g.add_argument("--clip-grad", type=float, default=0.0, help="max grad norm (0 = off)")
-    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+    g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="mixed precision on GPU (fp16 uses a GradScaler)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("run")
-    g.add_argument("--output-dir", default="output", help="checkpoints, log.jsonl, args.json")
-    g.add_argument("--resume", default=None,
-                   help="last.pt of an interrupted run: continue at its next epoch")
+    g.add_argument("--output-dir", default="output", help="the run directory (checkpoint.py)")
+    g.add_argument("--resume", help="RUN/last.pt: continue that run at its next epoch, every "
+                                    "flag from it; 'auto': RUN/last.pt of --output-dir if any")
     g.add_argument("--seed", type=int, default=0, help="seed of everything random")
-    g.add_argument("--eval-interval", type=int, default=10,
+    g.add_argument("--eval-interval", type=positive_int, default=10,
                    help="validate every N epochs (and after the last epoch)")
-    g.add_argument("--eval-batch-size", type=int, default=32, help="batch size of validation")
+    g.add_argument("--eval-batch-size", type=positive_int, default=32,
+                   help="batch size of validation")
     g.add_argument("--no-flip-test", dest="flip_test", action="store_false",
                    help="validate without the flip test")
-    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     return p
 
 
-# ----------------------------------------------------------------------------- helpers
-def print0(*a, **k):
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(*a, **k, flush=True)
+def given_flags(parser, argv):
+    """The dests of the flags written on the command line (not left at their default)."""
+    dests = set()
+    for token in argv:
+        action = parser._option_string_actions.get(token.split("=")[0])
+        if action is not None:
+            dests.add(action.dest)
+    return dests
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)),
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def resolve_args(parser, argv):
+    """Parse argv; with --resume, the run's own flags are the base and the given ones must
+    agree with them (or be RESUME_CHANGEABLE). Paths become absolute."""
+    args = parser.parse_args(argv)
+    given = given_flags(parser, argv)
+    if args.resume == "auto":
+        last = os.path.join(args.output_dir, "last.pt")
+        args.resume = last if os.path.exists(last) else None
+        if args.resume:
+            print0(f"--resume auto: continuing {last}")
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, need_training_state=True)
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        if "output_dir" in given and os.path.abspath(args.output_dir) != run_dir:
+            raise ValueError(f"--resume {args.resume} continues the run in {run_dir}; it cannot "
+                             f"write into --output-dir {args.output_dir} (drop that flag)")
+        stored = ckpt["args"]
+        differ = sorted(k for k in given if k not in RESUME_CHANGEABLE
+                        and absolute(k, getattr(args, k)) != stored.get(k))
+        if differ:
+            raise ValueError(f"--resume {args.resume}: " + ", ".join(
+                f"--{k.replace('_', '-')} {getattr(args, k)!r} differs from the run's "
+                f"{stored.get(k)!r}" for k in differ) + "; drop those flags (only "
+                f"{', '.join('--' + k.replace('_', '-') for k in RESUME_CHANGEABLE[1:])} "
+                f"may change on resume)")
+        keep = {k: getattr(args, k) for k in given if k in RESUME_CHANGEABLE}
+        args = argparse.Namespace(**{**vars(parser.parse_args([])), **stored, **keep,
+                                     "resume": os.path.abspath(args.resume),
+                                     "output_dir": run_dir})
+    missing = [f"--{k.replace('_', '-')}" for k in ("train_ann", "val_ann", "images")
+               if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} required (or --resume RUN/last.pt)")
+    for k in PATH_FLAGS:
+        setattr(args, k, absolute(k, getattr(args, k)))
+    return args
 
 
-def save_checkpoint(obj, path):
-    """Atomic write: a temp file in the same directory, fsync, then os.replace. A crash or a
-    kill at any moment leaves either the old file or the new one, never a torn one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def absolute(dest, value):
+    return os.path.abspath(value) if dest in PATH_FLAGS and value else value
 
 
-def read_weights(args, cfg):
-    """Load the pre-trained state dicts the chosen backbone / method needs, or refuse."""
-    needs_clip = cfg["backbone"].startswith("clip") or cfg["method"] == "promptpose"
-    needs_imagenet = cfg["backbone"] == "imagenet-rn50"
-    if args.random_init:
-        if args.clip_weights or args.imagenet_weights:
-            raise ValueError("--random-init contradicts --clip-weights/--imagenet-weights")
+# ----------------------------------------------------------------------------- run directory
+def open_run(args, world):
+    """Rank 0: lock the run directory (one run per directory), refuse to start over an
+    existing run, clean stale temporary files. Returns the lock (keep it) or None."""
+    if not is_main():
+        return None
+    lock = lock_run_dir(args.output_dir)
+    found = existing_run_files(args.output_dir)
+    if found and not args.resume:
+        raise ValueError(f"--output-dir {args.output_dir} already holds a run ({', '.join(found)}):"
+                         f" continue it with --resume {os.path.join(args.output_dir, 'last.pt')} "
+                         f"(or --resume auto), or choose another --output-dir")
+    remove_stale_temporaries(args.output_dir)
+    return lock
+
+
+def write_args(args, commit, world, model_cfg):
+    with open(os.path.join(args.output_dir, "args.json"), "w") as f:
+        json.dump({"args": vars(args), "git_commit": commit, "world_size": world,
+                   "model_config": model_cfg}, f, indent=1)
+
+
+# ----------------------------------------------------------------------------- data and model
+def read_weights(backbone, method, clip_weights, imagenet_weights, random_init, small):
+    """The pre-trained state dicts the backbone / method needs -> (clip_sd, imagenet_sd)."""
+    needs_clip = backbone.startswith("clip") or method == "promptpose"
+    needs_imagenet = backbone == "imagenet-rn50"
+    if random_init:
+        if clip_weights or imagenet_weights:
+            raise ValueError("--random-init contradicts --clip-weights / --imagenet-weights")
         print0("NOTE: --random-init: every weight is random (no CLIP / ImageNet pre-training); "
                "results are not comparable to the paper")
         return None, None
-    if args.small:
-        raise ValueError("--small builds a reduced architecture that pre-trained weights do "
-                         "not fit: add --random-init")
-    missing = []
-    if needs_clip and not args.clip_weights:
-        missing.append("--clip-weights RN50.pt/ViT-B-16.pt")
-    if needs_imagenet and not args.imagenet_weights:
-        missing.append("--imagenet-weights resnet50.pth")
+    if small:
+        raise ValueError("--small builds a reduced architecture that pre-trained weights do not "
+                         "fit: add --random-init")
+    missing = [flag for flag, needed, given in (
+        ("--clip-weights RN50.pt/ViT-B-16.pt", needs_clip, clip_weights),
+        ("--imagenet-weights resnet50.pth", needs_imagenet, imagenet_weights)) if needed and not given]
     if missing:
-        raise ValueError(f"--backbone {cfg['backbone']} --method {cfg['method']} needs "
-                         f"{' and '.join(missing)} (or --random-init to train from scratch)")
-    clip_sd = load_clip_state_dict(args.clip_weights) if needs_clip else None
-    imagenet_sd = load_imagenet_resnet(args.imagenet_weights) if needs_imagenet else None
-    return clip_sd, imagenet_sd
+        raise ValueError(f"--backbone {backbone} --method {method} needs {' and '.join(missing)} "
+                         f"(or --random-init to train from scratch)")
+    return (load_clip_state_dict(clip_weights) if needs_clip else None,
+            load_imagenet_resnet(imagenet_weights) if needs_imagenet else None)
 
 
-def keypoint_block(model, name, shape):
-    """Where a tensor is indexed by keypoint: the offset of its K keypoint rows along dim 0,
-    or None. These are the heads' last convolutions (one output channel per keypoint), the
-    pixel head's first deconvolution (one input channel per score map S_n) and, with the
-    pixel branch, the last K input channels of the keypoint head (F_fuse = F (+) S, Eq. 9)."""
-    K = len(model.keypoint_names)
-    if name in ("keypoint_head.final_layer.weight", "keypoint_head.final_layer.bias",
-                "pixel_head.final_layer.weight", "pixel_head.final_layer.bias",
-                "pixel_head.deconv_layers.0.weight"):
-        return 0
-    if name == "keypoint_head.deconv_layers.0.weight" and model.pixel_head is not None:
-        return shape[0] - K
-    return None
+def model_config(args):
+    """default_config of the backbone / method with the flags that override a default."""
+    overrides = {k: getattr(args, k) for k in ("normalize", "drop_path", "n_ctx", "ctx_init_std")
+                 if getattr(args, k) is not None}
+    if args.method == "promptpose":
+        overrides.update(use_pixel=args.use_pixel, use_prompt_encoder=args.use_prompt_encoder,
+                         use_cross_attn=args.use_cross_attn)
+    return default_config(args.backbone, args.method, small=args.small,
+                          image_size=args.input_size, **overrides)
 
 
-def init_from(model, path):
-    """Initialise from another run's checkpoint (COCO human pre-training -> AP-10K, Tables
-    3-4): every tensor whose name and shape match is copied. When the two runs have different
-    keypoints, keypoint-indexed rows are matched by keypoint *name* (COCO and AP-10K share
-    eyes, nose, shoulders, elbows, hips and knees) and the others keep their initialisation.
-    Prints exactly what was loaded, remapped and skipped, and why."""
-    ckpt = load_checkpoint(path)
-    source, source_names = ckpt["model"], list(ckpt["keypoint_names"])
-    names = list(model.keypoint_names)
-    same_keypoints = source_names == names
-    shared = [n for n in names if n in source_names]
-    target = model.state_dict()
-    loaded, remapped, skipped = [], [], []
-    for name, tensor in source.items():
-        if name not in target:
-            skipped.append(f"{name}: not in this model")
-            continue
-        offset = None if same_keypoints else keypoint_block(model, name, target[name].shape)
-        if offset is not None:
-            src_offset = keypoint_block(model, name, tensor.shape)
-            if tensor.shape[1:] != target[name].shape[1:] or src_offset != offset:
-                skipped.append(f"{name}: shape {tuple(tensor.shape)} != {tuple(target[name].shape)}")
-                continue
-            new = target[name].clone()
-            new[:offset] = tensor[:offset]                       # rows before the keypoints
-            for j, n in enumerate(names):
-                if n in source_names:
-                    new[offset + j] = tensor[offset + source_names.index(n)]
-            target[name] = new
-            remapped.append(name)
-        elif target[name].shape != tensor.shape:
-            skipped.append(f"{name}: shape {tuple(tensor.shape)} != {tuple(target[name].shape)}")
-        else:
-            target[name] = tensor
-            loaded.append(name)
-    untouched = [n for n in target if n not in source]
-    model.load_state_dict(target, strict=True)
-    print0(f"--init-from {path}: loaded {len(loaded)} tensors, remapped {len(remapped)} by "
-           f"keypoint name, skipped {len(skipped)}; {len(untouched)} of this model's tensors "
-           f"keep their initialisation")
-    if not same_keypoints:
-        print0(f"  keypoints differ: {len(shared)} of {len(names)} shared by name {shared}; "
-               f"the rows of the other {len(names) - len(shared)} keep their initialisation")
-    for name in remapped:
-        print0(f"  remapped {name}")
-    for line in skipped:
-        print0(f"  skipped {line}")
-    for name in untouched:
-        print0(f"  kept init {name}")
-    return loaded, remapped, skipped
+def build_data(args, cfg):
+    """Training and validation sets at the model's (H, W) sizes and normalisation."""
+    common = dict(image_size=cfg["image_size"], heatmap_size=cfg["heatmap_size"],
+                  normalize=cfg["normalize"], sigmas=args.sigmas, flip=args.flip)
+    train_set = KeypointDataset(args.train_ann, args.images, train=True, few_shot=args.few_shot,
+                                few_shot_seed=args.few_shot_seed, **common)
+    if args.flip_pairs:
+        common["flip_pairs"] = train_set.flip_pairs = parse_flip_pairs(args.flip_pairs,
+                                                                       train_set.keypoint_names)
+    val_set = KeypointDataset(args.val_ann, args.val_images or args.images, train=False,
+                              **common)
+    if list(train_set.keypoint_names) != list(val_set.keypoint_names):
+        raise ValueError(f"--train-ann and --val-ann define different keypoints: "
+                         f"{train_set.keypoint_names} vs {val_set.keypoint_names}")
+    pairs = [f"{train_set.keypoint_names[a]}<->{train_set.keypoint_names[b]}"
+             for a, b in train_set.flip_pairs]
+    print0(f"train data: {train_set.skip_summary}\nval data: {val_set.skip_summary}\n"
+           f"flip pairs: {', '.join(pairs) if args.flip else 'none (--no-flip)'}")
+    return train_set, val_set
 
 
-def param_groups(model, args, backbone_lr_mult):
+def build_train_model(args, cfg, weights, train_set, device, world):
+    """The model (pre-trained weights, --init-from) on the device, and Eq. 10's alphas."""
+    model = build_model(cfg, train_set.keypoint_names, train_set.prompt_texts,
+                        clip_state_dict=weights[0], imagenet_state_dict=weights[1])
+    if args.init_from:
+        init_from(model, args.init_from, partial=args.init_from_partial)
+    alphas = default_loss_weights(args.backbone, args.method, model.cfg.get("use_pixel", False))
+    alpha1 = alphas["alpha1"] if args.alpha1 is None or args.method == "baseline" else args.alpha1
+    alpha2 = alphas["alpha2"] if args.alpha2 is None or alphas["alpha2"] == 0 else args.alpha2
+    if model.logit_scale is not None and alpha1 == 0:
+        model.logit_scale.requires_grad_(False)  # unused without L_semantic (and DDP insists)
+    model.to(device, memory_format=torch.channels_last)  # NHWC: faster convolutions
+    if args.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print0(f"model: {args.method} / {args.backbone}: {n_train / 1e6:.2f}M trainable of "
+           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; alpha1 "
+           f"(semantic) {alpha1}, alpha2 (pixel) {alpha2}")
+    return model, (alpha1, alpha2)
+
+
+# ----------------------------------------------------------------------------- optimisation
+def param_groups(model, lr, weight_decay, backbone_mult):
     """AdamW groups: no weight decay on norms, biases, embeddings, context vectors and the
     temperature (every tensor with < 2 dims or a name saying so); the image encoder
-    (`visual.*`) at lr x backbone_lr_mult."""
+    (`visual.*`) at lr x backbone_mult; the frozen text encoder is not trained at all."""
     groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = (param.ndim < 2 or name.endswith(".bias") or "embedding" in name
                     or name.endswith("prompt_learner.ctx") or name == "logit_scale")
-        mult = backbone_lr_mult if name.startswith("visual.") else 1.0
-        key = (no_decay, mult)
-        if key not in groups:
-            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else args.weight_decay,
-                           "lr": args.lr * mult, "lr_mult": mult}
-        groups[key]["params"].append(param)
+        mult = backbone_mult if name.startswith("visual.") else 1.0
+        group = groups.setdefault((no_decay, mult), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * mult,
+            "lr_mult": mult})
+        group["params"].append(param)
     return list(groups.values())
 
 
-def lr_lambda(iters_per_epoch, args):
-    """Linear warm-up from warmup_ratio over warmup_iters, then x0.1 at each step epoch."""
-    steps = [int(s) for s in args.lr_steps.split(",") if s]
+def build_optimizer(model, lr, weight_decay, backbone_mult):
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay, backbone_mult), lr=lr)
 
+
+def lr_factor(iters_per_epoch, warmup_iters, warmup_ratio, lr_steps):
+    """Iteration -> lr factor: linear warm-up from warmup_ratio over warmup_iters, then x0.1
+    at each epoch in lr_steps (paper Sec. 4.1: 170 and 200 of 210)."""
     def factor(it):
-        epoch = it // iters_per_epoch
-        step = 0.1 ** sum(epoch >= s for s in steps)
-        if it < args.warmup_iters:
-            return step * (args.warmup_ratio + (1 - args.warmup_ratio) * it / args.warmup_iters)
+        step = 0.1 ** sum(it // iters_per_epoch >= s for s in lr_steps)
+        if it < warmup_iters:
+            return step * (warmup_ratio + (1 - warmup_ratio) * it / warmup_iters)
         return step
     return factor
 
 
+def build_schedule(args, model, train_set, device, rank, world):
+    """Optimiser, lr schedule, GradScaler, sampler and loader of Sec. 4.1."""
+    mult = args.backbone_lr_mult
+    if mult is None:
+        mult = 0.1 if args.backbone == "clip-vitb16" else 1.0
+    optimizer = build_optimizer(model, args.lr, args.weight_decay, mult)
+    sampler = (torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank,
+                                                   shuffle=True, seed=args.seed, drop_last=True)
+               if world > 1 else None)
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = make_loader(train_set, args.batch_size, args.workers, shuffle=sampler is None,
+                         sampler=sampler, generator=generator, drop_last=True,
+                         pin_memory=device.type == "cuda")
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_set)} training instances over {world} process(es) do not "
+                         f"fill one batch of --batch-size {args.batch_size}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
+        len(loader), args.warmup_iters, args.warmup_ratio, args.lr_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    return optimizer, scheduler, scaler, loader, sampler, generator
+
+
+def resume_state(path, model, optimizer, scheduler, scaler):
+    """Load a full checkpoint into the run's objects -> (next epoch, best AP)."""
+    ckpt = load_checkpoint(path, need_training_state=True)
+    changed = sorted(k for k in set(model.cfg) | set(ckpt["model_config"])
+                     if model.cfg.get(k) != ckpt["model_config"].get(k))
+    if changed:
+        raise ValueError(f"--resume {path} was trained with a different model "
+                         f"({', '.join(changed)} differ)")
+    model.load_state_dict(ckpt["model"], strict=True)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    print0(f"resumed {path}: continuing at epoch {ckpt['epoch'] + 1}, best AP "
+           f"{ckpt['best_ap']:.4f}")
+    return ckpt["epoch"] + 1, ckpt["best_ap"]
+
+
+def wrap_model(model, args, alphas, device, local_rank, world):
+    """DDP (several processes) and torch.compile around the model, for the training steps."""
+    train_model = model
+    if world > 1:
+        # PromptPose with neither L_pixel nor L_semantic leaves its text side unused
+        unused = args.method == "promptpose" and not args.use_pixel and alphas[0] == 0
+        train_model = DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=unused)
+    return torch.compile(train_model) if args.compile else train_model
+
+
+# ----------------------------------------------------------------------------- training
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-# ----------------------------------------------------------------------------- training
+def train_step(model, batch, optimizer, scheduler, scaler, amp, clip_grad, alphas, logit_scale):
+    """One optimisation step on a batch already on the device -> (loss, terms) (Eq. 10)."""
+    with autocast(batch["image"].device.type, amp):
+        outputs = model(batch["image"])
+    loss, terms = total_loss({k: v.float() for k, v in outputs.items()}, batch, logit_scale,
+                             *alphas)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss, terms
+
+
+def check_finite(loss, terms, batch, epoch, lr):
+    if not torch.isfinite(loss):
+        ids = batch["image_id"].tolist()[:8]
+        raise FloatingPointError(
+            f"epoch {epoch}: the loss is {loss.item()} (pred {terms['pred'].item():.4g}, pixel "
+            f"{terms['pixel'].item():.4g}, semantic {terms['semantic'].item():.4g}) on the batch "
+            f"of image ids {ids}: if the first batches are already non-finite, check those "
+            f"images' annotations; if it diverged after a while, lower --lr (now {lr:g}) or "
+            f"use --amp bf16 instead of fp16")
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, alphas, logit_scale,
                     device, epoch):
-    """One pass over the loader (`model` may be wrapped by DDP / torch.compile; logit_scale
-    is the temperature of L_semantic or None). Returns the mean of each loss term over the
-    epoch's samples, reduced across processes as sums and counts."""
+    """One pass over the loader (`model` may be wrapped by DDP / torch.compile). Returns the
+    mean of each loss term over the epoch's samples, reduced across processes as sums and
+    counts. The loss is checked for NaN / inf every 50 steps and at the end (a host sync)."""
     model.train()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, pred, pixel, semantic
     count = torch.zeros(1, dtype=torch.float64, device=device)
     batches = loader
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main() and sys.stderr.isatty():  # a progress bar on a terminal, clean lines in a log
         from tqdm import tqdm
         batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, mininterval=5)
-    for batch in batches:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()
-                 if torch.is_tensor(v)}
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            outputs = model(batch["image"])
-        loss, terms = total_loss({k: v.float() for k, v in outputs.items()}, batch,
-                                 logit_scale, *alphas)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()} ({terms}); "
-                                     f"lower --lr or use --amp bf16 instead of fp16")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if args.clip_grad > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+    for i, batch in enumerate(batches):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+        loss, terms = train_step(model, batch, optimizer, scheduler, scaler, args.amp,
+                                 args.clip_grad, alphas, logit_scale)
+        if i % 50 == 0 or i == len(loader) - 1:
+            check_finite(loss, terms, batch, epoch, args.lr)
         n = batch["image"].shape[0]
-        sums += n * torch.stack([loss.detach().double(), terms["pred"].detach().double(),
-                                 terms["pixel"].detach().double(),
-                                 terms["semantic"].detach().double()])
+        sums += n * torch.stack([loss.detach().double()] + [terms[k].double()
+                                                            for k in ("pred", "pixel", "semantic")])
         count += n
-    if is_distributed():
-        dist.all_reduce(sums)
-        dist.all_reduce(count)
-    mean = (sums / count.clamp(min=1)).tolist()
+    mean = (all_reduce_sum(sums) / all_reduce_sum(count).clamp(min=1)).tolist()
     return dict(zip(["loss", "pred", "pixel", "semantic"], mean))
 
 
-def main(args):
-    rank, local_rank, world, device = init_distributed()
-    if args.device:
-        device = torch.device(args.device)
-    last_ckpt = os.path.join(args.output_dir, "last.pt")
-    if os.path.exists(last_ckpt) and not args.resume:  # never overwrite a run's checkpoints
-        raise ValueError(f"--output-dir {args.output_dir} already holds a run ({last_ckpt}): "
-                         f"pass --resume {last_ckpt} to continue it, or choose another "
-                         f"--output-dir")
-    seed_everything(args.seed + rank)
-    if rank == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
-    commit = git_commit()
-    print0(f"git commit {commit}; {world} process(es) on {device}")
-    print0(json.dumps(vars(args), indent=1))
+def validate(model, val_set, args, device, rank, world):
+    """Val metrics for the log ('val_AP', ..., 'val_PCK', 'val_RMSE_px'); rank 0 prints."""
+    _, report = evaluate_dataset(model, val_set, batch_size=args.eval_batch_size,
+                                 workers=args.workers, flip=args.flip_test and args.flip,
+                                 amp=args.amp, device=device, rank=rank, world=world,
+                                 progress=is_main() and sys.stderr.isatty())
+    if report is None:
+        return {}
+    print0(format_report(report))
+    return {**{f"val_{k}": v for k, v in report["stats"].items()},
+            "val_PCK": report["pck"], "val_RMSE_px": report["rmse_px"]}
 
-    # data
-    cfg = default_config(args.backbone, args.method, small=args.small)
-    cfg.update(image_size=[args.input_size, args.input_size],
-               heatmap_size=[args.input_size // 4, args.input_size // 4], n_ctx=args.n_ctx,
-               ctx_init_std=args.ctx_init_std, use_pixel=args.use_pixel,
-               use_prompt_encoder=args.use_prompt_encoder, use_cross_attn=args.use_cross_attn)
-    mean, std = image_normalization(args.backbone)
-    sigmas = [float(s) for s in args.sigmas.split(",")] if args.sigmas else None
-    common = dict(image_size=tuple(cfg["image_size"][::-1]),  # model: [H, W]; dataset: (W, H)
-                  heatmap_size=tuple(cfg["heatmap_size"][::-1]),
-                  mean=mean, std=std, sigmas=sigmas)
-    train_set = KeypointDataset(args.train_ann, args.images, train=True, few_shot=args.few_shot,
-                                few_shot_seed=args.few_shot_seed, **common)
-    val_set = KeypointDataset(args.val_ann, args.val_images or args.images, train=False,
-                              **common)
-    if list(train_set.keypoint_names) != list(val_set.keypoint_names):
-        raise ValueError(f"--train-ann and --val-ann define different keypoints: "
-                         f"{train_set.keypoint_names} vs {val_set.keypoint_names}")
-    print0(f"train data: {train_set.skip_summary}\nval data: {val_set.skip_summary}")
-    if rank == 0 and train_set.few_shot_image_ids is not None:
-        with open(os.path.join(args.output_dir, "few_shot_image_ids.json"), "w") as f:
-            json.dump(train_set.few_shot_image_ids, f)
 
-    # model
-    clip_sd, imagenet_sd = read_weights(args, cfg)
-    model = build_model(cfg, train_set.keypoint_names, clip_state_dict=clip_sd,
-                        imagenet_state_dict=imagenet_sd)
-    if args.init_from:
-        init_from(model, args.init_from)
-    defaults = default_loss_weights(args.backbone)
-    alpha1 = defaults["alpha1"] if args.alpha1 is None else args.alpha1
-    alpha2 = defaults["alpha2"] if args.alpha2 is None else args.alpha2
-    if args.method == "baseline" or not args.use_pixel:
-        alpha2 = 0.0
-    if args.method == "baseline":
-        alpha1 = 0.0
-    if model.logit_scale is not None and alpha1 == 0:
-        model.logit_scale.requires_grad_(False)  # unused without L_semantic (and DDP insists)
-    # channels_last (NHWC): faster convolutions (BENCHMARKS.md)
-    model.to(device, memory_format=torch.channels_last)
-    if args.sync_bn and world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in model.parameters())
-    print0(f"model: {args.method} / {args.backbone}: {n_train / 1e6:.2f}M trainable of "
-           f"{n_all / 1e6:.2f}M parameters; alpha1 (semantic) {alpha1}, alpha2 (pixel) {alpha2}")
+def save_epoch(args, model, val_set, optimizer, scheduler, scaler, epoch, best_ap, commit,
+               is_best, last):
+    """last.pt (full) every epoch; best.pt on a new best val AP and final.pt after the last
+    epoch, both model-only. The data fields are the validation set's (what val AP used);
+    with --no-flip no flip pairs are stored, so evaluation runs no flip test either."""
+    data_info = {"flip_pairs": val_set.flip_pairs if args.flip else [],
+                 "skeleton": val_set.skeleton, "sigmas": val_set.sigmas}
+    ckpt = make_checkpoint(model, data_info, vars(args), epoch, best_ap, commit,
+                           optimizer, scheduler, scaler)
+    save_checkpoint(os.path.join(args.output_dir, "last.pt"), ckpt)
+    if is_best:
+        save_checkpoint(os.path.join(args.output_dir, "best.pt"), model_only(ckpt))
+    if last:
+        save_checkpoint(os.path.join(args.output_dir, "final.pt"), model_only(ckpt))
 
-    # optimisation
-    backbone_mult = args.backbone_lr_mult
-    if backbone_mult is None:
-        backbone_mult = 0.1 if args.backbone == "clip-vitb16" else 1.0
-    optimizer = torch.optim.AdamW(param_groups(model, args, backbone_mult), lr=args.lr)
-    sampler = (torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank,
-                                                   shuffle=True, seed=args.seed, drop_last=True)
-               if world > 1 else None)
-    generator = torch.Generator().manual_seed(args.seed)
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
-        num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=True,
-        generator=generator, persistent_workers=False)
-    if len(loader) == 0:
-        raise ValueError(f"{len(train_set)} training instances over {world} process(es) do "
-                         f"not fill one batch of --batch-size {args.batch_size}")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(len(loader), args))
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
 
-    start_epoch, best_ap = 0, -1.0
-    if args.resume:
-        ckpt = load_checkpoint(args.resume)
-        changed = sorted(k for k in set(model.cfg) | set(ckpt["model_config"])
-                         if model.cfg.get(k) != ckpt["model_config"].get(k))
-        if changed:
-            raise ValueError(f"--resume {args.resume} was trained with a different model "
-                             f"({', '.join(changed)} differ): repeat the run's own flags")
-        model.load_state_dict(ckpt["model"], strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best_ap = ckpt["epoch"] + 1, ckpt["best_ap"]
-        print0(f"resumed {args.resume}: continuing at epoch {start_epoch}, best AP {best_ap:.4f}")
+def log_epoch(args, record):
+    path = os.path.join(args.output_dir, "log.jsonl")
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if "val_AP" in record:
+        with open(path) as f:
+            plot_training_curves([json.loads(line) for line in f],
+                                 os.path.join(args.output_dir, "curves.png"))
+    print0(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in record.items() if not k.startswith("val_") or k == "val_AP"))
 
-    train_model = model
-    if world > 1:
-        # PromptPose with neither L_pixel nor L_semantic leaves its text side unused
-        text_unused = args.method == "promptpose" and not args.use_pixel and alpha1 == 0
-        train_model = DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None,
-            find_unused_parameters=text_unused)
-    if args.compile:
-        train_model = torch.compile(train_model)
 
-    if rank == 0:
-        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-            json.dump({"args": vars(args), "git_commit": commit, "world_size": world,
-                       "model_config": model.cfg}, f, indent=1)
-    eval_args = argparse.Namespace(batch_size=args.eval_batch_size, workers=args.workers,
-                                   flip_test=args.flip_test, amp=args.amp)
+def fit(args, model, train_model, loader, sampler, generator, optimizer, scheduler, scaler,
+        alphas, train_set, val_set, start_epoch, best_ap, device, rank, world, commit):
+    """The epoch loop: train, validate every --eval-interval epochs, checkpoint, log."""
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         # the epoch number seeds everything random in it, so a resumed run repeats it exactly
@@ -435,45 +525,62 @@ def main(args):
         generator.manual_seed(args.seed + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        losses = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, args,
-                                 (alpha1, alpha2), model.logit_scale, device, epoch)
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"] /
-                  optimizer.param_groups[0]["lr_mult"], **losses,
-                  "train_time_s": round(time.time() - t0, 2)}
+        record = {"epoch": epoch, **train_one_epoch(
+            train_model, loader, optimizer, scheduler, scaler, args, alphas, model.logit_scale,
+            device, epoch), "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"],
+            "train_time_s": round(time.time() - t0, 2)}
         last = epoch == args.epochs - 1
         if (epoch + 1) % args.eval_interval == 0 or last:
-            _, stats, species, families = evaluate_dataset(model, val_set, eval_args, device,
-                                                           rank, world, progress=rank == 0)
-            if rank == 0:
-                record.update({f"val_{k}": v for k, v in stats.items()})
-                print0(format_report(stats, species, families))
-        if rank == 0:
+            record.update(validate(model, val_set, args, device, rank, world))
+        if is_main():
             ap = record.get("val_AP")
             is_best = ap is not None and ap > best_ap
-            best_ap = max(best_ap, ap) if ap is not None else best_ap
-            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "epoch": epoch, "best_ap": best_ap, "args": vars(args),
-                    "model_config": model.cfg, "keypoint_names": list(train_set.keypoint_names),
-                    "flip_pairs": [list(p) for p in train_set.flip_pairs],
-                    "skeleton": [list(s) for s in train_set.skeleton], "git_commit": commit}
-            save_checkpoint(ckpt, os.path.join(args.output_dir, "last.pt"))
-            if is_best:
-                save_checkpoint(ckpt, os.path.join(args.output_dir, "best.pt"))
-            with open(os.path.join(args.output_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            print0(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in record.items() if not k.startswith("val_")
-                            or k == "val_AP"))
-        if is_distributed():
-            dist.barrier()
-    if is_distributed():
-        dist.destroy_process_group()
+            best_ap = ap if is_best else best_ap
+            save_epoch(args, model, val_set, optimizer, scheduler, scaler, epoch, best_ap,
+                       commit, is_best, last)
+            log_epoch(args, record)
+        barrier()
+    return best_ap
+
+
+def main(args):
+    """Sec. 4.1 in order: run directory, weights, data, model, optimiser and schedule,
+    resume, the epoch loop."""
+    rank, local_rank, world, device = init_distributed(args.device)
+    if args.workers is None:
+        args.workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    lock = open_run(args, world)  # noqa: F841 (held for the life of the run)
+    commit = git_commit()
+    print0(f"git commit {commit}; {world} process(es) on {device}\n"
+           f"{json.dumps(vars(args), indent=1)}")
+    cfg = model_config(args)
+    weights = read_weights(args.backbone, args.method, args.clip_weights, args.imagenet_weights,
+                           args.random_init, args.small)  # before any annotation file is read
+    train_set, val_set = build_data(args, cfg)
+    model, alphas = build_train_model(args, cfg, weights, train_set, device, world)
+    optimizer, scheduler, scaler, loader, sampler, generator = build_schedule(
+        args, model, train_set, device, rank, world)
+    start_epoch, best_ap = 0, -1.0
+    if args.resume:
+        start_epoch, best_ap = resume_state(args.resume, model, optimizer, scheduler, scaler)
+    if is_main():
+        write_args(args, commit, world, model.cfg)
+        if train_set.few_shot_image_ids is not None:
+            with open(os.path.join(args.output_dir, "few_shot_image_ids.json"), "w") as f:
+                json.dump(train_set.few_shot_image_ids, f)
+    train_model = wrap_model(model, args, alphas, device, local_rank, world)
+    best_ap = fit(args, model, train_model, loader, sampler, generator, optimizer, scheduler,
+                  scaler, alphas, train_set, val_set, start_epoch, best_ap, device, rank, world,
+                  commit)
+    print0(f"done: {os.path.join(args.output_dir, 'final.pt')} is the last epoch (what the "
+           f"paper reports); {os.path.join(args.output_dir, 'best.pt')} has the best val AP "
+           f"{best_ap:.4f} (selected on val)")
+    cleanup()
     return best_ap
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    parser = get_args_parser()
+    run_cli(main, lambda: resolve_args(parser, sys.argv[1:]),
+            on_interrupt="interrupted: the run directory keeps the last finished epoch "
+                         "(last.pt, never half-written); continue with --resume RUN/last.pt")

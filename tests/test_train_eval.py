@@ -1,9 +1,10 @@
-"""End-to-end tests of the entry points: train.py and evaluate.py as a user runs them.
+"""End-to-end tests of train.py and evaluate.py as a user runs them, and of the run directory.
 
 Everything runs on a tiny synthetic AP-10K (generated here) with the small architecture from
-random initialisation, so it takes seconds per run on a CPU."""
+random initialisation, so a run takes seconds on a CPU."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,19 +18,30 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dataset import KeypointDataset  # noqa: E402
-from evaluate import coco_keypoint_eval, load_checkpoint  # noqa: E402
+from checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from synthetic import generate  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
 def run(args, cwd=ROOT, check=True, env=ENV, timeout=600):
+    args = [os.path.join(ROOT, a) if a in ("train.py", "evaluate.py") else a for a in args]
     proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def one_line_error(proc, *needles):
+    """A failed run that says why in one line `error: ...` naming each needle, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +68,12 @@ def trained(data, tmp_path_factory):
     return out, proc
 
 
-def test_train_then_evaluate(trained, data, tmp_path):
+def metrics_of(eval_dir):
+    return json.load(open(os.path.join(eval_dir, "metrics.json")))
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def test_train_then_evaluate(trained, tmp_path):
     out, proc = trained
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert [r["epoch"] for r in log] == [0, 1, 2]
@@ -64,75 +81,178 @@ def test_train_then_evaluate(trained, data, tmp_path):
     for term in ("pred", "pixel", "semantic"):              # every term of Eq. 10 is logged
         assert all(np.isfinite(r[term]) for r in log)
     assert log[0]["semantic"] > 0 and log[0]["pixel"] > 0
-    assert "val_AP" in log[-1] and (out / "best.pt").exists() and (out / "last.pt").exists()
+    assert "val_AP" in log[-1] and "val_PCK" in log[-1] and "val_RMSE_px" in log[-1]
+    for name in ("last.pt", "best.pt", "final.pt", "curves.png", "args.json"):
+        assert (out / name).exists(), name
     args = json.load(open(out / "args.json"))
-    assert args["git_commit"] and args["args"]["epochs"] == 3
+    assert re.fullmatch(r"[0-9a-f]{40}", args["git_commit"]), args["git_commit"]
+    assert args["args"]["epochs"] == 3
+    assert "Traceback" not in proc.stderr and "\r" not in proc.stdout + proc.stderr  # no bars
+    assert "final.pt is the last epoch" in proc.stdout
 
+    last, final, best = (load_checkpoint(str(out / n)) for n in ("last.pt", "final.pt", "best.pt"))
+    assert last["kind"] == "full" and final["kind"] == best["kind"] == "model-only"
+    assert "optimizer" not in final and "optimizer" in last
+    assert last["epoch"] == final["epoch"] == 2 and len(last["keypoint_names"]) == 17
+    assert last["prompt_texts"][4] == "tail root"            # AP-10K's root_of_tail
+    for name, tensor in last["model"].items():
+        assert torch.equal(tensor, final["model"][name]), name
+    # evaluate.py on the shareable final.pt reproduces the val AP train.py logged
+    proc = run(["evaluate.py", str(out / "final.pt"), "--workers", "0",
+                "--output-dir", str(tmp_path / "eval"), "--vis", "2"])
+    assert "AP50" in proc.stdout and "PCK" in proc.stdout
+    metrics = metrics_of(tmp_path / "eval")
+    assert metrics["AP"] == pytest.approx(log[-1]["val_AP"], abs=1e-12)
+
+
+def test_sigmas_travel_with_the_run_and_evaluation_works_anywhere(data, tmp_path):
+    """--sigmas are stored in the checkpoint: evaluate.py CKPT, run from another directory,
+    gives exactly the logged val AP; its own --sigmas changes the AP."""
+    sigmas = ",".join(["0.2"] * 17)
+    out = tmp_path / "run"
+    run(train_args(data, out, 1, "--sigmas", sigmas))
+    logged = json.loads(open(out / "log.jsonl").read().splitlines()[-1])["val_AP"]
+    assert load_checkpoint(str(out / "last.pt"))["sigmas"] == [0.2] * 17
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run(["evaluate.py", str(out / "last.pt"), "--workers", "0", "--output-dir", "e"],
+        cwd=str(elsewhere))
+    assert metrics_of(elsewhere / "e")["AP"] == pytest.approx(logged, abs=1e-12)
+    run(["evaluate.py", str(out / "last.pt"), "--workers", "0", "--output-dir",
+         str(tmp_path / "narrow"), "--sigmas", ",".join(["0.01"] * 17)])
+    assert metrics_of(tmp_path / "narrow")["AP"] < logged
+
+
+def test_non_square_input_trains_and_evaluates(data, tmp_path):
+    """--input-size HxW: 96x64 crops, 24x16 heatmaps, train -> evaluate."""
+    out = tmp_path / "rect"
+    args = train_args(data, out, 1)
+    args[args.index("--input-size") + 1] = "96x64"
+    run(args)
     ckpt = load_checkpoint(str(out / "last.pt"))
-    assert ckpt["epoch"] == 2 and len(ckpt["keypoint_names"]) == 17
-    proc = run(["evaluate.py", str(out / "last.pt"), "--workers", "0",
-                "--output-dir", str(tmp_path), "--vis", "2"])
-    assert "AP50" in proc.stdout and "Per species" in proc.stdout
-    metrics = json.load(open(tmp_path / "metrics.json"))
-    assert 0.0 <= metrics["AP"] <= 1.0
-    # evaluate.py reproduces the AP train.py logged for the same weights and data
-    assert metrics["AP"] == pytest.approx(log[-1]["val_AP"], abs=1e-9)
-    results = json.load(open(tmp_path / "results.json"))
-    assert len(results) == len(KeypointDataset(data["val"], data["images"], train=False))
-    vis = sorted(os.listdir(tmp_path / "vis"))
-    assert sum(f.endswith("_overlay.png") for f in vis) == 2
-    assert sum(f.endswith("_scoremaps.png") for f in vis) == 2      # paper Fig. 3
-    assert sum(f.endswith("_similarity.png") for f in vis) == 2     # paper Fig. 2
+    assert ckpt["model_config"]["image_size"] == [96, 64]
+    assert ckpt["model_config"]["heatmap_size"] == [24, 16]
+    run(["evaluate.py", str(out / "last.pt"), "--workers", "0", "--output-dir",
+         str(tmp_path / "e")])
+    assert 0.0 <= metrics_of(tmp_path / "e")["AP"] <= 1.0
 
 
-def test_ground_truth_gives_ap_one(data):
-    """Ground-truth keypoints written as results go through the COCO path: AP 1.0."""
-    ds = KeypointDataset(data["val"], data["images"], train=False)
-    results = []
-    for ann_id in ds.coco.getAnnIds():
-        ann = ds.coco.anns[ann_id]
-        if ann["num_keypoints"] == 0 or ann.get("iscrowd", 0):
-            continue
-        kp = np.asarray(ann["keypoints"], np.float32).reshape(-1, 3)
-        kp[:, 2] = 1.0
-        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                        "keypoints": kp.reshape(-1).tolist(), "score": 1.0})
-    stats, per_category = coco_keypoint_eval(ds.coco, results, ds.sigmas)
-    assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
-    # and a real error is punished: move every keypoint by 10 px
-    moved = [dict(r, keypoints=(np.asarray(r["keypoints"]) + np.tile([10, 10, 0], 17)).tolist())
-             for r in results]
-    assert coco_keypoint_eval(ds.coco, moved, ds.sigmas)[0]["AP"] < 0.9
-
-
-def test_resume_is_identical(data, tmp_path):
-    """2 epochs straight == 1 epoch, then --resume for the 2nd: bit-identical weights."""
+# ----------------------------------------------------------------------------- resume
+def test_resume_from_the_checkpoint_alone_is_identical(data, tmp_path):
+    """2 epochs straight == 1 epoch, then `--resume RUN/last.pt` alone (every flag from the
+    checkpoint, a changed --epochs applied): bit-identical weights and optimiser state."""
     run(train_args(data, tmp_path / "straight", 2))
     run(train_args(data, tmp_path / "split", 1))
-    run(train_args(data, tmp_path / "split", 2, "--resume", str(tmp_path / "split" / "last.pt")))
+    run(["train.py", "--resume", str(tmp_path / "split" / "last.pt"), "--epochs", "2"],
+        cwd=str(tmp_path))
     a = load_checkpoint(str(tmp_path / "straight" / "last.pt"))
     b = load_checkpoint(str(tmp_path / "split" / "last.pt"))
-    assert a["epoch"] == b["epoch"] == 1
+    assert a["epoch"] == b["epoch"] == 1 and b["args"]["epochs"] == 2
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        for field, value in sa[key].items():
+            assert torch.equal(value, sb[key][field]), (key, field)
+    assert a["scheduler"] == b["scheduler"]
+    assert json.load(open(tmp_path / "split" / "args.json"))["args"]["epochs"] == 2
+
+
+def test_resume_refuses_changed_flags_and_other_directories(trained, data, tmp_path):
+    out = trained[0]
+    before = open(out / "last.pt", "rb").read()
+    last = str(out / "last.pt")
+    proc = run(["train.py", "--resume", last, "--lr", "1e-2", "--batch-size", "4"], check=False)
+    one_line_error(proc, "--lr", "--batch-size")
+    proc = run(["train.py", "--resume", last, "--output-dir", str(tmp_path / "B")], check=False)
+    one_line_error(proc, "--output-dir")
+    assert not (tmp_path / "B").exists()
+    best = str(out / "best.pt")
+    one_line_error(run(["train.py", "--resume", best], check=False), "model-only")
+    assert open(out / "last.pt", "rb").read() == before
+
+
+def test_resume_auto(data, tmp_path):
+    """--resume auto starts fresh in an empty directory and continues an existing run."""
+    out = tmp_path / "auto"
+    run(train_args(data, out, 1, "--resume", "auto"))
+    assert load_checkpoint(str(out / "last.pt"))["epoch"] == 0
+    proc = run(train_args(data, out, 2, "--resume", "auto"))
+    assert "continuing" in proc.stdout
+    assert [json.loads(x)["epoch"] for x in open(out / "log.jsonl")] == [0, 1]
+
+
+# ----------------------------------------------------------------------------- run directory
+def test_a_run_directory_belongs_to_one_run(trained, data, tmp_path):
+    out = trained[0]
+    before = open(out / "last.pt", "rb").read()
+    one_line_error(run(train_args(data, out, 1), check=False), "--resume")
+    assert open(out / "last.pt", "rb").read() == before
+    # any run file means a run lives there, even without last.pt
+    best_only = tmp_path / "best_only"
+    best_only.mkdir()
+    (best_only / "best.pt").write_bytes(open(out / "best.pt", "rb").read())
+    one_line_error(run(train_args(data, best_only, 1), check=False), "best.pt")
+
+
+def test_second_writer_is_refused_while_the_first_runs(data, tmp_path):
+    out = tmp_path / "busy"
+    first = subprocess.Popen([sys.executable, *train_args(data, out, 50)], cwd=ROOT, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / ".lock").exists() or not open(out / ".lock").read():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.2)
+        proc = run(train_args(data, out, 1, "--resume", "auto"), check=False)
+        one_line_error(proc, "in use", f"pid {first.pid}")
+    finally:
+        first.send_signal(signal.SIGINT)                     # Ctrl-C: one line, exit 130
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and "Traceback" not in err and "interrupted" in err + _
+
+
+def test_failed_checkpoint_write_leaves_no_litter(data, tmp_path):
+    """A file-size limit (disk full) makes the write fail: one line naming the path, no
+    temporary file left, the earlier run files intact."""
+    out = tmp_path / "full"
+    run(train_args(data, out, 1))
+    before = open(out / "last.pt", "rb").read()
+    limit = textwrap.dedent(f"""
+        import resource, runpy, sys
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+        sys.argv = {["train.py", "--resume", str(out / "last.pt"), "--epochs", "2"]!r}
+        runpy.run_path({os.path.join(ROOT, "train.py")!r}, run_name="__main__")
+    """)
+    proc = run(["-c", limit], check=False)
+    one_line_error(proc, "last.pt")
+    assert sorted(os.listdir(out)) == sorted(
+        [".lock", "args.json", "best.pt", "curves.png", "final.pt", "last.pt", "log.jsonl"])
+    assert open(out / "last.pt", "rb").read() == before
+
+
+def test_stale_temporary_files_are_cleaned(data, tmp_path):
+    out = tmp_path / "stale"
+    run(train_args(data, out, 1))
+    (out / "last.pt.tmp.12345").write_bytes(b"half a checkpoint")
+    proc = run(["train.py", "--resume", str(out / "last.pt"), "--epochs", "2"])
+    assert not (out / "last.pt.tmp.12345").exists() and "last.pt.tmp.12345" in proc.stdout
 
 
 def test_kill_while_writing_checkpoint_keeps_previous(tmp_path):
     """A process killed in the middle of save_checkpoint leaves the old file intact."""
     path = tmp_path / "last.pt"
-    sys.path.insert(0, ROOT)
-    from train import save_checkpoint
-    save_checkpoint({"epoch": 0, "w": torch.ones(10)}, str(path))
+    save_checkpoint(str(path), {"epoch": 0, "w": torch.ones(10)})
     script = textwrap.dedent(f"""
         import os, sys, time, torch
         sys.path.insert(0, {ROOT!r})
-        import train
+        import checkpoint
         def slow_fsync(fd):             # a disk that stalls after part of the file is written
             print("writing", flush=True)
             time.sleep(60)
         os.fsync = slow_fsync
-        train.save_checkpoint({{"epoch": 1, "w": torch.zeros(10_000_000)}}, {str(path)!r})
+        checkpoint.save_checkpoint({str(path)!r}, {{"epoch": 1, "w": torch.zeros(10_000_000)}})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             env=ENV)
@@ -144,6 +264,7 @@ def test_kill_while_writing_checkpoint_keeps_previous(tmp_path):
     assert ckpt["epoch"] == 0 and torch.equal(ckpt["w"], torch.ones(10))
 
 
+# ----------------------------------------------------------------------------- torchrun
 def test_torchrun_two_processes_match_single(trained, data, tmp_path):
     """torchrun --nproc_per_node=2 trains and evaluates (gloo on CPU); its evaluation of a
     checkpoint equals the single-process one: no instance lost or counted twice."""
@@ -159,13 +280,12 @@ def test_torchrun_two_processes_match_single(trained, data, tmp_path):
     assert set(few_shot_ids) <= train_ids and 3 <= len(few_shot_ids) <= 6 * 3
 
     ckpt = str(trained[0] / "last.pt")
-    single = run(["evaluate.py", ckpt, "--workers", "0", "--output-dir", str(tmp_path / "s")])
+    run(["evaluate.py", ckpt, "--workers", "0", "--output-dir", str(tmp_path / "s")])
     proc = subprocess.run(torchrun + ["evaluate.py", ckpt, "--workers", "0",
                                       "--output-dir", str(tmp_path / "d")],
                           cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    s = json.load(open(tmp_path / "s" / "metrics.json"))
-    d = json.load(open(tmp_path / "d" / "metrics.json"))
+    s, d = metrics_of(tmp_path / "s"), metrics_of(tmp_path / "d")
     assert d["world_size"] == 2
     assert d["AP"] == s["AP"] and d["AR"] == s["AR"]
     rs = json.load(open(tmp_path / "s" / "results.json"))
@@ -174,27 +294,86 @@ def test_torchrun_two_processes_match_single(trained, data, tmp_path):
     assert len({r["ann_id"] for r in rd}) == len(rd)
 
 
-def test_clear_errors(trained, data, tmp_path):
+def test_torchrun_failed_start_is_one_line(data, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                "--master_port", "29519"]
+    args = train_args(data, tmp_path / "x", 1)
+    args.remove("--random-init")
+    args.remove("--small")
+    proc = subprocess.run(torchrun + args + ["--clip-weights", str(tmp_path / "RN50.pt")],
+                          cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "RN50.pt" in errors[0]        # rank 0 says it, once
+    assert "Traceback (most recent call last)" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_weights_are_checked_before_the_annotations(tmp_path):
+    proc = run(["train.py", "--train-ann", str(tmp_path / "nope.json"), "--val-ann",
+                str(tmp_path / "nope.json"), "--images", str(tmp_path), "--output-dir",
+                str(tmp_path / "x"), "--clip-weights", str(tmp_path / "RN50.pt")], check=False)
+    one_line_error(proc, "RN50.pt")
+    proc = run(["train.py", "--train-ann", str(tmp_path / "nope.json"), "--val-ann",
+                str(tmp_path / "nope.json"), "--images", str(tmp_path), "--output-dir",
+                str(tmp_path / "y")], check=False)
+    one_line_error(proc, "--clip-weights")
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--few-shot", "0"), ("--few-shot", "-3"), ("--epochs", "0"), ("--eval-interval", "0"),
+    ("--input-size", "100"), ("--input-size", "0"), ("--input-size", "256x"),
+    ("--n-ctx", "80"), ("--sigmas", "0.1,abc"), ("--sigmas", "nan"), ("--lr-steps", "1.5,2"),
+    ("--batch-size", "0")])
+def test_meaningless_flags_are_refused_at_parse_time(flag, value, capsys):
+    from train import get_args_parser
+    with pytest.raises(SystemExit) as exit_info:
+        get_args_parser().parse_args([flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "Traceback" not in err
+
+
+def test_flags_refused_after_parsing(data, tmp_path):
+    if not torch.cuda.is_available():
+        proc = run(train_args(data, tmp_path / "c", 1, "--device", "cuda"), check=False)
+        one_line_error(proc, "--device", "GPU")
+    proc = run(train_args(data, tmp_path / "s", 1, "--sigmas", "0.1,0.2"), check=False)
+    one_line_error(proc, "sigmas", "17")
+    proc = run(train_args(data, tmp_path / "f", 1, "--flip-pairs", "left_eye,tail"),
+               check=False)
+    one_line_error(proc, "tail")
+
+
+def test_bad_image_inside_a_worker_is_one_line(data, tmp_path):
+    """A 0-byte image read by a data-loader worker ends in one line, not the worker's trace."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for f in os.listdir(data["images"]):
+        os.symlink(os.path.join(data["images"], f), images / f)
+    victim = sorted(os.listdir(images))[0]
+    os.remove(images / victim)
+    (images / victim).write_bytes(b"")
+    args = train_args({**data, "images": str(images)}, tmp_path / "run", 1)
+    args[args.index("--workers") + 1] = "2"
+    one_line_error(run(args, check=False), victim)
+
+
+def test_nan_loss_names_the_likely_cause(data, tmp_path):
+    proc = run(train_args(data, tmp_path / "nan", 1, "--lr", "1e30", "--warmup-iters", "0"),
+               check=False)
+    line = one_line_error(proc, "loss", "image ids", "--lr")
+    assert re.search(r"image ids \[\d+", line)
+
+
+def test_evaluation_errors(trained, data, tmp_path):
     out = trained[0]
-    # missing weights file
-    base = ["train.py", "--train-ann", data["train"], "--val-ann", data["val"],
-            "--images", data["images"], "--output-dir", str(tmp_path / "x")]
-    proc = run(base + ["--clip-weights", str(tmp_path / "RN50.pt")], check=False)
-    assert proc.returncode != 0 and "RN50.pt" in proc.stderr and "Traceback" not in proc.stderr
-    # pre-trained weights required unless --random-init says otherwise
-    proc = run(base, check=False)
-    assert proc.returncode != 0 and "--clip-weights" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    # a checkpoint that is not one
     bogus = tmp_path / "bogus.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, bogus)
-    proc = run(["evaluate.py", str(bogus)], check=False)
-    assert proc.returncode != 0 and "bogus.pt" in proc.stderr and "not a PromptPose" in proc.stderr
+    one_line_error(run(["evaluate.py", str(bogus)], check=False), "bogus.pt", "not a PromptPose")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(open(out / "last.pt", "rb").read()[:5000])
-    proc = run(["evaluate.py", str(truncated)], check=False)
-    assert proc.returncode != 0 and "truncated.pt" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    one_line_error(run(["evaluate.py", str(truncated)], check=False), "truncated.pt")
     # keypoints that do not match the checkpoint
     ann = json.load(open(data["val"]))
     for cat in ann["categories"]:
@@ -205,64 +384,33 @@ def test_clear_errors(trained, data, tmp_path):
         a["num_keypoints"] = sum(v > 0 for v in a["keypoints"][2::3])
     other = tmp_path / "sixteen.json"
     json.dump(ann, open(other, "w"))
-    proc = run(["evaluate.py", str(out / "last.pt"), "--ann", str(other),
-                "--images", data["images"]], check=False)
-    assert proc.returncode != 0 and "sixteen.json" in proc.stderr and "17" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    proc = run(["evaluate.py", str(out / "last.pt"), "--ann", str(other), "--images",
+                data["images"], "--output-dir", str(tmp_path / "e")], check=False)
+    one_line_error(proc, "sixteen.json", "17")
 
 
-def test_own_photos(trained, data, tmp_path):
-    """--images without --ann: pose for a user's photos, whole image or given boxes."""
-    ckpt = str(trained[0] / "last.pt")
-    photos = sorted(os.listdir(data["images"]))[:2]
-    files = [os.path.join(data["images"], f) for f in photos]
-    run(["evaluate.py", ckpt, "--images", *files, "--workers", "0",
-         "--output-dir", str(tmp_path / "whole")])
-    out = json.load(open(tmp_path / "whole" / "photo_results.json"))
-    assert len(out) == 2 and all(len(o["keypoints"]) == 17 for o in out)
-    h, w = __import__("cv2").imread(files[0]).shape[:2]
-    assert out[0]["bbox"] == [0.0, 0.0, w, h]
-    assert len(os.listdir(tmp_path / "whole" / "vis")) == 2
-    boxes = tmp_path / "boxes.json"
-    json.dump([{"file_name": photos[0], "bbox": [10, 20, 100, 80], "score": 0.5},
-               {"file_name": photos[0], "bbox": [50, 50, 60, 60]}], open(boxes, "w"))
-    run(["evaluate.py", ckpt, "--images", data["images"], "--boxes", str(boxes),
-         "--workers", "0", "--output-dir", str(tmp_path / "boxes")])
-    out = json.load(open(tmp_path / "boxes" / "photo_results.json"))
-    first = [o for o in out if os.path.basename(o["file_name"]) == photos[0]]
-    assert [o["bbox"] for o in first] == [[10, 20, 100, 80], [50, 50, 60, 60]]
-    for o in first:  # predictions stay inside (or near) their box: the crop was that box
-        x, y, bw, bh = o["bbox"]
-        kp = np.asarray(o["keypoints"])
-        assert (kp[:, 0] > x - 0.2 * bw).all() and (kp[:, 0] < x + 1.2 * bw).all()
-    bad = tmp_path / "bad_boxes.json"
-    bad.write_text('[{"file_name": "a.jpg"}]')
-    proc = run(["evaluate.py", ckpt, "--images", files[0], "--boxes", str(bad)], check=False)
-    assert proc.returncode != 0 and "bad_boxes.json" in proc.stderr
+def test_help_shows_defaults():
+    proc = run(["train.py", "--help"])
+    text = " ".join(proc.stdout.split())
+    assert "total epochs (default: 210)" in text and "AdamW learning rate (default: 0.0005)" in text
+    assert "(default: None)" not in text  # defaults that depend on the backbone are in words
 
 
-def test_output_dir_is_never_overwritten(trained, data):
-    out = trained[0]
-    before = open(out / "last.pt", "rb").read()
-    proc = run(train_args(data, out, 1), check=False)
-    assert proc.returncode != 0 and "--resume" in proc.stderr
-    assert open(out / "last.pt", "rb").read() == before
-
-
+# ----------------------------------------------------------------------------- init-from
 def test_init_from_remaps_keypoints_by_name(trained, capsys):
     """COCO -> AP-10K style transfer: same-name keypoint rows are copied, others keep init."""
+    from checkpoint import init_from
     from model import build_model
-    from train import init_from
     ckpt = load_checkpoint(str(trained[0] / "last.pt"))
     names = list(ckpt["keypoint_names"])
     other = ["nose", "tail_tip"] + [n for n in names if n != "nose"][:15]  # 16 shared, reordered
     torch.manual_seed(0)
     model = build_model(ckpt["model_config"], other)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    loaded, remapped, skipped = init_from(model, str(trained[0] / "last.pt"))
+    report = init_from(model, str(trained[0] / "last.pt"))
     sd, src = model.state_dict(), ckpt["model"]
-    assert not skipped and "keypoint_head.final_layer.weight" in remapped
-    assert "pixel_head.deconv_layers.0.weight" in remapped
+    assert not report["skipped"] and "keypoint_head.final_layer.weight" in report["remapped"]
+    assert "pixel_head.deconv_layers.0.weight" in report["remapped"]
     for name in ("keypoint_head.final_layer.weight", "keypoint_head.final_layer.bias"):
         for j, n in enumerate(other):
             expected = src[name][names.index(n)] if n in names else init[name][j]
@@ -275,3 +423,25 @@ def test_init_from_remaps_keypoints_by_name(trained, capsys):
     assert torch.equal(sd[name][C + 1], init[name][C + 1])  # tail_tip: nothing to copy
     assert torch.equal(sd["prompt_learner.ctx"], src["prompt_learner.ctx"])  # shared context
     assert "16 of 17 shared by name" in capsys.readouterr().out
+
+
+def test_init_from_across_grids_and_backbones(data, tmp_path):
+    """COCO-style 256x192 pre-training -> 256x256 fine-tuning (here 64x32 -> 64x64): the
+    positional table is resized and said so; another backbone is refused unless partial."""
+    pre = tmp_path / "pre"
+    args = train_args(data, pre, 1)
+    args[args.index("--input-size") + 1] = "64x32"
+    run(args)
+    proc = run(train_args(data, tmp_path / "fine", 1, "--init-from", str(pre / "last.pt")))
+    assert "resized visual.attnpool.positional_embedding" in proc.stdout
+    ckpt = load_checkpoint(str(pre / "last.pt"))
+    table = ckpt["model"]["visual.attnpool.positional_embedding"]
+    fine = load_checkpoint(str(tmp_path / "fine" / "last.pt"))
+    assert table.shape[0] == 1 + 2 * 1 and fine["model"][
+        "visual.attnpool.positional_embedding"].shape[0] == 1 + 2 * 2
+    proc = run(train_args(data, tmp_path / "vit", 1, "--backbone", "clip-vitb16",
+                          "--init-from", str(pre / "last.pt")), check=False)
+    one_line_error(proc, "--init-from-partial")
+    proc = run(train_args(data, tmp_path / "vit2", 1, "--backbone", "clip-vitb16",
+                          "--init-from", str(pre / "last.pt"), "--init-from-partial"))
+    assert "kept initial value: visual." in proc.stdout

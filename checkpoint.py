@@ -1,0 +1,265 @@
+"""A run directory and its checkpoints: the one place that writes, reads and checks them.
+
+A run directory (`--output-dir`) belongs to one run. It holds
+
+    last.pt          full checkpoint after every epoch (what --resume reads)
+    best.pt          model-only checkpoint of the best val AP so far (selected on val)
+    final.pt         model-only checkpoint of the last epoch (what the paper's tables report)
+    args.json        the run's flags, git commit, world size and model config
+    log.jsonl        one json line per epoch (loss terms, lr, val metrics)
+    curves.png       loss terms and val AP over epochs
+    .lock            held (flock) by the process that trains into it
+
+A checkpoint is one dict. Its fields, written down once here:
+
+    kind             "full" (last.pt: resumable) or "model-only" (best.pt / final.pt: to share)
+    model            the model's state dict (loads with strict=True into the rebuilt model)
+    model_config     model.cfg: build_model(model_config, keypoint_names, prompt_texts)
+                     rebuilds the architecture (the checkpoint is the config)
+    keypoint_names   the K keypoint names, in heatmap order
+    prompt_texts     the K texts of the language prompts (Eq. 2)
+    flip_pairs       [[i, j], ...] left/right pairs (empty: no flip augmentation / flip test)
+    skeleton         [[i, j], ...] 0-based limbs, for drawing
+    sigmas           the K OKS sigmas the run was evaluated with
+    args             the run's flags (dict; data paths absolute)
+    epoch            last finished epoch (0-based)
+    best_ap          best val AP so far (-1 before the first evaluation)
+    git_commit       commit of the code that wrote it
+    optimizer, scheduler, scaler    full checkpoints only
+
+Writes are atomic (a temporary file in the same directory, fsync, os.replace): a crash or a
+kill at any moment leaves the previous file or the new one, never a torn one, and a write
+that fails (disk full, file too large) removes its temporary file and names the path.
+"""
+import fcntl
+import glob
+import os
+import subprocess
+
+import torch
+
+from distributed import print0
+from model import build_model, resize_positional_tables
+
+MODEL_FIELDS = ("model", "model_config", "keypoint_names", "prompt_texts", "flip_pairs",
+                "skeleton", "sigmas", "args", "epoch", "best_ap", "git_commit")
+TRAINING_FIELDS = ("optimizer", "scheduler", "scaler")
+RUN_FILES = ("last.pt", "best.pt", "final.pt", "args.json", "log.jsonl")
+
+
+# ----------------------------------------------------------------------------- run directory
+def git_commit():
+    """The 40-hex commit of this code, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def existing_run_files(run_dir):
+    """The run files (RUN_FILES) already in run_dir: any of them means a run lives there."""
+    return [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
+
+
+def lock_run_dir(run_dir):
+    """Create run_dir and hold its lock for the life of this process. Returns the open lock
+    file (keep a reference). A second writer stops with the pid of the one holding it."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        handle = open(os.path.join(run_dir, ".lock"), "a+")
+    except OSError as e:
+        raise ValueError(f"--output-dir {run_dir}: cannot create the run directory "
+                         f"({e.strerror}); choose a writable path") from e
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        other = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"--output-dir {run_dir} is in use by a running training ({other}); "
+                         f"wait for it or choose another --output-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    handle.flush()
+    return handle
+
+
+def remove_stale_temporaries(run_dir):
+    """Delete the temporary files of checkpoint writes that a killed run left behind."""
+    stale = glob.glob(os.path.join(run_dir, "*.pt.tmp.*"))
+    for path in stale:
+        os.remove(path)
+    if stale:
+        print0(f"removed {len(stale)} unfinished checkpoint write(s) of an earlier run: "
+               f"{', '.join(os.path.basename(p) for p in stale)}")
+
+
+# ----------------------------------------------------------------------------- write / read
+def save_checkpoint(path, ckpt):
+    """Atomic write of a checkpoint dict (see the module docstring)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); "
+                                   f"the previous one is intact: free disk space and "
+                                   f"--resume") from e
+        raise
+
+
+def make_checkpoint(model, data_info, args, epoch, best_ap, commit, optimizer=None,
+                    scheduler=None, scaler=None):
+    """The checkpoint dict of the module docstring. data_info: the dataset's flip_pairs,
+    skeleton and sigmas; model-only when no optimizer is given."""
+    ckpt = {"kind": "model-only" if optimizer is None else "full",
+            "model": model.state_dict(), "model_config": model.cfg,
+            "keypoint_names": list(model.keypoint_names),
+            "prompt_texts": list(model.prompt_texts),
+            "flip_pairs": [list(map(int, p)) for p in data_info["flip_pairs"]],
+            "skeleton": [list(map(int, s)) for s in data_info["skeleton"]],
+            "sigmas": [float(s) for s in data_info["sigmas"]],
+            "args": dict(args), "epoch": epoch, "best_ap": best_ap, "git_commit": commit}
+    if optimizer is not None:
+        ckpt.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict())
+    return ckpt
+
+
+def model_only(ckpt):
+    """The shareable form of a full checkpoint: no optimiser, scheduler or scaler state."""
+    return {**{k: v for k, v in ckpt.items() if k not in TRAINING_FIELDS}, "kind": "model-only"}
+
+
+def load_checkpoint(path, need_training_state=False):
+    """Read a checkpoint written by train.py (weights_only=True), or say what the file is not."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip / pickle / EOF errors of every kind: reported the same way
+        raise ValueError(f"{path!r} could not be read as a PromptPose checkpoint "
+                         f"({type(e).__name__}: {e}); expected a .pt written by train.py") from e
+    missing = [k for k in MODEL_FIELDS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path!r} is not a PromptPose checkpoint of this version (missing "
+                         f"{missing}); CLIP or ImageNet weights go to train.py --clip-weights / "
+                         f"--imagenet-weights instead")
+    if need_training_state and ckpt.get("kind") != "full":
+        raise ValueError(f"{path!r} is a model-only checkpoint (no optimiser state): resume "
+                         f"from the run's last.pt, or start a new run with --init-from {path}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt):
+    """Rebuild the exact architecture from the stored config and load the weights strictly."""
+    model = build_model(ckpt["model_config"], ckpt["keypoint_names"], ckpt["prompt_texts"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model
+
+
+# ----------------------------------------------------------------------------- init-from
+def keypoint_block(model, name, shape):
+    """Where a tensor is indexed by keypoint: the offset of its K keypoint rows along dim 0,
+    or None. These are the heads' last convolutions (one output channel per keypoint), the
+    pixel head's first deconvolution (one input channel per score map S_n) and, with the
+    pixel branch, the last K input channels of the keypoint head (F_fuse = F (+) S, Eq. 9).
+    A ViT pixel head whose deconvolutions are K wide is keypoint-indexed throughout; those
+    tensors are not remapped (they are skipped when K differs)."""
+    K = len(model.keypoint_names)
+    if name in ("keypoint_head.final_layer.weight", "keypoint_head.final_layer.bias",
+                "pixel_head.final_layer.weight", "pixel_head.final_layer.bias",
+                "pixel_head.deconv_layers.0.weight"):
+        return 0
+    if name == "keypoint_head.deconv_layers.0.weight" and model.pixel_head is not None:
+        return shape[0] - K
+    return None
+
+
+def remap_keypoint_rows(target, source, offset, names, source_names):
+    """Copy `source` rows into a clone of `target`: rows before `offset` as they are, keypoint
+    rows by keypoint name; rows of keypoints the source lacks keep their initial value."""
+    new = target.clone()
+    new[:offset] = source[:offset]
+    for j, n in enumerate(names):
+        if n in source_names:
+            new[offset + j] = source[offset + source_names.index(n)]
+    return new
+
+
+def check_same_towers(model, ckpt, path, partial):
+    """Refuse an --init-from whose backbone or tower type differs, unless partial."""
+    mine, theirs = model.cfg, ckpt["model_config"]
+    differ = [k for k in ("backbone",) if mine[k] != theirs[k]]
+    if mine["vision"]["type"] != theirs["vision"]["type"]:
+        differ.append("vision tower")
+    if differ and not partial:
+        raise ValueError(f"--init-from {path}: trained with --backbone {theirs['backbone']} "
+                         f"({theirs['vision']['type']}), this run uses --backbone "
+                         f"{mine['backbone']} ({mine['vision']['type']}); add "
+                         f"--init-from-partial to load only the tensors that match")
+
+
+def init_from(model, path, partial=False):
+    """Initialise from another run's checkpoint (COCO human pre-training -> AP-10K, Tables
+    3-4). Every tensor whose name and shape match is copied; positional tables of another
+    grid (COCO at 256x192 -> AP-10K at 256x256) are resized bilinearly; keypoint-indexed rows
+    are matched by keypoint *name* (COCO and AP-10K share eyes, nose, shoulders, elbows, hips
+    and knees). Prints what was loaded, resized, remapped, skipped and left at its init.
+    Returns {"loaded", "resized", "remapped", "skipped", "untouched"} name lists."""
+    ckpt = load_checkpoint(path)
+    check_same_towers(model, ckpt, path, partial)
+    source, resized = resize_positional_tables(ckpt["model"], model)
+    source_names, names = list(ckpt["keypoint_names"]), list(model.keypoint_names)
+    target = model.state_dict()
+    report = {"loaded": [], "resized": resized, "remapped": [], "skipped": [], "untouched": []}
+    for name, tensor in source.items():
+        if name not in target:
+            report["skipped"].append(f"{name}: not in this model")
+            continue
+        offset = None if source_names == names else keypoint_block(model, name,
+                                                                   target[name].shape)
+        if offset is not None and (tensor.shape[1:] == target[name].shape[1:]
+                                   and keypoint_block(model, name, tensor.shape) == offset):
+            target[name] = remap_keypoint_rows(target[name], tensor, offset, names, source_names)
+            report["remapped"].append(name)
+        elif target[name].shape != tensor.shape:
+            report["skipped"].append(f"{name}: shape {tuple(tensor.shape)} != "
+                                     f"{tuple(target[name].shape)}")
+        else:
+            target[name] = tensor
+            report["loaded"].append(name)
+    report["untouched"] = [n for n in target if n not in source]
+    report["untouched"] += [s.split(":")[0] for s in report["skipped"]
+                            if not s.endswith("not in this model")]
+    model.load_state_dict(target, strict=True)
+    print_init_report(path, report, names, source_names)
+    return report
+
+
+def print_init_report(path, report, names, source_names):
+    shared = [n for n in names if n in source_names]
+    print0(f"--init-from {path}: loaded {len(report['loaded'])} tensors, resized "
+           f"{len(report['resized'])} positional table(s), remapped {len(report['remapped'])} by "
+           f"keypoint name, skipped {len(report['skipped'])}; {len(report['untouched'])} of this "
+           f"model's tensors keep their initial value")
+    if names != source_names:
+        print0(f"  keypoints differ: {len(shared)} of {len(names)} shared by name {shared}; "
+               f"the rows of the other {len(names) - len(shared)} keep their initial value")
+    for name in report["resized"]:
+        print0(f"  resized {name} to this model's grid (bilinear)")
+    for name in report["remapped"]:
+        print0(f"  remapped {name}")
+    for line in report["skipped"]:
+        print0(f"  skipped {line}")
+    for name in report["untouched"]:
+        print0(f"  kept initial value: {name}")

@@ -1,0 +1,120 @@
+"""The process group and the entry points' error handling, shared by train.py and evaluate.py.
+
+`torchrun` sets RANK / LOCAL_RANK / WORLD_SIZE; a plain `python` run is one process with no
+process group and goes through exactly the same code. Only rank 0 prints and writes files.
+Bad input ends in one line `error: ...` (exit 1), never a traceback (`run_cli`).
+"""
+import argparse
+import os
+import signal
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device=None):
+    """Join the process group when torchrun started us. -> (rank, local_rank, world, device).
+
+    device: None picks cuda:LOCAL_RANK when a GPU is visible, else the CPU; a string is
+    checked ('cuda' without a GPU is a clear error, not a crash later).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is visible to this process; "
+                             f"use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, local_rank, world, device
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main():
+    """True on rank 0 (and in a single-process run)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def print0(*args, **kwargs):
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def all_gather_list(items):
+    """Concatenate a python list over all ranks (rank order); one process: the list itself."""
+    if not is_distributed():
+        return list(items)
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
+
+
+def all_reduce_sum(tensor):
+    """Sum a tensor over ranks in place (no-op for one process); returns it."""
+    if is_distributed():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_object(obj):
+    """Rank 0's python object on every rank (one process: obj)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup():
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def one_line(error):
+    """The message of an error, without the traceback a DataLoader worker wraps around it."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "DataLoader worker" in lines[0]:
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(lines)
+
+
+def run_cli(main_fn, parse, on_interrupt="interrupted"):
+    """Run an entry point: `main_fn(parse())`. Bad input, a failed write or Ctrl-C end in one
+    line, no traceback (under torchrun only rank 0 says it); Ctrl-C prints `on_interrupt`."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large file is an OSError, not a kill
+    try:
+        main_fn(parse())
+    except KeyboardInterrupt:
+        print0(on_interrupt)
+        sys.exit(130)
+    except (FileNotFoundError, ValueError, OSError, FloatingPointError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "DataLoader worker" not in str(e):
+            raise
+        if is_main():
+            print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default; a default that is None or a switch is said in words."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
