@@ -2,11 +2,11 @@
 
 Contents, top to bottom:
   * transformer pieces shared with the image towers in `model.py`
-    (LayerNorm, QuickGELU, MultiheadAttention, ResidualAttentionBlock, Transformer),
+    (LayerNorm, QuickGELU, drop_path, MultiheadAttention, ResidualAttentionBlock, Transformer),
   * the byte-level BPE tokenizer (`tokenize`),
-  * the text encoder (`TextEncoder`, == CLIP's `encode_text`) and `load_clip_state_dict`,
-  * the prompt learner of PromptPose (paper Eq. 2, `PromptLearner`).
+  * the text encoder (`TextEncoder`, == CLIP's `encode_text`) and `load_clip_state_dict`.
 
+The prompt learner of PromptPose (paper Eq. 2) builds on `TextEncoder` in `model.py`.
 All sequence tensors are batch-first: (B, L, d).
 """
 import functools
@@ -43,19 +43,30 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def drop_path(x, rate, training):
+    """Stochastic depth on a residual branch x (B, ...): in training mode each sample's branch
+    is zeroed with probability `rate` and the kept ones scaled by 1 / (1 - rate); identity in
+    eval mode or at rate 0."""
+    if not training or rate == 0:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - rate)  # (B, 1, ...)
+    return x * keep / (1 - rate)
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head attention with nn.MultiheadAttention's parameter names, batch-first.
 
     Parameters `in_proj_weight` (3d, d) [q; k; v rows], `in_proj_bias` (3d,) and
     `out_proj` (Linear d -> d) are named so OpenAI's keys (`attn.in_proj_weight`, ...) load.
+    bias=False: q, k, v projections without bias (`in_proj_bias` is None); out_proj keeps one.
     """
 
-    def __init__(self, d_model, n_head):
+    def __init__(self, d_model, n_head, bias=True):
         super().__init__()
         assert d_model % n_head == 0, f"d_model {d_model} not divisible by n_head {n_head}"
         self.d_model, self.n_head = d_model, n_head
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model)) if bias else None
         self.out_proj = nn.Linear(d_model, d_model)
         nn.init.xavier_uniform_(self.in_proj_weight)  # nn.MultiheadAttention's default init
         nn.init.zeros_(self.out_proj.bias)
@@ -72,7 +83,7 @@ class MultiheadAttention(nn.Module):
         B, Lq, d = q.shape
         Lk = k.shape[1]
         w_q, w_k, w_v = self.in_proj_weight.chunk(3, dim=0)  # each (d, d)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3, dim=0)  # each (d,)
+        b_q, b_k, b_v = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
         h, dh = self.n_head, d // self.n_head
         q = F.linear(q, w_q, b_q).view(B, Lq, h, dh).transpose(1, 2)  # (B, h, Lq, dh)
         k = F.linear(k, w_k, b_k).view(B, Lk, h, dh).transpose(1, 2)  # (B, h, Lk, dh)
@@ -85,10 +96,12 @@ class MultiheadAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); MLP ratio 4."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); MLP ratio 4.
+    drop_rate: stochastic-depth rate of both residual branches (training mode only)."""
 
-    def __init__(self, d_model, n_head):
+    def __init__(self, d_model, n_head, drop_rate=0.0):
         super().__init__()
+        self.drop_rate = drop_rate
         self.ln_1 = LayerNorm(d_model)
         self.attn = MultiheadAttention(d_model, n_head)
         self.ln_2 = LayerNorm(d_model)
@@ -100,18 +113,21 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x, attn_mask=None):
         """x (B, L, d), attn_mask additive (L, L) or None -> (B, L, d)."""
-        y = self.ln_1(x)
-        x = x + self.attn(y, attn_mask=attn_mask)
-        return x + self.mlp(self.ln_2(x))
+        x = x + drop_path(self.attn(self.ln_1(x), attn_mask=attn_mask), self.drop_rate, self.training)
+        return x + drop_path(self.mlp(self.ln_2(x)), self.drop_rate, self.training)
 
 
 class Transformer(nn.Module):
-    """`layers` ResidualAttentionBlocks; keys `resblocks.{i}.*`."""
+    """`layers` ResidualAttentionBlocks; keys `resblocks.{i}.*`. Stochastic depth rises
+    linearly from 0 at the first block to `drop_path` at the last (0: none, CLIP's text side)."""
 
-    def __init__(self, width, layers, heads):
+    def __init__(self, width, layers, heads, drop_path=0.0):
         super().__init__()
+        if not 0 <= drop_path < 1:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
         self.width, self.layers, self.heads = width, layers, heads
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        rates = torch.linspace(0, drop_path, layers).tolist()
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, rate) for rate in rates])
 
     def forward(self, x, attn_mask=None):
         """x (B, L, width), attn_mask additive (L, L) or None -> (B, L, width)."""
@@ -296,7 +312,7 @@ class TextEncoder(nn.Module):
     @classmethod
     def from_state_dict(cls, state_dict):
         """Build from a CLIP state dict and load strictly; only `visual.*` and `logit_scale` are skipped."""
-        text_sd = {k: v for k, v in state_dict.items() if not k.startswith("visual.") and k != "logit_scale"}
+        text_sd = text_state_dict(state_dict)
         model = cls(**cls.config_from_state_dict(text_sd))
         model.load_state_dict(text_sd, strict=True)
         return model
@@ -319,6 +335,11 @@ class TextEncoder(nn.Module):
         x = self.ln_final(x)
         x = x[torch.arange(N, device=x.device), eot_index]  # (N, width)
         return x @ self.text_projection  # (N, embed_dim)
+
+
+def text_state_dict(state_dict):
+    """The text tower's part of a CLIP state dict: everything but `visual.*` and `logit_scale`."""
+    return {k: v for k, v in state_dict.items() if not k.startswith("visual.") and k != "logit_scale"}
 
 
 def load_clip_state_dict(path):
@@ -358,40 +379,3 @@ def load_clip_state_dict(path):
     for key in _TORCHSCRIPT_META_KEYS:
         state_dict.pop(key, None)
     return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-
-
-# ----------------------------------------------------------------------------------------
-# Prompt learner (paper Eq. 2)
-# ----------------------------------------------------------------------------------------
-
-class PromptLearner(nn.Module):
-    """Learnable prompts E_prompt^origin = T([SOT] ctx_1..ctx_n [name tokens] [EOT]) (paper Eq. 2).
-
-    One set of n_ctx context vectors (n_ctx, width) is shared by all K keypoints; the frozen
-    text encoder T maps each prompt to its EOT feature. Prompts are built by concatenation:
-    the name is tokenised alone ([SOT, name, EOT]) and the context vectors are spliced in
-    after SOT, which gives the same layout as CoOp's placeholder text 'X X ... X name'.
-    Because the mask is causal, positions after the longest prompt's EOT cannot change any
-    EOT feature, so the transformer runs only on 1 + n_ctx + (longest name + 1) positions.
-    """
-
-    def __init__(self, text_encoder, keypoint_names, n_ctx=8, ctx_init_std=0.02):
-        super().__init__()
-        self.text_encoder = text_encoder.requires_grad_(False)  # frozen; gradients still pass through
-        self.keypoint_names = [name.replace("_", " ") for name in keypoint_names]  # 'left_eye' -> 'left eye'
-        self.n_ctx = n_ctx
-        self.ctx = nn.Parameter(torch.empty(n_ctx, text_encoder.config["width"]))
-        nn.init.normal_(self.ctx, std=ctx_init_std)
-        tokens = tokenize(self.keypoint_names, context_length=text_encoder.context_length - n_ctx)  # (K, 77 - n_ctx)
-        eot_index = tokens.argmax(dim=-1)  # (K,) in the name-only sequence
-        # derived from the names, so not saved with the weights
-        self.register_buffer("name_tokens", tokens[:, :int(eot_index.max()) + 1], persistent=False)  # (K, Ln)
-        self.register_buffer("eot_index", eot_index + n_ctx, persistent=False)  # (K,) in the prompt
-
-    def forward(self):
-        """-> (K, embed_dim) prompt embeddings, one per keypoint name."""
-        K = self.name_tokens.shape[0]
-        names = self.text_encoder.token_embedding(self.name_tokens)  # (K, Ln, width): SOT, name, EOT, pad
-        ctx = self.ctx.unsqueeze(0).expand(K, -1, -1).to(names.dtype)  # (K, n_ctx, width)
-        x = torch.cat([names[:, :1], ctx, names[:, 1:]], dim=1)  # (K, 1 + n_ctx + Ln - 1, width)
-        return self.text_encoder.encode_embeddings(x, self.eot_index)

@@ -2,7 +2,9 @@
 
   L_pred      `pred_loss`      masked heatmap MSE of the keypoint head (Sec. 3.2.4)
   L_pixel     `pixel_loss`     masked heatmap MSE of the upsampled score map S (Eq. 5)
-  L_semantic  `semantic_loss`  keypoint-feature / prompt contrast (Eq. 6-8)
+  L_semantic  `semantic_loss`  keypoint-feature / prompt contrast (Eq. 6-8):
+              `sample_keypoint_features` (Eq. 6), `similarity_matrix` (Eq. 7),
+              `symmetric_cross_entropy` (Eq. 8)
   L_total     `total_loss`     L_pred + alpha1 L_semantic + alpha2 L_pixel (Eq. 10)
 
 Coordinate convention (shared with dataset.py): keypoints are (x, y) in heatmap pixels;
@@ -14,10 +16,14 @@ import torch
 import torch.nn.functional as F
 
 
-def default_loss_weights(backbone):
-    """The authors' (alpha1, alpha2) of Eq. 10: semantic 0.0005; pixel 0.4 for ResNet-50,
-    2.0 for ViT-B. Returns {'alpha1': ..., 'alpha2': ...}."""
-    return {"alpha1": 0.0005, "alpha2": 2.0 if "vit" in backbone else 0.4}
+def default_loss_weights(backbone, method, use_pixel):
+    """The (alpha1, alpha2) of Eq. 10 for a backbone / method: the authors' semantic weight
+    0.0005 and pixel weight 0.4 for ResNet-50, 2.0 for ViT-B; 0 for a term the model does
+    not have (both for the SimpleBaseline, alpha2 with the pixel branch off).
+    Returns {'alpha1': ..., 'alpha2': ...}."""
+    if method == "baseline":
+        return {"alpha1": 0.0, "alpha2": 0.0}
+    return {"alpha1": 0.0005, "alpha2": (2.0 if "vit" in backbone else 0.4) if use_pixel else 0.0}
 
 
 def heatmap_mse(heatmaps, target, target_weight):
@@ -55,32 +61,50 @@ def sample_keypoint_features(dense, keypoints, heatmap_size):
     return feats[..., 0].transpose(1, 2)  # (B, K, C)
 
 
+def similarity_matrix(features, prompts):
+    """M = F^_keypoint E^_prompt^T, Eq. 7: cosine similarity (no temperature) of the
+    L2-normalised keypoint features (B, K, C) and prompt embeddings (B, K, C) -> (B, K, K),
+    M[b, i, j] = cos(feature i, prompt j)."""
+    f = F.normalize(features, dim=-1)  # (B, K, C)
+    e = F.normalize(prompts, dim=-1)  # (B, K, C)
+    return f @ e.transpose(1, 2)  # (B, K, K)
+
+
+def symmetric_cross_entropy(logits, visible):
+    """(CE(M, M_label) + CE(M^T, M_label)) / 2, Eq. 8, over visible keypoints only.
+
+    logits (B, K, K) (M times the inverse temperature), visible (B, K) bool; M_label = arange.
+    Per sample, with its V visible keypoints, the (V, V) sub-matrix is used: an invisible
+    keypoint is neither a row nor a column; the loss is the mean over the V rows and columns.
+    Averaged over samples with at least one visible keypoint; 0 (still attached to the graph)
+    when there are none.
+    """
+    visible = visible.bool()
+    pair = visible[:, :, None] & visible[:, None, :]  # (B, K, K): both keypoints visible
+    M = logits.masked_fill(~pair, torch.finfo(logits.dtype).min)  # finite: masked rows stay NaN-free
+    ce_rows = -M.log_softmax(dim=2).diagonal(dim1=1, dim2=2)  # (B, K): CE(M, label) per row
+    ce_cols = -M.log_softmax(dim=1).diagonal(dim1=1, dim2=2)  # (B, K): CE(M^T, label) per column
+    per_keypoint = torch.where(visible, 0.5 * (ce_rows + ce_cols), torch.zeros_like(ce_rows))
+    count = visible.sum(dim=1)  # (B,)
+    per_sample = per_keypoint.sum(dim=1) / count.clamp(min=1)  # (B,)
+    has_visible = count > 0
+    return (per_sample * has_visible).sum() / has_visible.sum().clamp(min=1)
+
+
 def semantic_loss(dense, prompts, keypoints, visible, logit_scale, heatmap_size):
     """L_semantic, Eq. 6-8, over visible keypoints only.
 
     dense (B, C, h0, w0) projected features; prompts (B, K, C) enhanced prompt embeddings;
     keypoints (B, K, 2) heatmap pixels; visible (B, K) bool; logit_scale scalar (log of the
     inverse temperature, CLIP-style: scale = exp(logit_scale) clamped at 100); heatmap_size (h, w).
-    Per sample, with the V visible keypoints of that sample, M = scale * F^ E^T (V, V) (Eq. 7)
-    and the loss is (CE(M, arange V) + CE(M^T, arange V)) / 2 (Eq. 8); an invisible keypoint
-    is neither a row nor a column. Averaged over samples with at least one visible keypoint;
-    0 (still attached to the graph) when there are none.
+    Computed in fp32.
     """
     visible = visible.bool()
     keypoints = keypoints.masked_fill(~visible[..., None], 0)  # unlabeled may hold NaN / junk
-    f = F.normalize(sample_keypoint_features(dense.float(), keypoints, heatmap_size), dim=-1)  # (B, K, C)
-    e = F.normalize(prompts.float(), dim=-1)  # (B, K, C)
+    features = sample_keypoint_features(dense.float(), keypoints, heatmap_size)  # (B, K, C), Eq. 6
     scale = logit_scale.float().exp().clamp(max=100)
-    M = scale * f @ e.transpose(1, 2)  # (B, K, K), Eq. 7
-    pair = visible[:, :, None] & visible[:, None, :]  # (B, K, K): both keypoints visible
-    M = M.masked_fill(~pair, torch.finfo(M.dtype).min)  # finite, so fully masked rows stay NaN-free
-    ce_rows = -M.log_softmax(dim=2).diagonal(dim1=1, dim2=2)  # (B, K): CE(M, label) per row
-    ce_cols = -M.log_softmax(dim=1).diagonal(dim1=1, dim2=2)  # (B, K): CE(M^T, label) per column
-    per_keypoint = torch.where(visible, 0.5 * (ce_rows + ce_cols), torch.zeros_like(ce_rows))  # Eq. 8
-    count = visible.sum(dim=1)  # (B,)
-    per_sample = per_keypoint.sum(dim=1) / count.clamp(min=1)  # (B,)
-    has_visible = count > 0
-    return (per_sample * has_visible).sum() / has_visible.sum().clamp(min=1)
+    M = scale * similarity_matrix(features, prompts.float())  # (B, K, K), Eq. 7
+    return symmetric_cross_entropy(M, visible)  # Eq. 8
 
 
 def total_loss(outputs, batch, logit_scale, alpha1, alpha2):

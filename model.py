@@ -4,47 +4,69 @@ Top to bottom: the image towers, each returning `(feature_map, global_embedding,
 dense_embedding)` and loading real weights with strict=True -- `ModifiedResNet` (CLIP RN50,
 whose attention pool is the paper's ResNet projector with every spatial token as a query),
 `VisionTransformer` (CLIP ViT-B/16, projector = ln_post + proj per token), `ResNet50`
-(torchvision keys, no projector) -- and their loaders; the PromptPose pieces (prompt encoder,
-context decoder of Sec. 3.2.1, `pixel_score_map` Eq. 3-4, `fuse` Eq. 9, SimpleBaseline's
-keypoint head); `PromptPose`, `default_config`, `build_model`. Images are (B, 3, H, W);
-positional tables keep their checkpoint shape and are resized on the fly to the feature grid.
-The losses (Eq. 5-8, 10) live in `losses.py`.
+(torchvision keys, no projector) -- and their loaders; the PromptPose pieces (`PromptLearner`
+Eq. 2, prompt encoder, context decoder of Sec. 3.2.1, `pixel_score_map` Eq. 3-4, `fuse` Eq. 9,
+SimpleBaseline's keypoint head); `PromptPose`, `default_config`, `build_model`.
+
+Sizes are (H, W), height first. Images are (B, 3, H, W). A CLIP positional table (RN50
+attention pool 7x7+1, ViT-B 14x14+1 at 224) is resized once, bilinearly, when OpenAI weights
+are loaded, to the feature grid of cfg['image_size'] (8x8 / 16x16 at 256x256), and learned
+at that size; forward never resizes. The losses (Eq. 5-8, 10) live in `losses.py`.
 """
 import json
 import math
 import os
 from collections import OrderedDict
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from clip_text import (LayerNorm, MultiheadAttention, PromptLearner, ResidualAttentionBlock,
-                       TextEncoder, Transformer)
+from clip_text import (LayerNorm, MultiheadAttention, TextEncoder, Transformer, text_state_dict,
+                       tokenize)
 
 BACKBONES = ("clip-rn50", "clip-vitb16", "imagenet-rn50")
 METHODS = ("promptpose", "baseline")
+NORMALIZATIONS = ("imagenet", "clip")  # the values live in dataset.NORMALIZATION
 TOWER_TYPE = {"clip-rn50": "clip-resnet", "clip-vitb16": "clip-vit", "imagenet-rn50": "resnet"}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device_type, amp):
+    """The mixed-precision context of `--amp` ('none' | 'bf16' | 'fp16') on device_type."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"--amp {amp!r}: choose one of {', '.join(AMP_DTYPES)}")
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
 # ----------------------------------------------------------------------------------------
 # Image towers
 # ----------------------------------------------------------------------------------------
 
-def resize_positional_embedding(pos, grid):
-    """(1 + n*n, C) table of a square n x n grid -> (1 + h*w, C) for grid (h, w).
+def resize_positional_table(pos, old_grid, new_grid):
+    """(1 + h*w, C) table of grid old_grid (h, w) -> (1 + h'*w', C) for new_grid (h', w').
 
-    The first row (class / mean token) is kept; the spatial part is resized bicubically
-    (align_corners=False). Returns `pos` itself when the grid already matches.
+    The first row (class / mean token) is kept; the spatial part is resized bilinearly
+    (align_corners=False, as the authors). Returns `pos` itself when the grids agree.
     """
-    n = math.isqrt(pos.shape[0] - 1)
-    if (n, n) == tuple(grid):
+    (h, w), (nh, nw) = tuple(old_grid), tuple(new_grid)
+    if pos.shape[0] != 1 + h * w:
+        raise ValueError(f"positional table has {pos.shape[0]} rows, not 1 + {h}x{w}")
+    if (h, w) == (nh, nw):
         return pos
-    spatial = pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2)  # (1, C, n, n)
-    spatial = F.interpolate(spatial.float(), size=tuple(grid), mode="bicubic", align_corners=False)
-    spatial = spatial.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)  # (hw, C)
+    spatial = pos[1:].reshape(1, h, w, -1).permute(0, 3, 1, 2)  # (1, C, h, w)
+    spatial = F.interpolate(spatial.float(), size=(nh, nw), mode="bilinear", align_corners=False)
+    spatial = spatial.permute(0, 2, 3, 1).reshape(nh * nw, -1).to(pos.dtype)  # (h'w', C)
     return torch.cat([pos[:1], spatial], dim=0)
+
+
+def check_grid(grid, table_grid):
+    """The feature grid (h, w) of an input must be the one the positional table was learned at."""
+    if tuple(grid) != tuple(table_grid):
+        raise ValueError(f"input gives a {grid[0]}x{grid[1]} feature grid but the positional "
+                         f"table is {table_grid[0]}x{table_grid[1]}: feed images of the model's "
+                         f"cfg['image_size'] (the table is resized only when weights are loaded)")
 
 
 def tokens_to_map(tokens, h, w):
@@ -110,15 +132,17 @@ def make_res_layers(module, width, layers, antialias):
 class AttentionPool2d(nn.Module):
     """CLIP's attention pool used as the dense projector of the paper (Sec. 3.2.2).
 
-    Tokens = [mean of the grid, every grid cell] + positional embedding; every token is a
-    query (CLIP queries only the mean token). Output 0 is CLIP's image embedding, the other
-    outputs form the dense embedding. Keys: positional_embedding, q_proj, k_proj, v_proj, c_proj.
+    Tokens = [mean of the grid, every grid cell] + positional embedding (1 + h*w rows for the
+    grid (h, w)); every token is a query (CLIP queries only the mean token). Output 0 is CLIP's
+    image embedding, the others form the dense embedding. Keys: positional_embedding, q_proj,
+    k_proj, v_proj, c_proj.
     """
 
-    def __init__(self, spacial_dim, embed_dim, num_heads, output_dim):
+    def __init__(self, grid, embed_dim, num_heads, output_dim):
         super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim ** 2 + 1, embed_dim)
-                                                 / embed_dim ** 0.5)
+        self.grid = tuple(grid)
+        self.positional_embedding = nn.Parameter(
+            torch.randn(grid[0] * grid[1] + 1, embed_dim) / embed_dim ** 0.5)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -128,9 +152,10 @@ class AttentionPool2d(nn.Module):
     def forward(self, x):
         """x (B, C, h, w) -> global (B, out), dense (B, out, h, w)."""
         B, C, h, w = x.shape
+        check_grid((h, w), self.grid)
         tokens = map_to_tokens(x)  # (B, hw, C)
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)  # (B, 1+hw, C)
-        tokens = tokens + resize_positional_embedding(self.positional_embedding, (h, w)).to(x.dtype)
+        tokens = tokens + self.positional_embedding.to(x.dtype)
         L, nh = tokens.shape[1], self.num_heads
 
         def heads(t):  # (B, L, C) -> (B, nh, L, C/nh)
@@ -146,15 +171,17 @@ class ModifiedResNet(nn.Module):
     """CLIP's ResNet image tower (3-conv stem, anti-aliased strides, attention pool).
 
     forward(images (B,3,H,W)) -> feature_map (B, 32*width, H/32, W/32), global (B, output_dim)
-    == CLIP encode_image, dense (B, output_dim, H/32, W/32). With projector=False (the
-    SimpleBaseline) there is no attnpool and the last two are None.
+    == CLIP encode_image, dense (B, output_dim, H/32, W/32). grid: the (H/32, W/32) feature
+    grid of the attention pool's positional table. With projector=False (the SimpleBaseline)
+    there is no attnpool and the last two are None.
     """
 
     stride = 32
 
-    def __init__(self, layers=(3, 4, 6, 3), output_dim=1024, heads=32, input_resolution=224,
-                 width=64, projector=True):
+    def __init__(self, layers=(3, 4, 6, 3), output_dim=1024, heads=32, grid=(7, 7), width=64,
+                 projector=True):
         super().__init__()
+        self.grid = tuple(grid)
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
         self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
@@ -165,8 +192,7 @@ class ModifiedResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         make_res_layers(self, width, layers, antialias=True)
         self.out_channels = width * 32
-        self.attnpool = (AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
-                         if projector else None)
+        self.attnpool = AttentionPool2d(grid, width * 32, heads, output_dim) if projector else None
         self.init_parameters()
 
     def init_parameters(self):
@@ -197,29 +223,30 @@ class VisionTransformer(nn.Module):
     forward(images) -> feature_map (B, width, H/p, W/p) (patch tokens before ln_post),
     global (B, output_dim) == CLIP encode_image, dense (B, output_dim, H/p, W/p)
     (ln_post and proj applied to every patch token). projector=False: no ln_post/proj.
+    grid: the (H/p, W/p) grid of the positional table (1 + h*w rows). drop_path: stochastic
+    depth rising linearly from 0 at the first block to this rate at the last (training only).
     """
 
-    def __init__(self, input_resolution=224, patch_size=16, width=768, layers=12, heads=12,
-                 output_dim=512, projector=True):
+    def __init__(self, grid=(14, 14), patch_size=16, width=768, layers=12, heads=12,
+                 output_dim=512, projector=True, drop_path=0.0):
         super().__init__()
-        self.stride = patch_size
-        self.out_channels = width
+        self.grid, self.stride, self.out_channels = tuple(grid), patch_size, width
         scale = width ** -0.5
         self.conv1 = nn.Conv2d(3, width, patch_size, stride=patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(
-            scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid[0] * grid[1] + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, drop_path)
         self.ln_post = LayerNorm(width) if projector else None
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim)) if projector else None
 
     def forward(self, x):
         x = self.conv1(x)  # (B, width, h, w)
         B, C, h, w = x.shape
+        check_grid((h, w), self.grid)
         x = torch.cat([self.class_embedding.to(x.dtype).expand(B, 1, C), map_to_tokens(x)],
                       dim=1)  # (B, 1+hw, width)
-        x = x + resize_positional_embedding(self.positional_embedding, (h, w)).to(x.dtype)
+        x = x + self.positional_embedding.to(x.dtype)  # CLIP adds the class embedding once
         x = self.transformer(self.ln_pre(x))  # (B, 1+hw, width)
         feature_map = tokens_to_map(x[:, 1:], h, w)  # (B, width, h, w)
         if self.proj is None:
@@ -259,65 +286,112 @@ def _count_blocks(sd, prefix):
     return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
 
 
-def clip_visual_config(sd):
+def guess_grid(pos):
+    """The grid (h, w) of a (1 + h*w, C) positional table when nothing says which: square
+    (OpenAI's checkpoints), else the most nearly square h x w with h >= w (8x6, 16x12: the
+    portrait 256x192 inputs of top-down pose estimation)."""
+    n = pos.shape[0] - 1
+    w = math.isqrt(n)
+    while n % w:
+        w -= 1
+    return n // w, w
+
+
+def feature_grid(image_size, stride):
+    """(H / stride, W / stride) for image_size (H, W) or an int; both must be multiples."""
+    H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if H % stride or W % stride:
+        raise ValueError(f"image size {H}x{W} is not a multiple of the backbone stride {stride}")
+    return H // stride, W // stride
+
+
+def clip_visual_config(sd, image_size=None):
     """Tower kwargs inferred from the shapes of a CLIP state dict's `visual.*` tensors.
 
     ViT if `visual.proj` exists (heads = width // 64), else ModifiedResNet
-    (heads = width * 32 // 64). Returns {'type': 'clip-vit' | 'clip-resnet', **kwargs}.
+    (heads = width * 32 // 64). 'grid' is the feature grid of image_size (H, W), or the
+    checkpoint's own (7x7 / 14x14 for OpenAI's 224 models) when image_size is None.
+    Returns {'type': 'clip-vit' | 'clip-resnet', **kwargs}.
     """
     if "visual.proj" in sd:
         conv = sd["visual.conv1.weight"]  # (width, 3, patch, patch)
-        grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)
-        return {"type": "clip-vit", "input_resolution": grid * conv.shape[-1],
-                "patch_size": conv.shape[-1], "width": conv.shape[0],
-                "layers": _count_blocks(sd, "visual.transformer.resblocks."),
-                "heads": conv.shape[0] // 64, "output_dim": sd["visual.proj"].shape[1]}
-    if "visual.attnpool.positional_embedding" in sd:
+        pos = sd["visual.positional_embedding"]
+        cfg = {"type": "clip-vit", "patch_size": conv.shape[-1], "width": conv.shape[0],
+               "layers": _count_blocks(sd, "visual.transformer.resblocks."),
+               "heads": conv.shape[0] // 64, "output_dim": sd["visual.proj"].shape[1]}
+    elif "visual.attnpool.positional_embedding" in sd:
         width = sd["visual.layer1.0.conv1.weight"].shape[0]
-        grid = math.isqrt(sd["visual.attnpool.positional_embedding"].shape[0] - 1)
-        return {"type": "clip-resnet",
-                "layers": [_count_blocks(sd, f"visual.layer{i}.") for i in range(1, 5)],
-                "output_dim": sd["visual.attnpool.c_proj.weight"].shape[0],
-                "heads": width * 32 // 64, "input_resolution": grid * 32, "width": width}
-    raise ValueError("not a CLIP state dict: it has neither 'visual.proj' (ViT) nor "
-                     "'visual.attnpool.positional_embedding' (ModifiedResNet)")
+        pos = sd["visual.attnpool.positional_embedding"]
+        cfg = {"type": "clip-resnet",
+               "layers": [_count_blocks(sd, f"visual.layer{i}.") for i in range(1, 5)],
+               "output_dim": sd["visual.attnpool.c_proj.weight"].shape[0],
+               "heads": width * 32 // 64, "width": width}
+    else:
+        raise ValueError("not a CLIP state dict: it has neither 'visual.proj' (ViT) nor "
+                         "'visual.attnpool.positional_embedding' (ModifiedResNet)")
+    stride = cfg.get("patch_size", ModifiedResNet.stride)
+    cfg["grid"] = list(guess_grid(pos) if image_size is None else feature_grid(image_size, stride))
+    return cfg
 
 
-def build_visual(vision_cfg, projector=True):
-    """A randomly initialised tower from cfg['vision'] ({'type': ..., **kwargs})."""
+def build_visual(vision_cfg, projector=True, drop_path=0.0):
+    """A randomly initialised tower from cfg['vision'] ({'type': ..., **kwargs}); drop_path
+    (stochastic depth) exists for the ViT only."""
     kwargs = {k: v for k, v in vision_cfg.items() if k != "type"}
+    if vision_cfg["type"] == "clip-vit":
+        return VisionTransformer(**kwargs, projector=projector, drop_path=drop_path)
+    if drop_path:
+        raise ValueError(f"drop_path {drop_path}: stochastic depth is implemented for the ViT "
+                         f"backbone only; use 0 for {vision_cfg['type']}")
     if vision_cfg["type"] == "clip-resnet":
         return ModifiedResNet(**kwargs, projector=projector)
-    if vision_cfg["type"] == "clip-vit":
-        return VisionTransformer(**kwargs, projector=projector)
     if vision_cfg["type"] == "resnet":
         return ResNet50(**kwargs)
     raise ValueError(f"unknown tower type {vision_cfg['type']!r}")
 
 
-def check_image_size(image_size, stride):
-    """(H, W) from an int or a pair, both multiples of the tower's stride."""
-    H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if H % stride or W % stride:
-        raise ValueError(f"image size {H}x{W} is not a multiple of the backbone stride {stride}")
-    return H, W
+def load_clip_visual(tower, sd):
+    """Load a CLIP state dict's `visual.*` into `tower` with strict=True.
 
-
-def build_clip_visual(sd, image_size=256, projector=True):
-    """The CLIP image tower of a CLIP state dict, sizes from shapes, `visual.*` loaded strictly.
-
-    projector=False (SimpleBaseline) builds no attnpool / ln_post+proj and drops exactly
-    those keys by name. image_size (int or (H, W)) is checked against the tower's stride.
+    The positional table (OpenAI's: 7x7+1 / 14x14+1) is resized once, bilinearly, to
+    the tower's grid; a tower without projector (SimpleBaseline) drops exactly the
+    projector's keys (attnpool., ln_post., proj) by name.
     """
-    vision_cfg = clip_visual_config(sd)
-    tower = build_visual(vision_cfg, projector)
-    check_image_size(image_size, tower.stride)
+    own = tower.state_dict()
+    visual = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     projector_keys = ("attnpool.", "ln_post.", "proj")
-    visual_sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
-    if not projector:
-        visual_sd = {k: v for k, v in visual_sd.items() if not k.startswith(projector_keys)}
-    tower.load_state_dict(visual_sd, strict=True)
+    if not any(k.startswith(projector_keys) for k in own):
+        visual = {k: v for k, v in visual.items() if not k.startswith(projector_keys)}
+    for key in ("attnpool.positional_embedding", "positional_embedding"):
+        if key in visual and key in own:
+            visual[key] = resize_positional_table(visual[key], guess_grid(visual[key]), tower.grid)
+    tower.load_state_dict(visual, strict=True)
     return tower
+
+
+def build_clip_visual(sd, image_size=256, projector=True, drop_path=0.0):
+    """The CLIP image tower of a CLIP state dict for inputs of image_size (int or (H, W)):
+    sizes from shapes, positional table resized to the feature grid, loaded strictly."""
+    tower = build_visual(clip_visual_config(sd, image_size), projector, drop_path)
+    return load_clip_visual(tower, sd)
+
+
+def resize_positional_tables(state_dict, model, source_grid=None):
+    """Resize the image tower's positional table in `state_dict` to `model`'s grid.
+
+    For initialising from a checkpoint trained at another input size (COCO 256x192 -> AP-10K
+    256x256: attnpool 8x6+1 -> 8x8+1), bilinearly, class row kept. source_grid (h, w): the
+    checkpoint's grid (its model_config['vision']['grid']); default `guess_grid`.
+    Returns (a new dict, names of the resized tables).
+    """
+    own, out, resized = model.state_dict(), dict(state_dict), []
+    for key in ("visual.attnpool.positional_embedding", "visual.positional_embedding"):
+        if key in out and key in own and out[key].shape != own[key].shape \
+                and out[key].shape[1:] == own[key].shape[1:]:
+            old = tuple(source_grid) if source_grid else guess_grid(out[key])
+            out[key] = resize_positional_table(out[key], old, model.visual.grid)
+            resized.append(key)
+    return out, resized
 
 
 def resnet_config(sd):
@@ -364,15 +438,70 @@ def load_imagenet_resnet(path_or_sd):
 # PromptPose pieces (Sec. 3.2)
 # ----------------------------------------------------------------------------------------
 
+def default_prompt_texts(keypoint_names):
+    """The text of each keypoint's prompt when the data gives none: 'left_eye' -> 'left eye'."""
+    return [name.replace("_", " ") for name in keypoint_names]
+
+
+class PromptLearner(nn.Module):
+    """Learnable prompts E_prompt^origin = T([SOT] ctx_1..ctx_n [text tokens] [EOT]) (Eq. 2).
+
+    One set of n_ctx context vectors (n_ctx, width) is shared by all K prompts, initialised
+    truncated-normal with std ctx_init_std cut at +-2 std (the authors: std 1); the frozen
+    text encoder T maps each prompt to its EOT feature. Each prompt text is tokenised alone
+    ([SOT, text, EOT]) and the context vectors are spliced in after SOT, the layout of CoOp's
+    placeholder text 'X X ... X text'. Because the mask is causal, positions after the longest
+    prompt's EOT cannot change any EOT feature, so the transformer runs only on
+    1 + n_ctx + (longest text + 1) positions (13 for AP-10K with 8 contexts).
+    """
+
+    def __init__(self, text_encoder, prompt_texts, n_ctx=8, ctx_init_std=1.0):
+        super().__init__()
+        if not ctx_init_std > 0:
+            raise ValueError(f"ctx_init_std must be > 0, got {ctx_init_std}")
+        self.text_encoder = text_encoder.requires_grad_(False)  # frozen; gradients still pass through
+        self.prompt_texts, self.n_ctx = list(prompt_texts), n_ctx
+        self.ctx = nn.Parameter(torch.empty(n_ctx, text_encoder.config["width"]))
+        nn.init.trunc_normal_(self.ctx, std=ctx_init_std, a=-2 * ctx_init_std, b=2 * ctx_init_std)
+        tokens = tokenize(self.prompt_texts, context_length=text_encoder.context_length - n_ctx)
+        eot_index = tokens.argmax(dim=-1)  # (K,) in the text-only sequence
+        # derived from the texts, so not saved with the weights
+        self.register_buffer("text_tokens", tokens[:, :int(eot_index.max()) + 1], persistent=False)  # (K, Lt)
+        self.register_buffer("eot_index", eot_index + n_ctx, persistent=False)  # (K,) in the prompt
+
+    def forward(self):
+        """-> (K, embed_dim) prompt embeddings, one per prompt text."""
+        K = self.text_tokens.shape[0]
+        texts = self.text_encoder.token_embedding(self.text_tokens)  # (K, Lt, width): SOT, text, EOT, pad
+        ctx = self.ctx.unsqueeze(0).expand(K, -1, -1).to(texts.dtype)  # (K, n_ctx, width)
+        x = torch.cat([texts[:, :1], ctx, texts[:, 1:]], dim=1)  # (K, 1 + n_ctx + Lt - 1, width)
+        return self.text_encoder.encode_embeddings(x, self.eot_index)
+
+
+class PromptEncoder(nn.Module):
+    """The prompt encoder of Sec. 3.2.1: one pre-LN transformer block over the K prompt
+    embeddings (no mask, no positional embedding), then a LayerNorm `ln_final`, as the
+    authors' code; PyTorch's default init. (B, K, C_emb) -> (B, K, C_emb)."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.transformer = Transformer(width, 1, heads)
+        self.ln_final = LayerNorm(width)
+
+    def forward(self, x):
+        return self.ln_final(self.transformer(x))
+
+
 class ContextDecoderLayer(nn.Module):
     """Pre-LN decoder layer: self-attention over the prompts, cross-attention to the visual
-    tokens, MLP; dropout on each residual branch (DenseCLIP's context decoder layer)."""
+    tokens, MLP; dropout on each residual branch (DenseCLIP's context decoder layer, whose
+    q, k, v projections have no bias)."""
 
     def __init__(self, width, heads, dropout):
         super().__init__()
         self.norm1, self.norm2, self.norm3 = LayerNorm(width), LayerNorm(width), LayerNorm(width)
-        self.self_attn = MultiheadAttention(width, heads)
-        self.cross_attn = MultiheadAttention(width, heads)
+        self.self_attn = MultiheadAttention(width, heads, bias=False)
+        self.cross_attn = MultiheadAttention(width, heads, bias=False)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(4 * width, width))
         self.dropout = nn.Dropout(dropout)
@@ -388,7 +517,8 @@ class ContextDecoder(nn.Module):
     """Cross-attention of the prompts to the visual tokens (Sec. 3.2.1, DenseCLIP style).
 
     forward(prompts (B, K, C_emb), visual (B, N, C_emb)) -> (B, K, C_emb): both are projected
-    to `width`, run through `layers` decoder layers, and projected back to C_emb.
+    to `width`, run through `layers` decoder layers, and projected back to C_emb. Every
+    projection weight truncated-normal std 0.02, biases 0 (DenseCLIP's init).
     """
 
     def __init__(self, embed_dim, width=256, heads=4, layers=3, dropout=0.1):
@@ -403,6 +533,8 @@ class ContextDecoder(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, MultiheadAttention):  # q, k, v: DenseCLIP's three Linear layers
+                nn.init.trunc_normal_(m.in_proj_weight, std=0.02)
 
     def forward(self, prompts, visual):
         memory = self.memory_proj(visual)  # (B, N, width)
@@ -415,11 +547,12 @@ class ContextDecoder(nn.Module):
 class KeypointHead(nn.Module):
     """SimpleBaseline's keypoint predictor f_pred: n x [deconv k4 s2, BN, ReLU], 1x1 conv.
 
-    (B, in_channels, h0, w0) -> (B, out_channels, h0 * 2^n, w0 * 2^n). Also used, narrower,
-    as the pixel head that upsamples the score map S for L_pixel (Eq. 5).
+    (B, in_channels, h0, w0) -> (B, out_channels, h0 * 2^n, w0 * 2^n). init_std: SimpleBaseline's
+    init (convolutions N(0, init_std), final bias 0); None keeps PyTorch's default init, as the
+    authors' code leaves the pixel head that upsamples S for L_pixel (Eq. 5).
     """
 
-    def __init__(self, in_channels, out_channels, num_deconv, channels=256):
+    def __init__(self, in_channels, out_channels, num_deconv, channels=256, init_std=0.001):
         super().__init__()
         layers = []
         for _ in range(num_deconv):
@@ -428,10 +561,11 @@ class KeypointHead(nn.Module):
             in_channels = channels
         self.deconv_layers = nn.Sequential(*layers)
         self.final_layer = nn.Conv2d(in_channels, out_channels, 1)
-        for m in self.modules():  # SimpleBaseline's init
-            if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):
-                nn.init.normal_(m.weight, std=0.001)
-        nn.init.zeros_(self.final_layer.bias)
+        if init_std is not None:
+            for m in self.modules():
+                if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):
+                    nn.init.normal_(m.weight, std=init_std)
+            nn.init.zeros_(self.final_layer.bias)
 
     def forward(self, x):
         return self.final_layer(self.deconv_layers(x))
@@ -464,76 +598,101 @@ def fuse(feature_map, score_map):
     return torch.cat([feature_map, score_map.to(feature_map.dtype)], dim=1)
 
 
+class PromptCache:
+    """The prompt embeddings depend on the text side only: in eval mode under no_grad they are
+    computed once (autocast off, in the weights' dtype) and reused while the device, dtype and
+    `_version` (bumped by every in-place update: optimizer steps, load_state_dict) of every
+    prompt-side parameter are unchanged."""
+
+    def __init__(self):
+        self.key = self.value = None
+
+    def __call__(self, params, compute):
+        key = tuple((p.device, p.dtype, p._version) for p in params)
+        if key != self.key:
+            with torch.autocast(params[0].device.type, enabled=False):
+                self.value = compute()
+            self.key = key
+        return self.value
+
+
 class PromptPose(nn.Module):
     """PromptPose (cfg['method'] == 'promptpose') or SimpleBaseline ('baseline').
 
     Submodules: visual, prompt_learner (with .text_encoder, frozen), prompt_encoder,
     context_decoder, gamma, keypoint_head, pixel_head, logit_scale; the PromptPose-only ones
     are None for the baseline or when switched off by cfg['use_*'] (ignored for the baseline).
+    prompt_texts: one text per keypoint for Eq. 2 (default `default_prompt_texts`).
     """
 
-    def __init__(self, cfg, keypoint_names, visual=None, text_encoder=None):
+    def __init__(self, cfg, keypoint_names, prompt_texts=None):
         super().__init__()
         self.cfg = cfg
         self.keypoint_names = list(keypoint_names)
+        self.prompt_texts = list(prompt_texts if prompt_texts is not None
+                                 else default_prompt_texts(self.keypoint_names))
         K = len(self.keypoint_names)
+        if len(self.prompt_texts) != K:
+            raise ValueError(f"{len(self.prompt_texts)} prompt texts for {K} keypoints")
+        if cfg["normalize"] not in NORMALIZATIONS:
+            raise ValueError(f"normalize {cfg['normalize']!r}: choose one of {NORMALIZATIONS}")
         promptpose = cfg["method"] == "promptpose"
-        self.visual = visual if visual is not None else build_visual(cfg["vision"], promptpose)
-        H, W = check_image_size(cfg["image_size"], self.visual.stride)
-        n_deconv = num_deconv_layers((H // self.visual.stride, W // self.visual.stride),
-                                     cfg["heatmap_size"])
+        self.visual = build_visual(cfg["vision"], promptpose, cfg["drop_path"])
+        grid = feature_grid(cfg["image_size"], self.visual.stride)
+        if "grid" in cfg["vision"] and tuple(cfg["vision"]["grid"]) != grid:
+            raise ValueError(f"cfg['vision']['grid'] {cfg['vision']['grid']} is not the feature "
+                             f"grid {list(grid)} of image_size {cfg['image_size']}")
+        n_deconv = num_deconv_layers(grid, cfg["heatmap_size"])
         self.prompt_learner = self.prompt_encoder = self.context_decoder = self.pixel_head = None
         self.register_parameter("gamma", None)
         self.register_parameter("logit_scale", None)
         use_pixel = promptpose and cfg["use_pixel"]
         if promptpose:
-            text_encoder = text_encoder if text_encoder is not None else TextEncoder(**cfg["text"])
-            embed_dim = text_encoder.config["embed_dim"]
-            if embed_dim != cfg["vision"]["output_dim"]:
-                raise ValueError(f"text embed_dim {embed_dim} != image output_dim "
-                                 f"{cfg['vision']['output_dim']}: the two CLIP halves must match")
-            self.prompt_learner = PromptLearner(text_encoder, self.keypoint_names, cfg["n_ctx"],
-                                                cfg["ctx_init_std"])
-            if cfg["use_prompt_encoder"]:  # one transformer layer over the K prompts, no mask
-                self.prompt_encoder = ResidualAttentionBlock(embed_dim, cfg["prompt_encoder_heads"])
-            if cfg["use_cross_attn"]:
-                self.context_decoder = ContextDecoder(embed_dim, cfg["decoder_width"],
-                                                      cfg["decoder_heads"], cfg["decoder_layers"],
-                                                      cfg["decoder_dropout"])
-                self.gamma = nn.Parameter(torch.full((embed_dim,), 1e-3))
-            if use_pixel:
-                self.pixel_head = KeypointHead(K, K, n_deconv, cfg["pixel_head_channels"])
-            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # used by L_semantic
+            self.build_prompt_side(cfg, n_deconv)
         in_channels = self.visual.out_channels + (K if use_pixel else 0)
         self.keypoint_head = KeypointHead(in_channels, K, n_deconv, cfg["head_channels"])
-        self._prompt_cache = None  # (key, (K, C_emb) tensor), eval mode under no_grad only
+        self.prompt_cache = PromptCache()
+
+    def build_prompt_side(self, cfg, n_deconv):
+        """Eq. 2 prompt learner, prompt encoder, context decoder + gamma, pixel head, logit scale."""
+        K = len(self.keypoint_names)
+        text_encoder = TextEncoder(**cfg["text"])
+        embed_dim = text_encoder.config["embed_dim"]
+        if embed_dim != cfg["vision"]["output_dim"]:
+            raise ValueError(f"text embed_dim {embed_dim} != image output_dim "
+                             f"{cfg['vision']['output_dim']}: the two CLIP halves must match")
+        self.prompt_learner = PromptLearner(text_encoder, self.prompt_texts, cfg["n_ctx"],
+                                            cfg["ctx_init_std"])
+        if cfg["use_prompt_encoder"]:
+            self.prompt_encoder = PromptEncoder(embed_dim, cfg["prompt_encoder_heads"])
+        if cfg["use_cross_attn"]:
+            self.context_decoder = ContextDecoder(embed_dim, cfg["decoder_width"],
+                                                  cfg["decoder_heads"], cfg["decoder_layers"],
+                                                  cfg["decoder_dropout"])
+            self.gamma = nn.Parameter(torch.full((embed_dim,), 1e-3))
+        if cfg["use_pixel"]:  # the authors leave this head at PyTorch's init (init_std None)
+            self.pixel_head = KeypointHead(K, K, n_deconv, cfg["pixel_head_channels"] or K,
+                                           init_std=None)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # used by L_semantic
 
     def train(self, mode=True):
-        self._prompt_cache = None
+        self.prompt_cache = PromptCache()
         return super().train(mode)
 
     def prompt_embeddings(self):
         """E_prompt^origin (Eq. 2, prompt learner) through the prompt encoder: (K, C_emb).
-
-        Depends on the text side only, so in eval mode under no_grad it is computed once (in
-        the weights' dtype, autocast off) and reused while the device and every prompt-side
-        parameter are unchanged (`_version` counts in-place updates: optimizer steps,
-        load_state_dict). Training mode or grad mode always recomputes.
-        """
-        cacheable = not self.training and not torch.is_grad_enabled()
-        params = list(self.prompt_learner.parameters())
-        if self.prompt_encoder is not None:
-            params += list(self.prompt_encoder.parameters())
-        if cacheable:
-            key = tuple((p.device, p.dtype, p._version) for p in params)
-            if self._prompt_cache is not None and self._prompt_cache[0] == key:
-                return self._prompt_cache[1]
-        with torch.autocast(params[0].device.type, enabled=False) if cacheable else nullcontext():
-            prompts = self.prompt_learner()  # (K, C_emb)
+        In eval mode under no_grad it comes from `PromptCache`."""
+        if not self.training and not torch.is_grad_enabled():
+            params = list(self.prompt_learner.parameters())
             if self.prompt_encoder is not None:
-                prompts = self.prompt_encoder(prompts[None])[0]  # (1, K, C) -> (K, C)
-        if cacheable:
-            self._prompt_cache = (key, prompts)
+                params += list(self.prompt_encoder.parameters())
+            return self.prompt_cache(params, self.encode_prompts)
+        return self.encode_prompts()
+
+    def encode_prompts(self):
+        prompts = self.prompt_learner()  # (K, C_emb), Eq. 2
+        if self.prompt_encoder is not None:  # relations between the K prompts
+            prompts = self.prompt_encoder(prompts[None])[0]  # (1, K, C) -> (K, C)
         return prompts
 
     def enhance_prompts(self, prompts, global_embedding, dense):
@@ -575,18 +734,18 @@ class PromptPose(nn.Module):
 # Config and construction
 # ----------------------------------------------------------------------------------------
 
-FULL_VISION = {
+FULL_VISION = {  # the feature grid is added by default_config from the image size
     "clip-rn50": {"type": "clip-resnet", "layers": [3, 4, 6, 3], "output_dim": 1024, "heads": 32,
-                  "input_resolution": 224, "width": 64},
-    "clip-vitb16": {"type": "clip-vit", "input_resolution": 224, "patch_size": 16, "width": 768,
-                    "layers": 12, "heads": 12, "output_dim": 512},
+                  "width": 64},
+    "clip-vitb16": {"type": "clip-vit", "patch_size": 16, "width": 768, "layers": 12, "heads": 12,
+                    "output_dim": 512},
     "imagenet-rn50": {"type": "resnet", "layers": [3, 4, 6, 3], "width": 64},
 }
 SMALL_VISION = {  # same structure, tiny (for CPU tests and the demo; never from a checkpoint)
     "clip-rn50": {"type": "clip-resnet", "layers": [1, 1, 1, 1], "output_dim": 64, "heads": 2,
-                  "input_resolution": 224, "width": 16},
-    "clip-vitb16": {"type": "clip-vit", "input_resolution": 224, "patch_size": 16, "width": 64,
-                    "layers": 2, "heads": 2, "output_dim": 64},
+                  "width": 16},
+    "clip-vitb16": {"type": "clip-vit", "patch_size": 16, "width": 64, "layers": 2, "heads": 2,
+                    "output_dim": 64},
     "imagenet-rn50": {"type": "resnet", "layers": [1, 1, 1, 1], "width": 16},
 }
 
@@ -600,66 +759,88 @@ def check_backbone_method(backbone, method):
                          "from CLIP); use method 'baseline' with imagenet-rn50")
 
 
-def default_config(backbone, method, *, small=False, image_size=(256, 256), heatmap_size=None):
-    """The full architecture config (json-serialisable) that `build_model` turns into a model.
+def default_config(backbone, method, *, small=False, image_size=(256, 256), heatmap_size=None,
+                   **overrides):
+    """The full architecture config (json-serialisable) that `build_model` turns into a model;
+    every model default is written here and only here (the authors' values).
 
     backbone: 'clip-rn50' | 'clip-vitb16' | 'imagenet-rn50'; method: 'promptpose' | 'baseline'
     (PromptPose needs a CLIP backbone). small=True: a tiny model of the same structure for
-    CPU tests and the demo. heatmap_size defaults to image_size / 4. Sizes are [H, W].
+    CPU tests and the demo. Sizes are [H, W]; heatmap_size defaults to image_size / 4; the
+    tower's 'grid' (positional tables) is image_size / stride. overrides: any top-level key
+    (e.g. normalize='clip', drop_path=0.1, n_ctx=16, ctx_init_std=0.02, use_pixel=False).
+    Heads: keypoint head 256 wide (SimpleBaseline); pixel head 256 wide for RN50 (mmpose's
+    default head), K wide for ViT-B (pixel_head_channels None = K); deconvolutions as many
+    as the feature grid needs to reach the heatmap (3 for RN50, 2 for ViT-B at 256).
     """
     check_backbone_method(backbone, method)
     image_size = [image_size] * 2 if isinstance(image_size, int) else list(image_size)
     heatmap_size = [s // 4 for s in image_size] if heatmap_size is None else list(heatmap_size)
-    promptpose = method == "promptpose"
+    promptpose, vit = method == "promptpose", backbone == "clip-vitb16"
+    vision = dict((SMALL_VISION if small else FULL_VISION)[backbone])
+    if vision["type"] != "resnet":
+        vision["grid"] = list(feature_grid(image_size, vision.get("patch_size", 32)))
     text = None
     if promptpose:
         text = {"embed_dim": 64, "context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
                 "layers": 2} if small else \
-               {"embed_dim": FULL_VISION[backbone]["output_dim"], "context_length": 77,
-                "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
-    return {
-        "backbone": backbone, "method": method,
-        "vision": dict((SMALL_VISION if small else FULL_VISION)[backbone]), "text": text,
+               {"embed_dim": vision["output_dim"], "context_length": 77, "vocab_size": 49408,
+                "width": 512, "heads": 8, "layers": 12}
+    cfg = {
+        "backbone": backbone, "method": method, "vision": vision, "text": text,
         "image_size": image_size, "heatmap_size": heatmap_size,
-        "n_ctx": 8, "ctx_init_std": 0.02,  # CoOp's init (the authors use std 1)
+        "normalize": "imagenet",  # the authors' for every backbone (dataset.NORMALIZATION)
+        "drop_path": 0.4 if vit else 0.0,  # ViT stochastic depth at the last block
+        "n_ctx": 8, "ctx_init_std": 1.0,  # Eq. 2 context vectors (CoOp: 0.02)
         "use_pixel": promptpose, "use_prompt_encoder": promptpose, "use_cross_attn": promptpose,
         "prompt_encoder_heads": 8,
         "decoder_width": 32 if small else 256, "decoder_heads": 2 if small else 4,
         "decoder_layers": 3, "decoder_dropout": 0.1,
-        "head_channels": 64 if small else 256, "pixel_head_channels": 32 if small else 64,
+        "head_channels": 64 if small else 256,
+        "pixel_head_channels": None if vit else (32 if small else 256),
     }
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}; known: {sorted(cfg)}")
+    cfg.update(overrides)
+    return cfg
 
 
-def build_model(cfg, keypoint_names, clip_state_dict=None, imagenet_state_dict=None):
+def build_model(cfg, keypoint_names, prompt_texts=None, clip_state_dict=None,
+                imagenet_state_dict=None):
     """PromptPose / SimpleBaseline from a config, optionally with pretrained weights.
 
     clip_state_dict (CLIP backbones): cfg['vision'] (and cfg['text'] for PromptPose) are
-    replaced by the sizes inferred from its shapes and the weights loaded strictly.
-    imagenet_state_dict (imagenet-rn50): torchvision resnet50 weights (a dict, e.g. from
-    `load_imagenet_resnet`, or a file path), `fc.*` dropped. `model.cfg` is the final config:
-    `build_model(model.cfg, names)` + `load_state_dict(sd, strict=True)` rebuilds the trained
+    replaced by the sizes inferred from its shapes, the positional table is resized to the
+    grid of cfg['image_size'] and the weights loaded strictly. imagenet_state_dict
+    (imagenet-rn50): torchvision resnet50 weights (a dict, e.g. from `load_imagenet_resnet`, or
+    a file path), `fc.*` dropped. `model.cfg` is the final config: `build_model(model.cfg,
+    names, model.prompt_texts)` + `load_state_dict(sd, strict=True)` rebuilds the trained
     model without weight files. The use_* switches are ignored by the baseline.
     """
     cfg = json.loads(json.dumps(cfg))  # private, json-clean copy
     backbone, method = cfg["backbone"], cfg["method"]
     check_backbone_method(backbone, method)
-    visual = text_encoder = None
     if clip_state_dict is not None:
         if not backbone.startswith("clip-"):
             raise ValueError(f"CLIP weights given for backbone {backbone!r}")
-        cfg["vision"] = clip_visual_config(clip_state_dict)
+        cfg["vision"] = clip_visual_config(clip_state_dict, cfg["image_size"])
         if cfg["vision"]["type"] != TOWER_TYPE[backbone]:
             raise ValueError(f"backbone {backbone!r} but the CLIP weights hold a "
                              f"{cfg['vision']['type']} image tower")
-        visual = build_clip_visual(clip_state_dict, cfg["image_size"], projector=method == "promptpose")
         if method == "promptpose":
-            text_encoder = TextEncoder.from_state_dict(clip_state_dict)
-            cfg["text"] = dict(text_encoder.config)
+            cfg["text"] = TextEncoder.config_from_state_dict(text_state_dict(clip_state_dict))
     if imagenet_state_dict is not None:
         if backbone != "imagenet-rn50":
             raise ValueError(f"ImageNet ResNet weights given for backbone {backbone!r}")
-        sd = load_imagenet_resnet(imagenet_state_dict)
-        cfg["vision"] = resnet_config(sd)
-        visual = build_visual(cfg["vision"])
-        visual.load_state_dict(sd, strict=True)
-    return PromptPose(cfg, keypoint_names, visual=visual, text_encoder=text_encoder)
+        imagenet_state_dict = load_imagenet_resnet(imagenet_state_dict)
+        cfg["vision"] = resnet_config(imagenet_state_dict)
+    model = PromptPose(cfg, keypoint_names, prompt_texts)
+    if clip_state_dict is not None:
+        load_clip_visual(model.visual, clip_state_dict)
+        if model.prompt_learner is not None:
+            model.prompt_learner.text_encoder.load_state_dict(text_state_dict(clip_state_dict),
+                                                              strict=True)
+    if imagenet_state_dict is not None:
+        model.visual.load_state_dict(imagenet_state_dict, strict=True)
+    return model

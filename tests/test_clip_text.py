@@ -3,7 +3,8 @@
 Proves: token ids identical to open_clip's tokenizer; text features identical to open_clip's
 encode_text for the two OpenAI architectures after the weights went through both file
 formats; that a single mis-mapped weight breaks that parity; clear errors for bad files;
-and the prompt learner of paper Eq. 2 (exact-length run, gradients, names)."""
+the shared transformer pieces (attention with and without q/k/v bias, stochastic depth).
+The prompt learner of paper Eq. 2 is tested in test_model.py."""
 import hashlib
 import json
 import os
@@ -22,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import clip_text  # noqa: E402
-from clip_text import (EOT_TOKEN, SOT_TOKEN, LayerNorm, MultiheadAttention, PromptLearner,  # noqa: E402
-                       QuickGELU, TextEncoder, load_clip_state_dict, tokenize)
+from clip_text import (EOT_TOKEN, SOT_TOKEN, LayerNorm, MultiheadAttention, QuickGELU,  # noqa: E402
+                       TextEncoder, Transformer, load_clip_state_dict, tokenize)
 
 AP10K_NAMES = ["left_eye", "right_eye", "nose", "neck", "root_of_tail", "left_shoulder", "left_elbow",
                "left_front_paw", "right_shoulder", "right_elbow", "right_front_paw", "left_hip", "left_knee",
@@ -147,6 +148,42 @@ def test_multihead_attention_matches_torch():
     mask = clip_text.causal_mask(5)
     assert torch.allclose(ours(q, attn_mask=mask), ref(q, q, q, attn_mask=mask, need_weights=False)[0], atol=1e-5)
     assert torch.allclose(ours(q, kv, kv), ref(q, kv, kv, need_weights=False)[0], atol=1e-5)
+
+
+def test_attention_without_qkv_bias_matches_torch():
+    """bias=False: no in_proj_bias parameter; equals torch's attention with zero q/k/v biases."""
+    torch.manual_seed(1)
+    ref = nn.MultiheadAttention(32, 4, batch_first=True)
+    nn.init.normal_(ref.out_proj.bias)
+    ours = MultiheadAttention(32, 4, bias=False)
+    assert ours.in_proj_bias is None and "in_proj_bias" not in ours.state_dict()
+    ours.load_state_dict({k: v for k, v in ref.state_dict().items() if k != "in_proj_bias"}, strict=True)
+    q, kv = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    assert torch.allclose(ours(q, kv, kv), ref(q, kv, kv, need_weights=False)[0], atol=1e-5)
+
+
+def test_stochastic_depth_rates_and_modes():
+    """Rates rise linearly 0 -> drop_path over the blocks; in training mode a block's two
+    branches are dropped per sample (outputs differ between passes, some samples pass
+    unchanged through a rate-1 block); eval mode and rate 0 are deterministic."""
+    torch.manual_seed(0)
+    model = Transformer(16, 5, 2, drop_path=0.4)
+    assert [b.drop_rate for b in model.resblocks] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert all(b.drop_rate == 0 for b in Transformer(16, 3, 2).resblocks)  # CLIP's text side
+    x = torch.randn(64, 3, 16)
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    block = Transformer(16, 1, 2, drop_path=0.5).resblocks[0]  # linspace(0, 0.5, 1) == [0]
+    assert block.drop_rate == 0
+    block.drop_rate = 0.5
+    block.train()
+    y = block(x)
+    unchanged = (y == x).flatten(1).all(dim=1)  # both branches dropped for these samples
+    assert 0 < unchanged.sum() < 64  # about a quarter (0.5 * 0.5)
+    with pytest.raises(ValueError, match="drop_path"):
+        Transformer(16, 2, 2, drop_path=1.0)
 
 
 def test_layernorm_fp32_and_quickgelu():
@@ -413,86 +450,3 @@ def test_arbitrary_pickle_is_refused_not_executed(tmp_path):
     with pytest.raises(ValueError, match=r"cannot read .*evil2\.pt"):
         load_clip_state_dict(tmp_path / "evil2.pt")
     assert not marker.exists()
-
-
-# ----------------------------------------------------------------------------------------
-# Prompt learner (paper Eq. 2)
-# ----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def small_encoder():
-    torch.manual_seed(1)
-    return TextEncoder(embed_dim=48, context_length=77, vocab_size=49408, width=128, heads=2, layers=3).eval()
-
-
-def full_length_prompts(learner):
-    """Independent reference: the same prompts run on all 77 positions."""
-    enc, n_ctx = learner.text_encoder, learner.n_ctx
-    tokens = tokenize(learner.keypoint_names, context_length=77 - n_ctx)  # (K, 77 - n_ctx)
-    emb = enc.token_embedding(tokens)
-    K = tokens.shape[0]
-    x = torch.cat([emb[:, :1], learner.ctx.expand(K, -1, -1), emb[:, 1:]], dim=1)  # (K, 77, width)
-    assert x.shape[1] == 77
-    return enc.encode_embeddings(x, tokens.argmax(-1) + n_ctx)
-
-
-def test_prompt_learner_exact_length_equals_77_positions(small_encoder):
-    torch.manual_seed(2)
-    learner = PromptLearner(small_encoder, AP10K_NAMES, n_ctx=8, ctx_init_std=1.0)
-    # 'root of tail' etc. are 3 tokens: SOT + 8 ctx + 3 + EOT = 13 positions (METHOD.md)
-    assert learner.name_tokens.shape[1] + learner.n_ctx == 13
-    with torch.no_grad():
-        out, ref = learner(), full_length_prompts(learner)
-    assert out.shape == (17, 48)
-    assert (out - ref).abs().max().item() < 1e-5
-    assert (out[0] - out[1]).abs().max() > 1e-3  # different names give different prompts
-
-
-def test_prompt_layout_matches_coop_placeholder_text(small_encoder):
-    learner = PromptLearner(small_encoder, COCO_NAMES, n_ctx=4)
-    x_id = tokenize("x")[0, 1].item()
-    coop = tokenize(["X X X X " + name for name in learner.keypoint_names])  # CoOp's way
-    ours = torch.cat([learner.name_tokens[:, :1], torch.full((17, 4), x_id), learner.name_tokens[:, 1:]], dim=1)
-    assert torch.equal(coop[:, :ours.shape[1]], ours) and (coop[:, ours.shape[1]:] == 0).all()
-    assert torch.equal(learner.eot_index, coop.argmax(-1))
-
-
-def test_prompt_learner_with_word_contexts_equals_open_clip_encode_text(vitb16_encoder, vitb16_reference):
-    """Eq. 2 end to end: with ctx set to the embeddings of 'a photo of the', the prompt
-    embeddings equal open_clip's encode_text('a photo of the left front paw')."""
-    names = ["left_front_paw", "nose", "root_of_tail"]
-    learner = PromptLearner(vitb16_encoder, names, n_ctx=4)
-    with torch.no_grad():
-        learner.ctx.copy_(vitb16_encoder.token_embedding(tokenize("a photo of the")[0, 1:5]))
-        out = learner()
-    with torch.no_grad():
-        ref = vitb16_reference["model"].encode_text(open_clip.tokenize([f"a photo of the {n.replace('_', ' ')}" for n in names]))
-    assert (out - ref).abs().max().item() <= 1e-4
-
-
-def test_prompt_learner_gradients_reach_ctx_only(small_encoder):
-    learner = PromptLearner(small_encoder, AP10K_NAMES, n_ctx=8)
-    assert [name for name, p in learner.named_parameters() if p.requires_grad] == ["ctx"]
-    assert all(not p.requires_grad for p in learner.text_encoder.parameters())
-    learner().pow(2).sum().backward()
-    assert learner.ctx.grad is not None and learner.ctx.grad.abs().sum() > 0
-    assert all(p.grad is None for p in learner.text_encoder.parameters())
-    # ctx is the only new weight saved; the token ids are derived from the names
-    assert [k for k in learner.state_dict() if not k.startswith("text_encoder.")] == ["ctx"]
-
-
-def test_prompt_learner_names_with_underscores(small_encoder):
-    torch.manual_seed(3)
-    a = PromptLearner(small_encoder, ["left_front_paw", "root_of_tail"], n_ctx=2)
-    b = PromptLearner(small_encoder, ["left front paw", "root of tail"], n_ctx=2)
-    b.ctx.data.copy_(a.ctx.data)
-    assert a.keypoint_names == ["left front paw", "root of tail"]
-    assert torch.equal(a.name_tokens, b.name_tokens)
-    assert torch.equal(a.name_tokens[0, :5], tokenize("left front paw")[0, :5])
-    with torch.no_grad():
-        assert torch.equal(a(), b())
-
-
-def test_prompt_learner_rejects_too_long_name(small_encoder):
-    with pytest.raises(ValueError, match="context length 69"):
-        PromptLearner(small_encoder, ["nose", "very " * 70], n_ctx=8)

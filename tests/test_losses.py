@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from losses import (default_loss_weights, pixel_loss, pred_loss, sample_keypoint_features,  # noqa: E402
-                    semantic_loss, total_loss)
+                    semantic_loss, similarity_matrix, symmetric_cross_entropy, total_loss)
 
 
 def test_pred_and_pixel_loss_hand_computed():
@@ -62,6 +62,31 @@ def semantic_example():
     prompts = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [1.0, 1.0]]] * 3)  # (3, 3, 2)
     visible = torch.tensor([[True, False, True], [False, False, False], [False, True, False]])
     return dense, prompts, kp, visible
+
+
+def test_similarity_matrix_is_cosine_eq7():
+    """M[b, i, j] = cos(feature i, prompt j), by hand; no temperature, any scale of the inputs."""
+    features = torch.tensor([[[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]]])  # (1, 3, 2)
+    prompts = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, -5.0]]])
+    r = 1 / math.sqrt(2)
+    expected = torch.tensor([[[1.0, r, 0.0], [0.0, r, -1.0], [r, 1.0, -r]]])
+    torch.testing.assert_close(similarity_matrix(features, prompts), expected)
+    torch.testing.assert_close(similarity_matrix(10 * features, prompts), expected)
+
+
+def test_symmetric_cross_entropy_hand_computed_eq8():
+    """Sample 0: all visible, M = [[2, 0], [1, 1]]: rows CE(row0, 0) = log(1 + e^-2),
+    CE(row1, 1) = log 2; columns CE(col0, 0) = CE(col1, 1) = log(1 + e^-1).
+    Sample 1: keypoint 1 invisible: only the 1x1 logit of keypoint 0 is left (loss 0),
+    whatever the others hold. Mean over the two samples."""
+    logits = torch.tensor([[[2.0, 0.0], [1.0, 1.0]], [[5.0, 100.0], [-100.0, 7.0]]])
+    visible = torch.tensor([[True, True], [True, False]])
+    rows = math.log(1 + math.exp(-2)) + math.log(2)
+    cols = 2 * math.log(1 + math.exp(-1))
+    expected = (0.5 * (rows + cols) / 2 + 0.0) / 2
+    assert symmetric_cross_entropy(logits, visible).item() == pytest.approx(expected, rel=1e-6)
+    everything = symmetric_cross_entropy(logits, torch.ones(2, 2, dtype=torch.bool))
+    assert abs(everything.item() - expected) > 1  # the invisible keypoint would have mattered
 
 
 def test_semantic_loss_hand_computed():
@@ -125,9 +150,12 @@ def test_total_loss_combines_terms_eq10():
 
 
 def test_default_loss_weights():
-    assert default_loss_weights("clip-rn50") == {"alpha1": 0.0005, "alpha2": 0.4}
-    assert default_loss_weights("imagenet-rn50") == {"alpha1": 0.0005, "alpha2": 0.4}
-    assert default_loss_weights("clip-vitb16") == {"alpha1": 0.0005, "alpha2": 2.0}
+    """The authors' alphas; 0 for the terms a SimpleBaseline or a pixel-less model lacks."""
+    assert default_loss_weights("clip-rn50", "promptpose", True) == {"alpha1": 0.0005, "alpha2": 0.4}
+    assert default_loss_weights("clip-vitb16", "promptpose", True) == {"alpha1": 0.0005, "alpha2": 2.0}
+    assert default_loss_weights("clip-vitb16", "promptpose", False) == {"alpha1": 0.0005, "alpha2": 0.0}
+    for backbone in ("clip-rn50", "clip-vitb16", "imagenet-rn50"):
+        assert default_loss_weights(backbone, "baseline", True) == {"alpha1": 0.0, "alpha2": 0.0}
 
 
 def test_total_loss_falls_when_training_a_tiny_model():
@@ -147,7 +175,7 @@ def test_total_loss_falls_when_training_a_tiny_model():
     history = []
     for _ in range(8):
         loss, parts = total_loss(model(images), batch, model.logit_scale,
-                                 **default_loss_weights("clip-rn50"))
+                                 **default_loss_weights("clip-rn50", "promptpose", True))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
