@@ -1,6 +1,10 @@
-"""Tests for dataset.py: geometry round trips, flips, heatmaps, bad input, few-shot, loading."""
+"""Tests for dataset.py: geometry round trips, flips and flip pairs, heatmap targets, augmentation,
+bad input, evaluation exclusions, detections, few-shot, loaders."""
+import contextlib
+import io
 import json
 import os
+import re
 import sys
 
 import cv2
@@ -8,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dataset as D  # noqa: E402
@@ -17,7 +23,7 @@ COLOURS = [(int(c[0]), int(c[1]), int(c[2])) for c in
            np.random.default_rng(5).integers(40, 256, (K, 3))]  # BGR, one per keypoint
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- test data
 
 def category(cid=1, name="dog", family="Canidae", keypoints=D.AP10K_KEYPOINTS):
     return {"supercategory": family, "id": cid, "name": name, "keypoints": list(keypoints),
@@ -75,8 +81,9 @@ def one_instance_dataset(tmp_path, w=320, h=240, box=(60, 40, 160, 120), ext="pn
     return D.KeypointDataset(ann_file, img_dir, train=False, **kwargs), kps
 
 
-def denormalise(item_image, mean=D.CLIP_MEAN, std=D.CLIP_STD):
+def denormalise(item_image, normalize="imagenet"):
     """(3, H, W) normalised RGB -> (H, W, 3) BGR float in 0..255."""
+    mean, std = D.NORMALIZATION[normalize]
     rgb = item_image.transpose(1, 2, 0) * np.array(std) * 255 + np.array(mean) * 255
     return rgb[:, :, ::-1]
 
@@ -88,8 +95,8 @@ def test_affine_points_round_trip_under_rotation_and_scale():
     for _ in range(20):
         center, scale = rng.uniform(50, 500, 2), rng.uniform(20, 400, 2)
         rot = rng.uniform(-80, 80)
-        M = D.get_affine_transform(center, scale, rot, (256, 192))
-        Minv = D.get_affine_transform(center, scale, rot, (256, 192), inv=True)
+        M = D.get_affine_transform(center, scale, rot, (192, 256))
+        Minv = D.get_affine_transform(center, scale, rot, (192, 256), inv=True)
         pts = rng.uniform(0, 600, (30, 2))
         np.testing.assert_allclose(D.affine_points(D.affine_points(pts, M), Minv), pts, atol=1e-8)
         np.testing.assert_allclose(D.affine_points(center[None], M), [[128, 96]], atol=1e-8)
@@ -132,81 +139,238 @@ def test_box_to_center_scale_fills_aspect_and_pads():
     np.testing.assert_allclose(s, [67.5 * 1.25, 90 * 1.25])
 
 
-def test_flip_twice_is_identity():
+# ---------------------------------------------------------------- flips
+
+def test_flip_back_twice_is_identity_and_permutation_is_an_involution():
     rng = np.random.default_rng(2)
-    img = rng.integers(0, 255, (7, 9, 3), dtype=np.uint8)
-    assert np.array_equal(D.flip_image(D.flip_image(img)), img)
-    assert np.array_equal(D.flip_image(img)[:, 0], img[:, -1])
-    kps = rng.uniform(0, 9, (4, K, 3))
-    once = D.flip_keypoints(kps, 9, D.AP10K_FLIP_PAIRS)
-    np.testing.assert_allclose(D.flip_keypoints(once, 9, D.AP10K_FLIP_PAIRS), kps)
-    np.testing.assert_allclose(once[:, 0, 0], 8 - kps[:, 1, 0])  # left_eye <- mirrored right_eye
-    np.testing.assert_allclose(once[:, 2, 0], 8 - kps[:, 2, 0])  # nose stays nose
-    hm = rng.random((2, K, 5, 6))
-    np.testing.assert_allclose(D.flip_back_heatmaps(D.flip_back_heatmaps(hm, D.AP10K_FLIP_PAIRS, shift=False),
-                                                    D.AP10K_FLIP_PAIRS, shift=False), hm)
-
-
-def test_flipped_keypoints_land_on_flipped_image_pixels():
-    rng = np.random.default_rng(3)
-    kps = keypoints_for((20, 15, 80, 60), rng)
-    img = dot_image(120, 90, kps)
-    fimg, fkps = D.flip_image(img), D.flip_keypoints(kps, 120, D.AP10K_FLIP_PAIRS)
     perm = D.flip_permutation(K, D.AP10K_FLIP_PAIRS)
-    for k in range(K):
-        x, y = int(round(fkps[k, 0])), int(round(fkps[k, 1]))
-        assert tuple(fimg[y, x]) == COLOURS[perm[k]]  # left_eye of the mirror is the right eye's dot
+    assert np.array_equal(perm[perm], np.arange(K)) and perm[0] == 1 and perm[2] == 2
+    hm = rng.random((2, K, 5, 6))
+    once = D.flip_back_heatmaps(hm, D.AP10K_FLIP_PAIRS, shift=False)
+    np.testing.assert_allclose(once[:, 0, :, 0], hm[:, 1, :, -1])  # left eye <- mirrored right eye
+    np.testing.assert_allclose(D.flip_back_heatmaps(once, D.AP10K_FLIP_PAIRS, shift=False), hm)
 
 
-def test_dataset_flip_sample_matches_mirrored_crop(tmp_path):
-    ds, _ = one_instance_dataset(tmp_path)
+@pytest.mark.parametrize("size", [(256, 256), (256, 192)])
+def test_dataset_flip_sample_matches_mirrored_crop(tmp_path, size):
+    """The real flip path (folded into the warp): mirrored image, x_in -> W - 1 - x_in, pairs
+    swapped, and each flipped keypoint lies on its partner's dot."""
+    ds, _ = one_instance_dataset(tmp_path, image_size=size, heatmap_size=(size[0] // 4, size[1] // 4))
+    H, W = size
     plain, flipped = ds.make_sample(0, rot_deg=20), ds.make_sample(0, rot_deg=20, flip=True)
+    assert plain["image"].shape == (3, H, W)
     np.testing.assert_allclose(flipped["image"], plain["image"][:, :, ::-1], atol=1e-4)
     perm = D.flip_permutation(K, ds.flip_pairs)
-    x_in = plain["keypoints"] * 4
-    fx_in = flipped["keypoints"] * 4
-    np.testing.assert_allclose(fx_in[:, 0], 255 - x_in[perm, 0], atol=1e-4)
+    x_in, fx_in = plain["keypoints"] * 4, flipped["keypoints"] * 4
+    np.testing.assert_allclose(fx_in[:, 0], W - 1 - x_in[perm, 0], atol=1e-4)
     np.testing.assert_allclose(fx_in[:, 1], x_in[perm, 1], atol=1e-4)
     np.testing.assert_array_equal(flipped["target_weight"], plain["target_weight"][perm])
     crop = denormalise(flipped["image"])
     for k in range(K):
-        if flipped["target_weight"][k]:
+        if flipped["target_weight"][k] and 0 <= fx_in[k, 0] < W and 0 <= fx_in[k, 1] < H:
             x, y = np.round(fx_in[k]).astype(int)
             np.testing.assert_allclose(crop[y, x], COLOURS[perm[k]], atol=3)  # the partner's dot
 
 
-def test_derive_flip_pairs_reproduces_known_pairs():
+# ---------------------------------------------------------------- flip pairs from names
+
+ANIMAL_POSE = ["L_Eye", "R_Eye", "L_EarBase", "R_EarBase", "Nose", "Throat", "TailBase", "Withers",
+               "L_F_Elbow", "R_F_Elbow", "L_B_Elbow", "R_B_Elbow", "L_F_Knee", "R_F_Knee", "L_B_Knee",
+               "R_B_Knee", "L_F_Paw", "R_F_Paw", "L_B_Paw", "R_B_Paw"]
+HORSE10 = ["Nose", "Eye", "Nearknee", "Nearfrontfetlock", "Nearfrontfoot", "Offknee", "Offfrontfetlock",
+           "Offfrontfoot", "Shoulder", "Midshoulder", "Elbow", "Girth", "Wither", "Nearhindhock",
+           "Nearhindfetlock", "Nearhindfoot", "Hip", "Stifle", "Offhindhock", "Offhindfetlock",
+           "Offhindfoot", "Ischium"]
+LEGS = [f"{leg}{i}" for leg in ("foreleg", "midleg", "hindleg") for i in (1, 2, 3, 4)]
+FLY = (["head", "eyeL", "eyeR", "neck", "thorax", "abdomen"] + [l[:-1] + "R" + l[-1] for l in LEGS]
+       + [l[:-1] + "L" + l[-1] for l in LEGS] + ["wingL", "wingR"])
+LOCUST = (["head", "neck", "thorax", "abdomen1", "abdomen2", "anttipL", "antbaseL", "eyeL"]
+          + [l[:-1] + "L" + l[-1] for l in LEGS] + ["anttipR", "antbaseR", "eyeR"]
+          + [l[:-1] + "R" + l[-1] for l in LEGS])
+ZEBRA = ["snout", "head", "neck", "forelegL1", "forelegR1", "hindlegL1", "hindlegR1", "tailbase", "tailtip"]
+MOUSE = ["snout", "leftear", "rightear", "shoulder", "spine1", "tailbase", "tailend"]
+
+
+def test_flip_pairs_from_real_name_sets():
     assert D.derive_flip_pairs(D.AP10K_KEYPOINTS) == D.AP10K_FLIP_PAIRS
     assert D.derive_flip_pairs(D.COCO_KEYPOINTS) == D.COCO_FLIP_PAIRS
-    assert D.derive_flip_pairs(["Left Wing", "right wing", "beak", "left-foot", "right-foot"]) == [(0, 1), (3, 4)]
+    # Animal-Pose (mmpose's meta-information pairs)
+    assert D.derive_flip_pairs(ANIMAL_POSE) == [(0, 1), (2, 3), (8, 9), (10, 11), (12, 13), (14, 15),
+                                                (16, 17), (18, 19)]
+    assert D.derive_flip_pairs(HORSE10) == []  # Near/Off: nearer/farther side, a flip keeps them
+    assert FLY[6] == "forelegR1" and FLY[18] == "forelegL1" and len(FLY) == 32
+    assert D.derive_flip_pairs(FLY) == [(1, 2)] + [(6 + i, 18 + i) for i in range(12)] + [(30, 31)]
+    assert LOCUST[8] == "forelegL1" and LOCUST[23] == "forelegR1" and len(LOCUST) == 35
+    assert D.derive_flip_pairs(LOCUST) == [(5 + i, 20 + i) for i in range(15)]
+    assert D.derive_flip_pairs(ZEBRA) == [(3, 4), (5, 6)]
+    assert D.derive_flip_pairs(MOUSE) == [(1, 2)]
 
 
-# ---------------------------------------------------------------- heatmaps
+@pytest.mark.parametrize("names", [
+    ["nose", "L_Eye", "R_Eye"], ["nose", "leftear", "rightear"], ["nose", "eyeL", "eyeR"],
+    ["nose", "forelegL1", "forelegR1"], ["nose", "Eye_Left", "Eye_Right"], ["nose", "left_eye", "right_eye"],
+    ["nose", "LEFT_EYE", "RIGHT_EYE"], ["nose", "LeftEye", "RightEye"], ["nose", "l_eye", "r_eye"],
+    ["nose", "eye-l", "eye-r"], ["nose", "Left Eye", "right eye"], ["nose", " left_eye", "right_eye  "],
+    ["nose", "frontleftpaw", "frontrightpaw"], ["nose", "pawleft", "pawright"], ["nose", "LEar", "REar"],
+])
+def test_flip_pairs_every_convention(names):
+    assert D.derive_flip_pairs(names) == [(1, 2)]
+    assert D.derive_flip_pairs(names[::-1]) == [(0, 1)]  # order does not matter
+
+
+@pytest.mark.parametrize("names", [
+    ["Lip", "Rip", "nose"], ["LIP", "RIP"],                  # L/R starting a word is no side
+    ["tail", "tailbase", "tail_end", "Tail1", "Tail2", "TailBase", "tailtip"],
+    ["bright_spot", "upright", "cleft", "nose"],             # left/right inside a word, no partner
+    HORSE10,
+])
+def test_flip_pairs_no_false_pairs_and_no_false_errors(names):
+    assert D.derive_flip_pairs(names) == []
+
+
+def test_flip_pairs_sided_name_without_partner_explains_what_to_do():
+    with pytest.raises(ValueError, match=r"\['earL'\] look left/right-sided.*flip_pairs.*--flip-pairs.*--no-flip"):
+        D.derive_flip_pairs(["eyeL", "eyeR", "earL", "nose"])
+    assert D.derive_flip_pairs(["eyeL", "eyeR", "earL", "nose"], strict=False) == [(0, 1)]
+    for names in (["tail", "TailL"], ["L1x", "nose"], ["nose", "left_eye"]):  # a lone side word
+        with pytest.raises(ValueError, match="look left/right-sided"):
+            D.derive_flip_pairs(names)
+    with pytest.raises(ValueError, match="read as the same name"):
+        D.derive_flip_pairs(["left_eye", "Left Eye", "right_eye"])
+
+
+def test_parse_flip_pairs():
+    names = ["nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear"]
+    assert D.parse_flip_pairs("1,2;3,4", names) == [(1, 2), (3, 4)]
+    assert D.parse_flip_pairs(" R_Ear , L_Ear ; 1,R_Eye ", names) == [(1, 2), (3, 4)]
+    assert D.parse_flip_pairs("", names) == []
+    for spec, msg in [("1,2,3", "exactly two"), ("1,1", "repeats a keypoint"), ("1,2;2,3", "repeats a keypoint"),
+                      ("1,9", r"'?9'? is neither .* 0\.\.4"), ("L_Eye,eye_r", "'eye_r' is neither"),
+                      ("-1,2", "neither")]:
+        with pytest.raises(ValueError, match=f"--flip-pairs: .*{msg}"):
+            D.parse_flip_pairs(spec, names)
+
+
+def sided_json(tmp_path, names, **category_fields):
+    """A one-instance dataset with the given keypoint names (all labeled, apart)."""
+    k = len(names)
+    kps = np.array([[20 + 8 * (i % 6), 20 + 8 * (i // 6), 2] for i in range(k)], float)
+    cat = {"id": 1, "name": "thing", "keypoints": names, "skeleton": [], **category_fields}
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 60, 50], "area": 3000.0, "iscrowd": 0,
+           "num_keypoints": k, "keypoints": kps.ravel().tolist()}
+    return write_dataset(tmp_path, [(1, "b.png", 96, 80, np.zeros((80, 96, 3), np.uint8))], [ann], [cat])
+
+
+def test_dataset_flip_pairs_json_flag_and_no_flip(tmp_path):
+    names = ["nose", "antennaL", "antennaR", "earL"]
+    ann_file, img_dir = sided_json(tmp_path, names, sigmas=[0.05] * 4)
+    with pytest.raises(ValueError, match=r"ann\.json: .*'earL'.*--no-flip"):
+        D.KeypointDataset(ann_file, img_dir, train=True)
+    ds = D.KeypointDataset(ann_file, img_dir, train=True, flip_pairs="1,2")   # the --flip-pairs value
+    assert ds.flip_pairs == [(1, 2)]
+    ds = D.KeypointDataset(ann_file, img_dir, train=True, flip_pairs=[["antennaR", "antennaL"]])
+    assert ds.flip_pairs == [(1, 2)]
+    ds = D.KeypointDataset(ann_file, img_dir, train=True, flip=False)  # no flip: no error, no flipping
+    assert ds.flip_pairs == [(1, 2)]
+    assert not any(ds.random_augmentation(ds.records[0], np.random.default_rng(0))[3] for _ in range(200))
+    ds.flip_pairs = [(0, 3)]                        # assigning re-validates and reaches the transform
+    assert ds.transform.flip_pairs == [(0, 3)]
+    ann_file, img_dir = sided_json(tmp_path / "j", names, sigmas=[0.05] * 4, flip_pairs=[[1, 2], ["earL", "nose"]])
+    assert D.KeypointDataset(ann_file, img_dir, train=True).flip_pairs == [(0, 3), (1, 2)]
+    for bad, msg in [([[1, 4]], "neither"), ([[1, 2, 3]], "exactly two"), ([[1, 1]], "repeats"), ("1,2", "list")]:
+        ann_file, img_dir = sided_json(tmp_path / "bad", names, sigmas=[0.05] * 4, flip_pairs=bad)
+        with pytest.raises(ValueError, match=f"ann\\.json: 'flip_pairs': .*{msg}"):
+            D.KeypointDataset(ann_file, img_dir, train=True)
+
+
+def test_prompt_texts_and_sigmas_from_json(tmp_path):
+    ds, _ = one_instance_dataset(tmp_path / "ap10k")
+    assert ds.prompt_texts[4] == "tail root" and ds.keypoint_names[4] == "root_of_tail"
+    assert [p for i, p in enumerate(ds.prompt_texts) if i != 4] == \
+        [n.replace("_", " ") for i, n in enumerate(D.AP10K_KEYPOINTS) if i != 4]
+    names = ["beak", "left_wing", "right_wing", "tail_tip"]
+    prompts = ["bird beak", "left wing", "right wing", "tail feathers"]
+    ann_file, img_dir = sided_json(tmp_path / "a", names, keypoint_prompts=prompts, sigmas=[0.02, 0.03, 0.03, 0.04])
+    ds = D.KeypointDataset(ann_file, img_dir, train=True)
+    assert ds.prompt_texts == prompts and ds.flip_pairs == [(1, 2)]
+    np.testing.assert_array_equal(ds.sigmas, [0.02, 0.03, 0.03, 0.04])
+    assert ds.sigmas.dtype == np.float64
+    ds = D.KeypointDataset(ann_file, img_dir, train=True, sigmas=[0.1, 0.2, 0.2, 0.3])  # the argument wins
+    np.testing.assert_array_equal(ds.sigmas, [0.1, 0.2, 0.2, 0.3])
+    ann_file, img_dir = sided_json(tmp_path / "b", names, sigmas=[0.02] * 4)
+    assert D.KeypointDataset(ann_file, img_dir, train=True).prompt_texts == ["beak", "left wing", "right wing",
+                                                                             "tail tip"]
+    for fields, msg in [(dict(keypoint_prompts=["a", "b"]), "'keypoint_prompts' must be 4 non-empty strings"),
+                        (dict(keypoint_prompts=["a", "b", "", "d"]), "'keypoint_prompts' must be 4"),
+                        (dict(sigmas=[0.1, 0.1]), r"'sigmas' must be a list of 4 numbers"),
+                        (dict(sigmas=[0.1, "0.1", 0.1, 0.1]), r"'sigmas'\[1\] is '0.1', not a number"),
+                        (dict(sigmas=[0.1, 0.1, 0.0, 0.1]), "sigmas must be finite and > 0")]:
+        ann_file, img_dir = sided_json(tmp_path / "c", names, **fields)
+        with pytest.raises(ValueError, match=r"ann\.json.*" + msg):
+            D.KeypointDataset(ann_file, img_dir, train=True)
+
+
+def test_unknown_keypoint_set_derives_pairs_and_warns_about_sigmas(tmp_path):
+    names = ["beak", "left_wing", "right_wing", "tail"]
+    cat = {"id": 1, "name": "bird", "keypoints": names, "skeleton": [[1, 2], [1, 3], [1, 4]]}
+    kps = np.array([[20, 20, 2], [15, 30, 2], [40, 30, 1], [30, 45, 0]], float)
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600.0, "iscrowd": 0,
+           "num_keypoints": 3, "keypoints": kps.ravel().tolist()}
+    ann_file, img_dir = write_dataset(tmp_path, [(1, "b.png", 64, 64, np.zeros((64, 64, 3), np.uint8))], [ann], [cat])
+    with pytest.warns(UserWarning, match="OKS sigma 0.05"):
+        ds = D.KeypointDataset(ann_file, img_dir, train=True, image_size=(64, 64), heatmap_size=(16, 16))
+    assert ds.flip_pairs == [(1, 2)] and ds.upper_body_ids is None
+    assert ds.skeleton == [[0, 1], [0, 2], [0, 3]]
+    np.testing.assert_allclose(ds.sigmas, [0.05] * 4)
+    ds = D.KeypointDataset(ann_file, img_dir, train=True, sigmas=[0.03, 0.07, 0.07, 0.09])
+    np.testing.assert_allclose(ds.sigmas, [0.03, 0.07, 0.07, 0.09])
+    assert ds[0]["target_weight"][3] == 0
+    with pytest.raises(ValueError, match="sigmas has shape"):
+        D.KeypointDataset(ann_file, img_dir, train=True, sigmas=[0.1, 0.1])
+
+
+# ---------------------------------------------------------------- heatmap targets (MSRA, sigma 2)
+
+def test_encode_heatmaps_hand_computed_values():
+    """Centre rounded to the nearest heatmap pixel, 13 x 13 window, exp(-d^2 / 8) inside."""
+    target, weight = D.encode_heatmaps(np.array([[10.4, 20.6], [30.5, 40.49]]), np.ones(2), (64, 48))
+    assert target.shape == (2, 64, 48) and target.dtype == np.float32 and weight.tolist() == [1, 1]
+    t = target[0]                                     # centre (x, y) = (10, 21)
+    assert t[21, 10] == 1.0 and t.max() == 1.0
+    np.testing.assert_allclose(t[21, 16], np.exp(-36 / 8), rtol=1e-6)    # 6 px right: inside
+    np.testing.assert_allclose(t[27, 4], np.exp(-72 / 8), rtol=1e-6)     # the window's corner
+    np.testing.assert_allclose(t[22, 11], np.exp(-2 / 8), rtol=1e-6)
+    assert t[21, 17] == 0 and t[28, 10] == 0 and t[14, 10] == 0           # 7 px away: outside
+    assert (t > 0).sum() == 13 * 13
+    assert target[1, 40, 31] == 1.0                   # 30.5 -> 31, 40.49 -> 40
+
+
+def test_encode_heatmaps_weights_at_the_border():
+    """Weight 1 while any of the 13 x 13 window touches the heatmap, 0 when it misses it."""
+    h, w = 64, 48
+    pts = np.array([[-5.0, 30], [-6.4, 30], [-6.6, 30], [-7.0, 30],       # left edge
+                    [w - 1 + 6, 30], [w - 1 + 6.6, 30], [w - 1 + 7, 30],  # right edge
+                    [20, -6.0], [20, -7.0], [20, h - 1 + 6], [20, h - 1 + 7],  # top, bottom
+                    [20, 30], [20, 30]])
+    labeled = np.array([1] * 12 + [0])
+    target, weight = D.encode_heatmaps(pts, labeled, (h, w))
+    np.testing.assert_array_equal(weight, [1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0])
+    np.testing.assert_allclose(target[0, 30, :2], np.exp(-np.array([25, 36]) / 8), rtol=1e-6)  # centre -5
+    assert (target[0] > 0).sum() == 2 * 13
+    np.testing.assert_allclose(target[1, 30, 0], np.exp(-36 / 8), rtol=1e-6)   # -6.4 -> -6: one column
+    np.testing.assert_allclose(target[4, 30, w - 1], np.exp(-36 / 8), rtol=1e-6)
+    np.testing.assert_allclose(target[9, h - 1, 20], np.exp(-36 / 8), rtol=1e-6)
+    assert target[weight == 0].max() == 0              # no target without weight (unlabeled too)
+
 
 def test_heatmap_encode_decode_round_trip():
+    """Decoding the encoder's targets gives back the rounded centre: within half a heatmap pixel."""
     rng = np.random.default_rng(4)
-    # points the quarter-pixel decoder can represent (x_hm in j + {-0.25, 0, 0.25}): < 0.5 px in input space
-    lattice = rng.integers(2, 62, (K, 2)) + rng.choice([-0.25, 0.0, 0.25], (K, 2))
-    target, weight = D.encode_heatmaps(lattice, np.ones(K), (64, 64), 2.0)
-    assert weight.all() and np.isclose(target.max(), 1.0)
+    pts = rng.uniform(0, 63, (500, 2))
+    target, _ = D.encode_heatmaps(pts, np.ones(500), (64, 64))
     coords, maxvals = D.decode_heatmaps(target[None])
-    assert np.abs(coords[0] - lattice).max() * 4 < 0.5
-    # arbitrary sub-pixel points: the decoder's resolution is a quarter heatmap pixel (1 input px)
-    pts = rng.uniform(1, 62, (500, 2))
-    target, _ = D.encode_heatmaps(pts, np.ones(500), (64, 64), 2.0)
-    coords, _ = D.decode_heatmaps(target[None])
-    err = np.abs(coords[0] - pts) * 4
-    assert err.max() <= 1.0 + 1e-4 and err.mean() < 0.55
-    argmax_only = np.abs(np.round(pts) - pts) * 4
-    assert err.mean() < argmax_only.mean()
-
-
-def test_encode_heatmaps_zero_weight_for_unlabeled_and_outside():
-    pts = np.array([[10.0, 10.0], [10.0, 10.0], [-0.6, 5.0], [63.6, 5], [5, 64.0], [63.4, 63.4]])
-    target, weight = D.encode_heatmaps(pts, np.array([1, 0, 1, 1, 1, 1]), (64, 64), 2.0)
-    np.testing.assert_array_equal(weight, [1, 0, 0, 0, 0, 1])
-    assert target[1].max() == 0 and target[2].max() == 0 and target.dtype == np.float32
-    assert np.unravel_index(target[0].argmax(), (64, 64)) == (10, 10)
+    np.testing.assert_array_equal(coords[0], np.floor(pts + 0.5))   # symmetric peak: no quarter shift
+    assert np.abs(coords[0] - pts).max() <= 0.5 and (maxvals == 1).all()
 
 
 def test_decode_quarter_pixel_shift_and_edges():
@@ -223,26 +387,30 @@ def test_heatmap_to_image_equals_inverse_affine():
     rng = np.random.default_rng(6)
     coords = rng.uniform(0, 64, (3, K, 2))
     center, scale = rng.uniform(100, 300, (3, 2)), rng.uniform(50, 200, (3, 2))
-    out = D.heatmap_to_image(coords, center, scale, (64, 48))
+    out = D.heatmap_to_image(coords, center, scale, (48, 64))   # (h, w)
     for n in range(3):
-        ref = D.affine_points(coords[n], D.get_affine_transform(center[n], scale[n], 0, (64, 48), inv=True))
+        ref = D.affine_points(coords[n], D.get_affine_transform(center[n], scale[n], 0, (48, 64), inv=True))
         np.testing.assert_allclose(out[n], ref, atol=1e-9)
+    np.testing.assert_allclose(D.heatmap_to_image([[[64, 48]]], [[0, 0]], [[128, 96]], (48, 64)), [[[64, 48]]])
 
 
-def test_image_keypoints_through_targets_and_back(tmp_path):
-    """Image keypoints -> crop -> Gaussian targets -> decode -> image: within the decoder's resolution."""
-    ds, kps = one_instance_dataset(tmp_path)
+@pytest.mark.parametrize("size", [(256, 256), (256, 192)])
+def test_image_keypoints_through_targets_and_back(tmp_path, size):
+    """Image keypoints -> crop -> Gaussian targets -> decode -> image: within half a heatmap pixel."""
+    ds, kps = one_instance_dataset(tmp_path, image_size=size, heatmap_size=(size[0] // 4, size[1] // 4))
     item = ds[0]
+    assert item["target"].shape == (K, size[0] // 4, size[1] // 4)
     coords, _ = D.decode_heatmaps(item["target"][None])
     back = D.heatmap_to_image(coords, item["center"][None], item["scale"][None], ds.heatmap_size)[0]
-    px_per_hm = item["scale"][0] / ds.heatmap_size[0]
-    assert np.abs(back - kps[:, :2]).max() <= 0.25 * px_per_hm + 1e-3
+    px_per_hm = item["scale"][0] / ds.heatmap_size[1]
+    np.testing.assert_allclose(item["scale"][1] / ds.heatmap_size[0], px_per_hm, rtol=1e-6)  # same stride
+    assert np.abs(back - kps[:, :2]).max() <= 0.5 * px_per_hm + 1e-3
 
 
 def test_flip_test_shift_brings_flipped_heatmaps_back():
     x_in = np.array([[100.0, 80.0], [37.0, 201.0]])  # keypoints 0 and 1 (a flip pair) in a 256 crop
-    flipped_in = D.flip_keypoints(np.hstack([x_in, np.ones((2, 1))]), 256, [(0, 1)])[:, :2]
-    target, _ = D.encode_heatmaps(flipped_in / 4, np.ones(2), (64, 64), 2.0)
+    flipped_in = np.stack([255 - x_in[::-1, 0], x_in[::-1, 1]], 1)  # mirror x, swap the pair
+    target, _ = D.encode_heatmaps(flipped_in / 4, np.ones(2), (64, 64))
     back = D.flip_back_heatmaps(target[None], [(0, 1)], shift=True)
     coords, _ = D.decode_heatmaps(back)
     assert np.abs(coords[0] - x_in / 4).max() <= 0.5
@@ -250,24 +418,42 @@ def test_flip_test_shift_brings_flipped_heatmaps_back():
     assert np.abs(coords[0, :, 0] - x_in[:, 0] / 4).mean() < np.abs(no_shift[0, :, 0] - x_in[:, 0] / 4).mean()
 
 
-# ---------------------------------------------------------------- dataset items and augmentation
+# ---------------------------------------------------------------- items and augmentation
+
+ITEM_KEYS = {"image", "target", "target_weight", "keypoints", "image_id", "ann_id", "category_id", "center",
+             "scale", "bbox_score"}
+
 
 def test_item_keys_dtypes_and_default_collate(tmp_path):
-    ds, _ = one_instance_dataset(tmp_path, mean=D.IMAGENET_MEAN, std=D.IMAGENET_STD)
+    ds, _ = one_instance_dataset(tmp_path, normalize="clip")
     item = ds[0]
+    assert set(item) == ITEM_KEYS
     shapes = {"image": (3, 256, 256), "target": (K, 64, 64), "target_weight": (K,), "keypoints": (K, 2),
               "center": (2,), "scale": (2,)}
     for key, shape in shapes.items():
         assert item[key].shape == shape and item[key].dtype == np.float32, key
     assert (item["image_id"], item["ann_id"], item["category_id"]) == (1, 7, 1)
-    assert item["area"].dtype == np.float32 and item["bbox_score"] == 1.0
+    assert item["bbox_score"].dtype == np.float32 and item["bbox_score"] == 1.0
     assert abs(float(item["image"].mean())) < 2  # normalised, not 0..255
-    batch = next(iter(torch.utils.data.DataLoader(torch.utils.data.ConcatDataset([ds, ds]), batch_size=2)))
+    np.testing.assert_allclose(denormalise(item["image"], "clip")[128, 128], 90, atol=1)  # background
+    batch = next(iter(D.make_loader(torch.utils.data.ConcatDataset([ds, ds]), 2, 0, shuffle=False)))
     assert batch["image"].shape == (2, 3, 256, 256) and batch["ann_id"].tolist() == [7, 7]
-    assert batch["area"].dtype == torch.float32
     assert ds.keypoint_names == D.AP10K_KEYPOINTS and ds.num_keypoints == K
     assert ds.skeleton[0] == [0, 1] and ds.flip_pairs == D.AP10K_FLIP_PAIRS
     np.testing.assert_allclose(ds.sigmas, D.AP10K_SIGMAS)
+    assert (ds.mean, ds.std) == D.NORMALIZATION["clip"] and ds.image_size == (256, 256)
+    assert os.path.isabs(ds.ann_file) and os.path.isabs(ds.image_dir)
+
+
+def test_normalization_and_sizes_are_checked(tmp_path):
+    ds, _ = one_instance_dataset(tmp_path)            # default: ImageNet mean / std
+    assert (ds.mean, ds.std) == D.NORMALIZATION["imagenet"]
+    np.testing.assert_allclose(denormalise(ds[0]["image"], "imagenet")[128, 128], 90, atol=1)
+    for kwargs, msg in [(dict(normalize="openai"), "normalize must be one of"),
+                        (dict(image_size=(256,)), r"image_size must be \(H, W\)"),
+                        (dict(heatmap_size=(64, 0)), r"heatmap_size must be \(H, W\)")]:
+        with pytest.raises(ValueError, match=msg):
+            one_instance_dataset(tmp_path / "x", **kwargs)
 
 
 def test_training_augmentation_is_seeded_and_varies(tmp_path):
@@ -283,6 +469,18 @@ def test_training_augmentation_is_seeded_and_varies(tmp_path):
     assert len({tuple(x) for x in a}) > 20         # and actually random
 
 
+def test_box_jitter_rate_and_range():
+    rng = np.random.default_rng(0)
+    center, wh = np.array([100.0, 50.0]), np.array([80.0, 40.0])
+    moves = np.array([D.jitter_box_center(center, wh, rng) - center for _ in range(20000)])
+    moved = (moves != 0).any(1)
+    assert 0.29 < moved.mean() < 0.31                                  # probability 0.3
+    rel = moves[moved] / wh                                            # in box widths / heights
+    assert np.abs(rel).max() <= 0.2 and np.abs(rel).min(0).max() < 0.001  # up to +-0.2, uniform
+    assert (np.abs(rel) > 0.19).mean() > 0.03 and np.abs(rel.mean(0)).max() < 0.01
+    assert 0.095 < np.abs(rel).mean() < 0.105                          # E|U(-0.2, 0.2)| = 0.1
+
+
 def test_augmentation_parameters_follow_method(tmp_path):
     ds, _ = one_instance_dataset(tmp_path)
     rec = dict(ds.records[0])
@@ -292,35 +490,44 @@ def test_augmentation_parameters_follow_method(tmp_path):
     draws = [ds.random_augmentation(rec, rng) for _ in range(4000)]
     factor = np.array([d[1][0] / rec["scale"][0] for d in draws])
     rot = np.array([d[2] for d in draws])
-    assert all(np.array_equal(d[0], rec["center"]) for d in draws)
+    shift = np.array([d[0] - rec["center"] for d in draws]) / rec["box"][2:]
+    assert 0.27 < (shift != 0).any(1).mean() < 0.33 and np.abs(shift).max() <= 0.2   # box jitter only
     assert factor.min() >= 0.5 and factor.max() <= 1.5 and abs(np.median(factor) - 1) < 0.05
     assert 0.15 < (factor == 1.5).mean() < 0.2               # P(N(0, 1) > 1) = 0.16 clipped at 1.5
     assert np.abs(rot).max() <= 80 and 0.37 < (rot == 0).mean() < 0.43
     assert 0.47 < np.mean([d[3] for d in draws]) < 0.53      # flip
     rec["keypoints"][:, 2] = 2                                 # 17 labeled: half-body with p = 0.3
-    moved = np.mean([not np.array_equal(ds.random_augmentation(rec, rng)[0], rec["center"]) for _ in range(4000)])
-    assert 0.27 < moved < 0.33
+    kp = rec["keypoints"]
+    halves = [kp[D.AP10K_UPPER_BODY, :2].mean(0), kp[[4] + list(range(10, 17)), :2].mean(0)]
+    half = np.mean([any(np.allclose(ds.random_augmentation(rec, rng)[0], c) for c in halves) for _ in range(4000)])
+    assert 0.27 < half < 0.33
+
+
+def test_half_body_groups_are_ap10k_meta_and_coin_is_fair(tmp_path):
+    """AP-10K's published groups: upper 0-3, 5-9; lower 4, 10-16 (right_front_paw in the lower body)."""
+    ds, _ = one_instance_dataset(tmp_path)
+    assert ds.upper_body_ids == D.AP10K_UPPER_BODY
+    kps = np.zeros((K, 3))
+    kps[:, 0], kps[:, 1], kps[:, 2] = 2.0 ** np.arange(K), 3.0 * np.arange(K), 2  # every subset: its own mean
+    rng = np.random.default_rng(0)
+    upper_mean = kps[[0, 1, 2, 3, 5, 6, 7, 8, 9], :2].mean(0)
+    lower_mean = kps[[4, 10, 11, 12, 13, 14, 15, 16], :2].mean(0)
+    upper = 0
+    for _ in range(4000):
+        center, scale = D.half_body_box(kps, kps[:, 2] > 0, ds.upper_body_ids, 1.0, rng)
+        is_upper = np.allclose(center, upper_mean)
+        assert is_upper or np.allclose(center, lower_mean)
+        upper += is_upper
+    assert 0.47 < upper / 4000 < 0.53  # randn() < 0.5 would give 0.69
 
 
 def test_workers_get_different_augmentation(tmp_path):
     ds, _ = one_instance_dataset(tmp_path)
     ds.train = True
     torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(torch.utils.data.ConcatDataset([ds] * 4), batch_size=1, num_workers=2)
+    loader = D.make_loader(torch.utils.data.ConcatDataset([ds] * 4), 1, 2, shuffle=False)
     keypoints = [b["keypoints"].numpy().tobytes() for b in loader]
     assert len(set(keypoints)) == 4  # worker 0 and worker 1 do not repeat each other's draws
-
-
-def test_half_body_coin_is_fair():
-    kps = np.zeros((K, 3))
-    kps[:, :2] = np.arange(K)[:, None] * 10.0
-    kps[:, 2] = 2
-    rng = np.random.default_rng(0)
-    upper = 0
-    for _ in range(4000):
-        center, _ = D.half_body_box(kps, kps[:, 2] > 0, D.AP10K_UPPER_BODY, D.AP10K_LOWER_BODY, 1.0, rng)
-        upper += np.isclose(center[0], kps[D.AP10K_UPPER_BODY, 0].mean())
-    assert 0.47 < upper / 4000 < 0.53  # randn() < 0.5 would give 0.69
 
 
 def test_reduced_jpeg_decode_matches_full_decode(tmp_path):
@@ -468,24 +675,186 @@ def test_boxes_clipped_zero_area_skipped_and_summarised(tmp_path):
     evaluation = D.KeypointDataset(ann_file, img_dir, train=False)
     assert [r["ann_id"] for r in evaluation.records] == [1]
     assert "num_keypoints field is 0: 1" in evaluation.skip_summary
+    assert sorted(evaluation.coco.anns) == [1, 4, 5, 6]   # 2 and 3 cannot be predicted: not scored either
+    assert "2 of them removed from the scored ground truth" in evaluation.skip_summary
 
 
-def test_unknown_keypoint_set_derives_pairs_and_warns_about_sigmas(tmp_path):
-    names = ["beak", "left_wing", "right_wing", "tail"]
-    cat = {"id": 1, "name": "bird", "keypoints": names, "skeleton": [[1, 2], [1, 3], [1, 4]]}
-    kps = np.array([[20, 20, 2], [15, 30, 2], [40, 30, 1], [30, 45, 0]], float)
-    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600.0, "iscrowd": 0,
-           "num_keypoints": 3, "keypoints": kps.ravel().tolist()}
-    ann_file, img_dir = write_dataset(tmp_path, [(1, "b.png", 64, 64, np.zeros((64, 64, 3), np.uint8))], [ann], [cat])
-    with pytest.warns(UserWarning, match="OKS sigma 0.05"):
-        ds = D.KeypointDataset(ann_file, img_dir, train=True, image_size=(64, 64), heatmap_size=(16, 16))
-    assert ds.flip_pairs == [(1, 2)] and ds.upper_body_ids is None
-    np.testing.assert_allclose(ds.sigmas, [0.05] * 4)
-    ds = D.KeypointDataset(ann_file, img_dir, train=True, sigmas=[0.03, 0.07, 0.07, 0.09])
-    np.testing.assert_allclose(ds.sigmas, [0.03, 0.07, 0.07, 0.09])
-    assert ds[0]["target_weight"][3] == 0
-    with pytest.raises(ValueError, match="sigmas has shape"):
-        D.KeypointDataset(ann_file, img_dir, train=True, sigmas=[0.1, 0.1])
+def test_non_finite_and_malformed_fields_are_one_clear_line(tmp_path):
+    box = (10, 10, 60, 40)
+    kps = keypoints_for(box, np.random.default_rng(0))
+
+    def check(msg, ann_change=None, image_change=None, cat_change=None):
+        ann, cat = annotation(11, 1, box, kps), category()
+        image = {"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}
+        for item, change in ((ann, ann_change), (image, image_change), (cat, cat_change)):
+            if change:
+                change(item)
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps({"images": [image], "annotations": [ann], "categories": [cat]}))
+        with pytest.raises(ValueError, match=r"^[^\n]*bad\.json[^\n]*" + msg + r"[^\n]*$"):
+            D.KeypointDataset(str(path), str(tmp_path), train=True)
+
+    check(r"annotation id 11: 'keypoints'\[4\] is nan, not a finite number",
+          lambda a: a["keypoints"].__setitem__(4, float("nan")))
+    check(r"annotation id 11: 'bbox'\[2\] is inf, not a finite number", lambda a: a["bbox"].__setitem__(2, float("inf")))
+    check(r"annotation id 11: 'area' is nan, not a finite number", lambda a: a.__setitem__("area", float("nan")))
+    check(r"image id 1: 'width' is nan, not a finite number", image_change=lambda i: i.__setitem__("width", float("nan")))
+    check(r"image id 1: 'height' is -inf", image_change=lambda i: i.__setitem__("height", float("-inf")))
+    check(r"annotation id 11: 'bbox'\[1\] is '10', not a number", lambda a: a["bbox"].__setitem__(1, "10"))
+    check(r"annotation id 11: 'keypoints'\[0\] is None, not a number", lambda a: a["keypoints"].__setitem__(0, None))
+    check(r"image id 1: 'width' is '100', not a finite number", image_change=lambda i: i.__setitem__("width", "100"))
+    check(r"image id 1: 'width' is -5, must be >= 0", image_change=lambda i: i.__setitem__("width", -5))
+    check(r"annotation #0 \(image id 1\) has no 'id'", lambda a: a.pop("id"))
+    check(r"annotation #0 \(image id 1\): 'id' is '11', not an integer", lambda a: a.__setitem__("id", "11"))
+    check(r"image #0 has no 'id'", image_change=lambda i: i.pop("id"))
+    check(r"image #0: 'id' is 1\.5, not an integer", image_change=lambda i: i.__setitem__("id", 1.5))
+    check(r"skeleton pair \[1, 18\] is not two keypoint indices in 1\.\.17 \(COCO skeletons are 1-based\)",
+          cat_change=lambda c: c.__setitem__("skeleton", [[1, 2], [1, 18]]))
+    check(r"skeleton pair \[0, 1\]", cat_change=lambda c: c.__setitem__("skeleton", [[0, 1]]))
+    check(r"annotation id 11 has no 4-number bbox", lambda a: a.__setitem__("bbox", [1, 2, 3]))
+    check(r"annotation id 11: 'iscrowd' is '0', not a finite number", lambda a: a.__setitem__("iscrowd", "0"))
+
+
+def test_image_size_zero_is_skipped_and_an_empty_training_set_is_an_error(tmp_path):
+    box = (10, 10, 60, 40)
+    kps = keypoints_for(box, np.random.default_rng(0))
+    ann_file, img_dir = simple_json(tmp_path, images=[(1, "a.jpg", 100, 80, dot_image(100, 80, kps)),
+                                                      (2, "z.jpg", 0, 80, None)],
+                                    anns=[annotation(1, 1, box, kps), annotation(2, 2, box, kps)])
+    ds = D.KeypointDataset(ann_file, img_dir, train=True)
+    assert [r["ann_id"] for r in ds.records] == [1] and "image size 0: 1" in ds.skip_summary
+    ann_file, img_dir = simple_json(tmp_path / "b", images=[(2, "z.jpg", 0, 80, None)],
+                                    anns=[annotation(2, 2, box, kps)])
+    with pytest.raises(ValueError, match=r"b/ann\.json: no usable training instance \(.*image size 0: 1"):
+        D.KeypointDataset(ann_file, img_dir, train=True)
+    ann_file, img_dir = simple_json(tmp_path / "c", anns=[annotation(3, 1, box, kps, iscrowd=1)])
+    with pytest.raises(ValueError, match=r"c/ann\.json: no usable training instance \(.*crowd: 1"):
+        D.KeypointDataset(ann_file, img_dir, train=True)
+
+
+def test_empty_image_file_names_the_file(tmp_path):
+    ann_file, img_dir = simple_json(tmp_path)
+    path = os.path.join(img_dir, "a.jpg")
+    ds = D.KeypointDataset(ann_file, img_dir, train=False)
+    open(path, "wb").close()
+    with pytest.raises(ValueError, match=r"a\.jpg is empty \(0 bytes\) \(annotation id 11"):
+        ds[0]
+    with pytest.raises(ValueError, match=r"ann\.json: image file .*a\.jpg is empty \(0 bytes\) \(annotation ids \[11\]\)"):
+        D.KeypointDataset(ann_file, img_dir, train=False)
+
+
+def test_errors_inside_loader_workers_end_in_one_readable_line(tmp_path):
+    ann_file, img_dir = simple_json(tmp_path)
+    ds = D.KeypointDataset(ann_file, img_dir, train=True)
+    path = os.path.join(img_dir, "a.jpg")
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ValueError) as info:
+        next(iter(D.make_loader(ds, 1, 1, shuffle=False)))
+    last = str(info.value).strip().splitlines()[-1]
+    assert re.fullmatch(r"ValueError: truncated JPEG .*a\.jpg \(annotation id 11, image id 1, .*ann\.json\)", last), last
+
+
+# ---------------------------------------------------------------- evaluation: what is scored
+
+def coco_ap(coco, results, sigmas):
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(coco, coco.loadRes(results), "keypoints")
+        ev.params.kpt_oks_sigmas = np.asarray(sigmas)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats[0]
+
+
+def test_unpredictable_instances_are_excluded_from_both_sides(tmp_path):
+    """A perfect model (the ground truth of every record) scores AP 1.0: instances that cannot be
+    predicted leave the scored ground truth too, instead of capping AP below 1."""
+    rng = np.random.default_rng(13)
+    kps_a, kps_b = keypoints_for((5, 5, 40, 30), rng), keypoints_for((50, 40, 45, 35), rng)
+    unlabeled = kps_a.copy()
+    unlabeled[:, 2] = 0
+    cats = [category(), {"id": 2, "name": "rock", "supercategory": "thing"}]   # 2: no keypoints
+    anns = [annotation(1, 1, (5, 5, 40, 30), kps_a), annotation(7, 1, (50, 40, 45, 35), kps_b),
+            annotation(2, 1, (30, 20, 0, 30), kps_a),                              # zero-area box
+            annotation(3, 2, (5, 5, 40, 30), kps_a),                               # image size 0
+            {"id": 4, "image_id": 1, "category_id": 2, "bbox": [1, 1, 5, 5]},      # category without keypoints
+            annotation(5, 1, (5, 5, 40, 30), unlabeled, num_keypoints=3),          # nothing labeled, yet counted
+            annotation(6, 1, (5, 5, 90, 70), kps_a, iscrowd=1)]                    # crowd: COCOeval ignores it
+    images = [(1, "a.png", 100, 80, dot_image(100, 80, kps_a)), (2, "z.png", 100, 0, None)]
+    ann_file, img_dir = write_dataset(tmp_path, images, anns, cats)
+    ds = D.KeypointDataset(ann_file, img_dir, train=False)
+    assert [r["ann_id"] for r in ds.records] == [1, 7]
+    for reason in ("zero-area box: 1", "image size 0: 1", "category without keypoints: 1",
+                   "no labeled keypoint: 1", "crowd: 1", "4 of them removed"):
+        assert reason in ds.skip_summary, reason
+    assert sorted(ds.coco.anns) == [1, 6, 7]
+    perfect = [{"image_id": r["image_id"], "category_id": r["category_id"], "score": 1.0,
+                "keypoints": r["keypoints"].ravel().tolist()} for r in ds.records]
+    assert coco_ap(ds.coco, perfect, ds.sigmas) == 1.0
+    # dropped from one side only (the predictions), the same perfect model would lose AP
+    raw = COCO()
+    raw.dataset = {k: v for k, v in json.load(open(ann_file)).items()}
+    raw.dataset["annotations"] = [a for a in raw.dataset["annotations"] if a["category_id"] == 1]
+    with contextlib.redirect_stdout(io.StringIO()):
+        raw.createIndex()
+    assert coco_ap(raw, perfect, ds.sigmas) < 0.9
+
+
+# ---------------------------------------------------------------- detected boxes
+
+def write_detections(tmp_path, dets, name="dets.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(dets))
+    return str(path)
+
+
+def test_load_detections_maps_filters_and_validates(tmp_path):
+    ann_file, img_dir = simple_json(tmp_path)
+    ds = D.KeypointDataset(ann_file, img_dir, train=False)
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 60, 40], "score": 0.9},
+            {"image_id": 1, "category_id": 18, "bbox": [5, 5, 30, 30], "score": 0.6},
+            {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.1}]
+    path = write_detections(tmp_path, dets)
+    with pytest.warns(UserWarning, match="2 categories"):
+        kept = D.load_detections(path, ds.coco, score_threshold=0.5)
+    assert [(d["score"], d["category_id"]) for d in kept] == [(0.9, 1), (0.6, 1)]  # one keypoint category: all of it
+    with pytest.warns(UserWarning):
+        assert len(D.load_detections(path, ann_file, 0.0)) == 3          # the ground truth by its path
+    for bad, msg in [([dict(dets[0], image_id=99)], r"detection #0: image id 99 is not in the ground-truth json"),
+                     ([dets[0], dict(dets[0], bbox=[1, float("nan"), 3, 4])], r"detection #1: 'bbox'\[1\] is nan"),
+                     ([{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}], r"detection #0: 'score' is None"),
+                     ([dict(dets[0], bbox=[1, 2, 3])], r"detection #0: 'bbox' must be a list of 4 numbers"),
+                     ({"image_id": 1}, "expected a list of detections")]:
+        with pytest.raises(ValueError, match=r"dets\.json: " + msg):
+            D.load_detections(write_detections(tmp_path, bad), ds.coco, 0.0)
+    few_ann, few_dir = few_shot_json(tmp_path / "species")                 # 3 keypoint categories
+    multi = D.KeypointDataset(few_ann, few_dir, train=False)
+    path = write_detections(tmp_path, [dict(dets[0], category_id=2)])
+    assert D.load_detections(path, multi.coco)[0]["category_id"] == 2
+    path = write_detections(tmp_path, [dict(dets[0], category_id=7)])
+    with pytest.raises(ValueError, match=r"detection #0: category_id 7 is not a keypoint category"):
+        D.load_detections(path, multi.coco)
+
+
+def test_dataset_with_detected_boxes(tmp_path):
+    ann_file, img_dir = simple_json(tmp_path)
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 60, 40], "score": 0.9},
+            {"image_id": 1, "category_id": 1, "bbox": [20, 15, 50, 30], "score": 0.6},
+            {"image_id": 1, "category_id": 1, "bbox": [200, 15, 50, 30], "score": 0.7}]  # outside the image
+    ds = D.KeypointDataset(ann_file, img_dir, train=False, boxes=dets)
+    assert len(ds) == 2 and "3 detections (eval): 2 boxes kept, 1 skipped" in ds.skip_summary
+    items = [ds[0], ds[1]]
+    assert [it["ann_id"] for it in items] == [-1, -1] and set(items[0]) == ITEM_KEYS
+    np.testing.assert_allclose([it["bbox_score"] for it in items], [0.9, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(items[1]["center"], [45, 30])
+    assert items[0]["target_weight"].sum() == 0
+    assert sorted(ds.coco.anns) == [11]                       # the ground truth stays what is scored
+    with pytest.raises(ValueError, match="evaluation only"):
+        D.KeypointDataset(ann_file, img_dir, train=True, boxes=dets)
+    with pytest.raises(ValueError, match=r"boxes\[0\]: category_id 18 is not a keypoint category"):
+        D.KeypointDataset(ann_file, img_dir, train=False, boxes=[dict(dets[0], category_id=18)])
 
 
 # ---------------------------------------------------------------- few-shot
@@ -521,3 +890,33 @@ def test_few_shot_k_per_species_and_seeded(tmp_path):
     assert len(D.sample_few_shot(ds.coco, 100, seed=0)) == 10 + 11 + 12 # all usable images when K is large
     full = D.KeypointDataset(ann_file, img_dir, train=True)
     assert full.few_shot_image_ids is None and len(full) == 33
+
+
+def test_few_shot_is_for_training_and_positive(tmp_path):
+    ann_file, img_dir = few_shot_json(tmp_path)
+    for kwargs in (dict(train=False, few_shot=3), dict(train=True, few_shot=0), dict(train=True, few_shot=-2)):
+        with pytest.raises(ValueError, match="few_shot must be a positive number"):
+            D.KeypointDataset(ann_file, img_dir, **kwargs)
+
+
+# ---------------------------------------------------------------- loaders
+
+def test_default_workers(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [D.default_workers(n) for n in (1, 2, 3, 4, 16, 32)] == [8, 8, 5, 4, 1, 0]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert D.default_workers() == 2 and D.default_workers(2) == 1 and D.default_workers(4) == 0
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)     # macOS, Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert D.default_workers() == 6 and D.default_workers(4) == 1
+
+
+def test_make_loader(tmp_path):
+    ds, _ = one_instance_dataset(tmp_path)
+    both = torch.utils.data.ConcatDataset([ds] * 3)
+    loader = D.make_loader(both, 2, 0, shuffle=False, drop_last=True)
+    assert [len(b["ann_id"]) for b in loader] == [2]
+    sampler = torch.utils.data.SequentialSampler(both)
+    assert D.make_loader(both, 2, 0, shuffle=False, sampler=sampler).sampler is sampler
+    with pytest.raises(ValueError, match="either shuffle=True or a sampler"):
+        D.make_loader(both, 2, 0, shuffle=True, sampler=sampler)

@@ -83,10 +83,10 @@ def test_keypoints_lie_on_the_drawn_body():
     assert differs / total > 0.97        # and its pixel is not the background's
 
 
-def test_left_and_right_are_geometric_so_flip_with_swap_is_consistent():
+def test_left_and_right_are_geometric_so_flip_with_swap_is_consistent(tmp_path):
     """Left keypoints lie on the animal's left (seen from above, y down) of the tail->neck axis
-    (eyes: of the neck->nose axis); after a mirror with pair swap the same rule holds, so
-    flipped samples are valid animals."""
+    (eyes: of the neck->nose axis), in the drawn images and in the dataset's mirrored samples
+    (flip folded into the warp, pairs swapped): flipped samples are valid animals."""
     def side(kps, k):  # > 0: keypoint k is on the animal's left
         a, b = (3, 2) if k in (0, 1) else (4, 3)     # neck -> nose, or root_of_tail -> neck
         f = kps[b, :2] - kps[a, :2]
@@ -95,9 +95,20 @@ def test_left_and_right_are_geometric_so_flip_with_swap_is_consistent():
     for i in range(20):
         _, _, animals, _ = synthetic.render_image(np.random.default_rng([1, 9, i]))
         for a in animals:
-            kps = np.hstack([a["xy"], np.ones((17, 1))])
-            for kp in (kps, D.flip_keypoints(kps, 320, D.AP10K_FLIP_PAIRS)):
-                assert all(side(kp, k) > 0 for k in left_ids) and all(side(kp, k) < 0 for k in right_ids)
+            assert all(side(a["xy"], k) > 0 for k in left_ids) and all(side(a["xy"], k) < 0 for k in right_ids)
+    train_json, _ = synthetic.generate(str(tmp_path), 16, 0, seed=1)
+    ds = D.KeypointDataset(train_json, os.path.join(tmp_path, "data"), train=True)
+    checked = 0
+    for i in range(len(ds)):
+        for flip in (False, True):
+            item = ds.make_sample(i, rot_deg=30.0, flip=flip)
+            kps, labeled = item["keypoints"], item["target_weight"] > 0
+            if not labeled[[2, 3, 4]].all():
+                continue
+            checked += 1
+            assert all(side(kps, k) > 0 for k in left_ids if labeled[k])
+            assert all(side(kps, k) < 0 for k in right_ids if labeled[k])
+    assert checked > 16
 
 
 def test_command_line(tmp_path):
