@@ -409,7 +409,7 @@ def check_annotations(data, path, keypoint_category_ids, num_keypoints):
     keypoint numbers, a 4-number finite bbox, finite area >= 0. Fills what COCOeval needs and
     the file may leave out: area (= bbox w * h), iscrowd (0), num_keypoints (labeled count)."""
     images = {im["id"] for im in data["images"]}
-    categories = {c["id"] for c in data["categories"]}
+    categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
     for n, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise ValueError(f"{path}: annotation #{n} is not an object")
@@ -505,6 +505,16 @@ def read_keypoint_set(data, path):
             finite_numbers(sigmas, K, f"{path}: category {cats[0]['id']}", "sigmas"), K, path))
 
 
+def prompt_texts_for(keypoint_names, keypoint_prompts=None):
+    """The text of each keypoint for its prompt (Eq. 2): the json's `keypoint_prompts` if
+    given, the authors' words for AP-10K ('tail root' for root_of_tail), else the names with
+    '_' -> ' '."""
+    if keypoint_prompts is not None:
+        return list(keypoint_prompts)
+    known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == list(keypoint_names)), {})
+    return list(known.get("prompts") or [n.replace("_", " ").strip() for n in keypoint_names])
+
+
 def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=True):
     """prompt texts, flip pairs, OKS sigmas and the upper body for a keypoint set.
 
@@ -515,8 +525,7 @@ def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=Tru
     """
     names = keypoint_set["names"]
     known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == names), {})
-    prompts = keypoint_set["prompts"] or known.get("prompts") or [n.replace("_", " ").strip()
-                                                                  for n in names]
+    prompts = prompt_texts_for(names, keypoint_set["prompts"])
     if isinstance(flip_pairs, str):
         pairs = parse_flip_pairs(flip_pairs, names)
     elif flip_pairs is not None:
@@ -565,8 +574,8 @@ def load_detections(path, coco, score_threshold=0.0):
     if not isinstance(dets, list):
         raise ValueError(f'{path}: expected a list of detections [{{"image_id", "category_id", '
                          '"bbox", "score"}, ...] (COCO detection results)')
-    images = {im["id"] for im in data["images"]}
-    keypoint_cats = sorted(c["id"] for c in data["categories"] if c.get("keypoints"))
+    images = {im.get("id") for im in data["images"] if isinstance(im, dict)}
+    keypoint_cats = sorted(c.get("id") for c in data["categories"] if isinstance(c, dict) and c.get("keypoints"))
     out, seen = [], set()
     for n, det in enumerate(dets):
         where = f"{path}: detection #{n}"

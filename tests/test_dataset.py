@@ -297,6 +297,9 @@ def test_prompt_texts_and_sigmas_from_json(tmp_path):
     assert ds.sigmas.dtype == np.float64
     ds = D.KeypointDataset(ann_file, img_dir, train=True, sigmas=[0.1, 0.2, 0.2, 0.3])  # the argument wins
     np.testing.assert_array_equal(ds.sigmas, [0.1, 0.2, 0.2, 0.3])
+    assert D.prompt_texts_for(D.AP10K_KEYPOINTS) == D.AP10K_PROMPTS
+    assert D.prompt_texts_for(names) == ["beak", "left wing", "right wing", "tail tip"]
+    assert D.prompt_texts_for(D.COCO_KEYPOINTS)[3] == "left ear"
     ann_file, img_dir = sided_json(tmp_path / "b", names, sigmas=[0.02] * 4)
     assert D.KeypointDataset(ann_file, img_dir, train=True).prompt_texts == ["beak", "left wing", "right wing",
                                                                              "tail tip"]
