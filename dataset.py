@@ -381,6 +381,7 @@ def finite_number(value, where, field, minimum=None):
 
 
 def integer_id(item, key, where):
+    """item[key] as an integer id, or a ValueError naming `where` (missing, or not an integer)."""
     if key not in item:
         raise ValueError(f"{where} has no '{key}'")
     if type(item[key]) is not int:
@@ -964,6 +965,7 @@ class KeypointDataset(Dataset):
         self._rng, self._rng_key = None, None
 
     def _set_keypoint_set(self, keypoint_set, sigmas, flip_pairs, flip):
+        """Names, skeleton, prompt texts, flip pairs, OKS sigmas, half-body groups (keypoint_metadata)."""
         self.keypoint_names = keypoint_set["names"]
         self.num_keypoints = len(self.keypoint_names)
         self.keypoint_category_ids = keypoint_set["category_ids"]
