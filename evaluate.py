@@ -1,193 +1,273 @@
-"""Evaluate a PromptPose / SimpleBaseline checkpoint, or run it on your own photos.
+"""Evaluate a PromptPose / SimpleBaseline checkpoint, or run it on your own photos and videos.
 
-    python evaluate.py out/best.pt                              # the val json it was trained with
-    python evaluate.py out/best.pt --ann val.json --images data/  # any COCO-format keypoint json
-    python evaluate.py out/best.pt --images photos/ [--boxes boxes.json]   # your own photos
-    torchrun --nproc_per_node=8 evaluate.py out/best.pt         # sharded; identical numbers
+    python evaluate.py RUN/final.pt                     # the run's val json: AP, PCK, pixel error
+    python evaluate.py RUN/final.pt --ann val.json --images data/   # any COCO keypoint json
+    python evaluate.py RUN/final.pt --ann person_keypoints_val2017.json --images val2017/ \
+        --det-boxes person_detections.json                  # detected boxes (Table 3's "Human AP")
+    python evaluate.py RUN/final.pt --images photos/ [--boxes boxes.json]   # your own photos
+    python evaluate.py RUN/final.pt --video clip.mp4 [--boxes boxes.json]   # a video, every frame
+    torchrun --nproc_per_node=8 evaluate.py RUN/final.pt    # sharded; identical numbers
 
-Top-down protocol of the paper (Sec. 4.1) with ground-truth boxes: crop every instance,
-predict heatmaps (averaged with those of the flipped crop: flip test), decode argmax plus a
-quarter-pixel shift, map back to the image, score an instance by the mean of its keypoint
-maxima above 0.2. Metrics are pycocotools' keypoint statistics computed with the dataset's
-own OKS sigmas (pycocotools silently defaults to the COCO *human* sigmas otherwise).
-The checkpoint is the config: the model is rebuilt from it alone and loaded strictly.
+Top-down protocol of the paper (Sec. 4.1), as the authors ran it (mmpose): crop every box
+(ground truth, or detections), predict heatmaps averaged with those of the flipped crop (flip
+test), decode argmax plus a quarter-pixel shift, map back to the image. Instance score = box
+score x mean of the keypoint maxima above 0.2; then OKS-NMS at 0.9 among the instances of each
+image (mmpose does it even with ground-truth boxes). AP/AR are pycocotools' keypoint
+statistics with the run's own OKS sigmas (pycocotools silently uses the COCO *human* sigmas
+otherwise). PCK and pixel error compare each ground-truth box's prediction with that instance.
+The checkpoint is the config: the model, keypoints, flip pairs and sigmas come from it alone.
 """
 import argparse
 import contextlib
 import io
+import itertools
 import json
+import math
 import os
 import sys
 import time
+from collections import defaultdict
 
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
 
-from dataset import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, KeypointDataset,
-                     box_to_center_scale, decode_heatmaps, flip_back_heatmaps,
-                     get_affine_transform, heatmap_to_image)
-from losses import sample_keypoint_features
-from model import build_model
+import visualize
+from checkpoint import load_checkpoint, model_from_checkpoint
+from dataset import (NORMALIZATION, KeypointDataset, box_to_center_scale, decode_heatmaps,
+                     default_workers, flip_back_heatmaps, get_affine_transform,
+                     heatmap_to_image, load_coco_json, load_detections, make_loader,
+                     read_image, read_keypoint_set)
+from distributed import all_gather_list, broadcast_object, cleanup, init_distributed, print0
+from losses import sample_keypoint_features, similarity_matrix
+from model import AMP_DTYPES, autocast
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL"]
-SCORE_THRESHOLD = 0.2  # keypoint maxima below this do not count towards the instance score
+VIS_THRESHOLD = 0.2       # maxima above this count towards the instance score (mmpose vis_thr)
+OKS_NMS_THRESHOLD = 0.9   # drop an instance whose OKS with a better one exceeds this (oks_thr)
+PCK_THRESHOLD = 0.2       # default --pck-threshold, a fraction of the box size
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+OUTPUT_FILES = ("metrics.json", "results.json", "photo_results.json", "photo_images.json", "vis")
+OUTPUT_SUFFIXES = ("_pose.mp4", "_keypoints.json")
+
+
+# ----------------------------------------------------------------------------- arguments
+def positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
+def non_negative_int(text):
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def sigma_list(text):
+    values = [v for v in text.split(",") if v.strip()]
+    try:
+        values = [float(v) for v in values]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, one per "
+                                         f"keypoint, got {text!r}")
+    return values
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default: the value, or what the help text says the default means."""
+
+    def _get_help_string(self, action):
+        return action.help if "(default:" in action.help else super()._get_help_string(action)
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("PromptPose evaluation / inference", add_help=True)
-    p.add_argument("checkpoint", help="a checkpoint written by train.py (last.pt or best.pt)")
+    p = argparse.ArgumentParser("PromptPose evaluation / inference", allow_abbrev=False,
+                                formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint of train.py (final.pt, best.pt, last.pt)")
     g = p.add_argument_group("data")
-    g.add_argument("--ann", default=None,
-                   help="COCO-format keypoint json to evaluate on (default: the run's --val-ann)")
-    g.add_argument("--images", nargs="+", default=None,
-                   help="with --ann (or none): the image directory (default: the run's); "
-                        "without --ann: your own photos, as files and/or directories")
-    g.add_argument("--boxes", default=None,
-                   help="own photos only: json list of {\"file_name\", \"bbox\": [x,y,w,h], "
-                        "optional \"score\"}; without it the whole image is the box")
-    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    g.add_argument("--workers", type=int, default=4, help="data loader processes")
+    g.add_argument("--ann", help="COCO-format keypoint json to score (default: the run's "
+                                 "--val-ann)")
+    g.add_argument("--images", nargs="+", help="with --ann: its image directory (default: the "
+                   "run's); without --ann: your own photos, as files and/or directories")
+    g.add_argument("--det-boxes", help="COCO detection results json ([{image_id, category_id, "
+                   "bbox, score}]) whose boxes are cropped (default: the ground-truth boxes)")
+    g.add_argument("--det-score-threshold", type=finite_float, default=0.0,
+                   help="--det-boxes: keep the detections scored at least this")
+    g.add_argument("--boxes", help="own photos: json list of {\"file_name\", \"bbox\": [x, y, "
+                   "w, h], \"score\"}; --video: of {\"frame\", \"bbox\", \"score\"}; only "
+                   "these boxes get a pose (default: the whole image / frame)")
+    g.add_argument("--video", help="a video file: pose on every frame, a labelled .mp4 and a "
+                                   "json (default: no video)")
+    g.add_argument("--sigmas", type=sigma_list, help="comma-separated OKS sigmas, one per keypoint "
+                   "(default: the run's, stored in the checkpoint)")
+    g.add_argument("--batch-size", type=positive(int), default=32, help="crops per forward pass")
+    g.add_argument("--workers", type=non_negative_int,
+                   default=default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
+                   help="data loader processes (the default: this machine's CPUs per process, "
+                        "at most 8)")
     g = p.add_argument_group("inference")
     g.add_argument("--no-flip-test", dest="flip_test", action="store_false",
-                   help="disable the flip test (on by default, as in the paper)")
-    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
-                   help="autocast dtype on GPU (none = fp32)")
+                   help="no flip test (default: the flip test is on, as in the paper; off by "
+                        "itself when the checkpoint has no flip pairs)")
+    g.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="autocast dtype on GPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    g = p.add_argument_group("output")
-    g.add_argument("--output-dir", default=None,
-                   help="where results.json, metrics.json and vis/ go "
-                        "(default: eval/ next to the checkpoint)")
-    g.add_argument("--vis", type=int, default=0, metavar="N",
-                   help="write overlays for N instances, plus the paper's Fig. 2 (semantic "
-                        "similarity matrix) and Fig. 3 (pixel-level score maps)")
+    g.add_argument("--device", help="cuda, cuda:1 or cpu (default: a GPU when there is one)")
+    g = p.add_argument_group("metrics and output")
+    g.add_argument("--pck-threshold", type=positive(float), default=PCK_THRESHOLD,
+                   help="PCK: correct when the error is below this fraction of the box size")
+    g.add_argument("--output-dir", help="where the outputs go; a directory holding outputs of "
+                   "an earlier evaluation is kept and DIR-2, DIR-3, ... used instead (default: "
+                   "eval/ beside the checkpoint)")
+    g.add_argument("--vis", type=non_negative_int, default=0, metavar="N",
+                   help="figures for the first N boxes: overlay, paper Fig. 2 and Fig. 3")
+    g.add_argument("--vis-names", action="store_true", help="write keypoint names on overlays")
     return p
 
 
-# ----------------------------------------------------------------------------- distributed
-def init_distributed():
-    """torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; plain `python` runs one process, no group.
-    Returns (rank, local_rank, world_size, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, local_rank, world, device
-
-
-def is_distributed():
-    return dist.is_available() and dist.is_initialized()
-
-
-def image_normalization(backbone):
-    """Mean/std of the backbone's pre-training: ImageNet for the torchvision ResNet, else CLIP."""
-    if backbone == "imagenet-rn50":
-        return IMAGENET_MEAN, IMAGENET_STD
-    return CLIP_MEAN, CLIP_STD
-
-
-# ----------------------------------------------------------------------------- checkpoint
-def load_checkpoint(path):
-    """Read a train.py checkpoint with weights_only=True, or say clearly what the file is not."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip/pickle errors of every kind: report them all the same way
-        raise ValueError(f"{path!r} could not be read as a PromptPose checkpoint "
-                         f"({type(e).__name__}: {e}); expected last.pt/best.pt written by "
-                         f"train.py") from e
-    needed = ("model", "model_config", "keypoint_names")
-    missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ValueError(f"{path!r} is not a PromptPose checkpoint (missing {missing}); "
-                         f"CLIP or ImageNet weights go to train.py --clip-weights / "
-                         f"--imagenet-weights instead")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt):
-    """Rebuild the exact architecture from the stored config and load the weights strictly."""
-    model = build_model(ckpt["model_config"], ckpt["keypoint_names"])
-    model.load_state_dict(ckpt["model"], strict=True)
-    return model
-
-
-def check_keypoints_match(ckpt_names, dataset_names, ann_file):
-    if list(ckpt_names) != list(dataset_names):
-        raise ValueError(
-            f"{ann_file!r} defines {len(dataset_names)} keypoints {list(dataset_names)}, but the "
-            f"checkpoint was trained on {len(ckpt_names)} keypoints {list(ckpt_names)}; evaluate "
-            f"on an annotation file with the checkpoint's keypoints (same names, same order)")
+def check_flag_combination(args):
+    if args.video and (args.ann or args.images or args.det_boxes):
+        raise ValueError("--video runs on a video alone: leave out --ann, --images, --det-boxes")
+    photos = args.images is not None and args.ann is None and not args.video
+    if args.boxes and not (photos or args.video):
+        raise ValueError("--boxes is for own photos (--images without --ann) or --video; "
+                         "with --ann use --det-boxes")
+    if args.det_boxes and (photos or args.video):
+        raise ValueError("--det-boxes is for scoring a COCO json (--ann, or the run's val json); "
+                         "own photos and videos take --boxes")
+    if args.ann and args.images and len(args.images) > 1:
+        raise ValueError(f"--images with --ann takes one image directory, got {len(args.images)}")
+    return "video" if args.video else "photos" if photos else "dataset"
 
 
 # ----------------------------------------------------------------------------- prediction
 @torch.no_grad()
-def predict_batch(model, images, flip_pairs, flip_test, amp="none"):
-    """Heatmaps of a batch of crops, averaged with the flipped crops when flip_test.
-    images (B, 3, H, W) -> numpy (B, K, h, w) float32."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+def predict_heatmaps(model, images, flip_pairs, flip, amp):
+    """Heatmaps of a batch of crops (B, 3, H, W) -> numpy (B, K, h, w) float32; with the flip
+    test averaged with the heatmaps of the mirrored crops, flipped back (pairs swapped, 1 px
+    shift: dataset.flip_back_heatmaps)."""
+    with autocast(images.device.type, amp):
         heatmaps = model(images)["heatmaps"].float().cpu().numpy()
-        if flip_test:
-            flipped = model(images.flip(3))["heatmaps"].float().cpu().numpy()
-            heatmaps = 0.5 * (heatmaps + flip_back_heatmaps(flipped, flip_pairs))
+        if flip:
+            mirrored = model(images.flip(3))["heatmaps"].float().cpu().numpy()
+            heatmaps = 0.5 * (heatmaps + flip_back_heatmaps(mirrored, flip_pairs))
     return heatmaps
 
 
 def heatmaps_to_keypoints(heatmaps, center, scale):
-    """(B, K, h, w) heatmaps + crop geometry -> image keypoints (B, K, 3) as [x, y, maxval]
-    and instance scores (B,) = mean of the maxima above SCORE_THRESHOLD (0 if none)."""
-    coords, maxvals = decode_heatmaps(heatmaps)                      # (B, K, 2), (B, K)
-    h, w = heatmaps.shape[2:]
-    points = heatmap_to_image(coords, center, scale, (w, h))         # (B, K, 2)
-    above = maxvals > SCORE_THRESHOLD
-    scores = np.where(above.any(1), (maxvals * above).sum(1) / np.maximum(above.sum(1), 1), 0.0)
-    return np.concatenate([points, maxvals[..., None]], axis=2), scores
+    """(B, K, h, w) heatmaps + crop boxes (center, scale (B, 2)) -> image keypoints (B, K, 3)
+    as [x, y, maxval] (argmax + quarter-pixel shift, then back through the crop's affine)."""
+    coords, maxvals = decode_heatmaps(heatmaps)                  # (B, K, 2), (B, K)
+    points = heatmap_to_image(coords, center, scale, heatmaps.shape[2:])   # (B, K, 2)
+    return np.concatenate([points, maxvals[..., None]], axis=2)
 
 
-def predict_dataset(model, dataset, args, device, rank=0, world=1, progress=False):
-    """Every instance of `dataset` -> COCO keypoint results, sharded over ranks
-    (rank r takes indices r, r+world, ...) and gathered: each instance exactly once."""
-    indices = list(range(rank, len(dataset), world))
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices), batch_size=args.batch_size, shuffle=False,
-        num_workers=args.workers, pin_memory=device.type == "cuda",
-        persistent_workers=False)
+def instance_scores(maxvals, box_scores):
+    """mmpose's rescoring: box score x mean of the keypoint maxima above VIS_THRESHOLD (0 when
+    none is). maxvals (B, K), box_scores (B,) -> (B,)."""
+    above = maxvals > VIS_THRESHOLD
+    mean = (maxvals * above).sum(1) / np.maximum(above.sum(1), 1)
+    return np.asarray(box_scores, np.float64) * mean
+
+
+def rounded_list(values):
+    """An array (keypoints (K, 3), a centre (2,)) -> a flat list rounded to 1/1000 px, as
+    COCO results store keypoints."""
+    return [round(float(v), 3) for v in np.asarray(values).reshape(-1)]
+
+
+def predict_batches(model, loader, flip_pairs, flip, amp, device, progress, desc):
+    """Yield (batch, keypoints (B, K, 3), scores (B,)) for every batch of a crop loader."""
     model.eval()
-    results = []
-    batches = loader
-    if progress:
-        from tqdm import tqdm
-        batches = tqdm(loader, desc="eval", leave=False)
-    for batch in batches:
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and sys.stderr.isatty()))
+    for batch in bar:
         images = batch["image"].to(device, non_blocking=True)
-        heatmaps = predict_batch(model, images, dataset.flip_pairs, args.flip_test, args.amp)
-        keypoints, scores = heatmaps_to_keypoints(heatmaps, batch["center"].numpy(),
-                                                  batch["scale"].numpy())
-        for i in range(len(images)):
+        heatmaps = predict_heatmaps(model, images, flip_pairs, flip, amp)
+        keypoints = heatmaps_to_keypoints(heatmaps, batch["center"].numpy(), batch["scale"].numpy())
+        yield batch, keypoints, instance_scores(keypoints[..., 2], batch["bbox_score"].numpy())
+
+
+def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
+                    progress=False):
+    """Every box of a KeypointDataset -> one prediction each, COCO results format plus
+    'ann_id' (-1 for detections), 'center' and 'scale' (the crop), in dataset order. Rank r
+    predicts indices r, r + world, ...; the lists are gathered, so every rank gets all."""
+    indices = list(range(rank, len(dataset), world))
+    loader = make_loader(torch.utils.data.Subset(dataset, indices), batch_size, workers,
+                         shuffle=False, pin_memory=device.type == "cuda")
+    results = []
+    for batch, keypoints, scores in predict_batches(model, loader, dataset.flip_pairs, flip,
+                                                    amp, device, progress, "eval"):
+        for i in range(len(scores)):
             results.append({
-                "image_id": int(batch["image_id"][i]),
-                "category_id": int(batch["category_id"][i]),
-                "ann_id": int(batch["ann_id"][i]),
-                "keypoints": [round(float(v), 3) for v in keypoints[i].reshape(-1)],
-                "score": float(scores[i] * batch["bbox_score"][i]),
-            })
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
-    return sorted(results, key=lambda r: r["ann_id"])
+                "index": indices[len(results)], "image_id": int(batch["image_id"][i]),
+                "category_id": int(batch["category_id"][i]), "ann_id": int(batch["ann_id"][i]),
+                "keypoints": rounded_list(keypoints[i]),
+                "score": float(scores[i]),
+                "center": rounded_list(batch["center"][i]),
+                "scale": rounded_list(batch["scale"][i])})
+    results = sorted(all_gather_list(results), key=lambda r: r["index"])
+    return [{k: v for k, v in r.items() if k != "index"} for r in results]
+
+
+# ----------------------------------------------------------------------------- OKS-NMS
+def oks_overlap(pose, others, area, other_areas, sigmas):
+    """OKS of one pose (K, 3) with others (N, K, 3), as mmpose's oks_iou for NMS: every keypoint
+    counts, the object scale is the mean of the two box areas:
+        OKS = mean_k exp(-d_k^2 / (2 * (a + a') / 2 * (2 sigma_k)^2))   -> (N,)"""
+    var = (2.0 * np.asarray(sigmas, np.float64)) ** 2                         # (K,)
+    d2 = ((others[..., :2] - pose[None, :, :2]) ** 2).sum(-1)                 # (N, K)
+    e = d2 / var / ((area + other_areas)[:, None] / 2 + np.spacing(1)) / 2
+    return np.exp(-e).mean(1)
+
+
+def oks_nms(poses, scores, areas, sigmas, threshold=OKS_NMS_THRESHOLD):
+    """Greedy OKS-NMS (mmpose oks_nms): take the best-scored pose, drop every other whose OKS
+    with it is above `threshold`, repeat. poses (N, K, 3), scores (N,), areas (N,) -> kept
+    indices, best first (ties: the earlier pose first)."""
+    poses, areas = np.asarray(poses, np.float64), np.asarray(areas, np.float64)
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        order = rest[oks_overlap(poses[i], poses[rest], areas[i], areas[rest], sigmas) <= threshold]
+    return keep
+
+
+def nms_per_image(results, sigmas, threshold=OKS_NMS_THRESHOLD):
+    """OKS-NMS among the predictions of each image; the area of a prediction is that of its
+    crop box (scale_w x scale_h, as mmpose). Returns the kept results in their input order."""
+    by_image = defaultdict(list)
+    for j, r in enumerate(results):
+        by_image[r["image_id"]].append(j)
+    kept = []
+    for idx in by_image.values():
+        poses = np.array([results[j]["keypoints"] for j in idx]).reshape(len(idx), -1, 3)
+        areas = np.array([np.prod(results[j]["scale"]) for j in idx])
+        scores = np.array([results[j]["score"] for j in idx])
+        kept += [idx[k] for k in oks_nms(poses, scores, areas, sigmas, threshold)]
+    return [results[j] for j in sorted(kept)]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -195,7 +275,8 @@ def coco_keypoint_eval(coco_gt, results, sigmas):
     """pycocotools keypoint evaluation with explicit OKS sigmas.
     Returns (stats {name: value}, per-category AP {category_id: AP or nan})."""
     if not results:
-        raise ValueError("no predictions to evaluate (empty dataset?)")
+        raise ValueError("no predictions to evaluate (no boxes: empty dataset, or every "
+                         "detection below --det-score-threshold?)")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, "keypoints")
@@ -227,137 +308,364 @@ def group_table(coco_gt, per_category):
     return species, family_rows
 
 
-def format_report(stats, species, families):
+def matched_keypoints(results, coco):
+    """Predictions made from ground-truth boxes next to their instance: pred (N, K, 2),
+    gt (N, K, 2), labeled (N, K) bool (v > 0), box (N, 2) = (w, h) of the instance's box
+    clipped to the image. Predictions from detections (ann_id -1) have no instance."""
+    rows = [r for r in results if r["ann_id"] >= 0]
+    anns = [coco.anns[r["ann_id"]] for r in rows]
+    K = len(results[0]["keypoints"]) // 3 if results else 0
+    pred = np.array([r["keypoints"] for r in rows], np.float64).reshape(len(rows), K, 3)
+    gt = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(rows), K, 3)
+    box = np.zeros((len(rows), 2))
+    for n, a in enumerate(anns):
+        x, y, w, h = a["bbox"]
+        image = coco.imgs[a["image_id"]]
+        box[n] = (min(x + w, image["width"]) - max(x, 0), min(y + h, image["height"]) - max(y, 0))
+    return pred[..., :2], gt[..., :2], gt[..., 2] > 0, box
+
+
+def pck_accuracy(pred, gt, labeled, normalize, threshold):
+    """PCK as mmpose's keypoint_pck_accuracy: a labeled keypoint is correct when
+    || (pred - gt) / normalize || < threshold, normalize (N, 2) per axis; mmpose's
+    norm_item='bbox' passes (max(w, h), max(w, h)) of the ground-truth box. Returns (per
+    keypoint (K,) with nan where never labeled, overall = mean over the labeled keypoints'
+    values, as mmpose averages)."""
+    valid = labeled & (normalize > 0).all(1)[:, None]                             # (N, K)
+    dist = np.linalg.norm((pred - gt) / np.maximum(normalize, 1e-12)[:, None, :], axis=-1)
+    count = valid.sum(0)
+    per_keypoint = np.where(count > 0, ((dist < threshold) & valid).sum(0) / np.maximum(count, 1),
+                            np.nan)
+    overall = float(np.nanmean(per_keypoint)) if (count > 0).any() else float("nan")
+    return per_keypoint, overall
+
+
+def pixel_errors(pred, gt, labeled):
+    """Pixel error of the labeled keypoints in image pixels: RMSE = sqrt(mean of squared
+    Euclidean distances) and the mean Euclidean distance, overall and per keypoint (nan where
+    never labeled). Returns (rmse (K,), rmse, mean (K,), mean)."""
+    d = np.linalg.norm(pred - gt, axis=-1)                                       # (N, K)
+    count = labeled.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rmse_k = np.sqrt((d ** 2 * labeled).sum(0) / count)
+        mean_k = (d * labeled).sum(0) / count
+    n = labeled.sum()
+    rmse = float(np.sqrt((d[labeled] ** 2).mean())) if n else float("nan")
+    mean = float(d[labeled].mean()) if n else float("nan")
+    return rmse_k, rmse, mean_k, mean
+
+
+def keypoint_accuracy(results, coco, names, pck_threshold):
+    """PCK and pixel errors of the ground-truth-box predictions, overall and per keypoint
+    (None when every box is a detection)."""
+    pred, gt, labeled, box = matched_keypoints(results, coco)
+    if not labeled.any():
+        return {"pck": None, "rmse_px": None, "mean_error_px": None, "per_keypoint": {}}
+    side = box.max(1, keepdims=True).repeat(2, 1)                                # (N, 2)
+    pck_k, pck = pck_accuracy(pred, gt, labeled, side, pck_threshold)
+    rmse_k, rmse, mean_k, mean = pixel_errors(pred, gt, labeled)
+    per_keypoint = {n: {"labeled": int(labeled[:, k].sum()), "pck": float(pck_k[k]),
+                        "rmse_px": float(rmse_k[k]), "mean_error_px": float(mean_k[k])}
+                    for k, n in enumerate(names)}
+    return {"pck": pck, "rmse_px": rmse, "mean_error_px": mean, "per_keypoint": per_keypoint}
+
+
+def evaluate_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
+                     progress=False, pck_threshold=PCK_THRESHOLD):
+    """Predict every box, OKS-NMS per image, COCO keypoint AP with dataset.sigmas, PCK and
+    pixel errors. Returns (results: the scored predictions, report) on rank 0, (all
+    predictions, None) on the others. report: stats {AP, AP50, ...}, pck, pck_threshold,
+    rmse_px, mean_error_px, per_keypoint, species, families, skipped, instances, nms_removed."""
+    predictions = predict_dataset(model, dataset, batch_size=batch_size, workers=workers,
+                                  flip=flip, amp=amp, device=device, rank=rank, world=world,
+                                  progress=progress)
+    if rank != 0:
+        return predictions, None
+    results = nms_per_image(predictions, dataset.sigmas)
+    stats, per_category = coco_keypoint_eval(dataset.coco, results, dataset.sigmas)
+    species, families = group_table(dataset.coco, per_category)
+    report = {"stats": stats, "pck_threshold": pck_threshold,
+              **keypoint_accuracy(predictions, dataset.coco, dataset.keypoint_names,
+                                  pck_threshold),
+              "species": [dict(zip(("species", "family", "instances", "AP"), s)) for s in species],
+              "families": [dict(zip(("family", "instances", "AP"), f)) for f in families],
+              "skipped": dataset.skip_summary, "instances": len(predictions),
+              "nms_removed": len(predictions) - len(results)}
+    return results, report
+
+
+def format_report(report, detail=True):
+    """The report as markdown tables: AP/AR, PCK and pixel error; with detail also per
+    keypoint, per species and per family (worst first)."""
+    stats = report["stats"]
     lines = ["| " + " | ".join(STAT_NAMES[:6]) + " |", "|" + "---|" * 6,
              "| " + " | ".join(f"{stats[k]:.3f}" for k in STAT_NAMES[:6]) + " |"]
-    if len(species) > 1:
+    if report["pck"] is not None:
+        lines.append(f"PCK@{report['pck_threshold']:g} {report['pck']:.3f}, RMSE "
+                     f"{report['rmse_px']:.2f} px, mean error {report['mean_error_px']:.2f} px "
+                     f"(ground-truth boxes, labeled keypoints)")
+    lines.append(f"{report['instances']} instances, {report['nms_removed']} removed by OKS-NMS "
+                 f"at {OKS_NMS_THRESHOLD}; {report['skipped']}")
+    if detail and report["per_keypoint"]:
+        lines += ["", "| keypoint | labeled | PCK | RMSE px |", "|---|---|---|---|"]
+        lines += [f"| {n} | {v['labeled']} | {v['pck']:.3f} | {v['rmse_px']:.2f} |"
+                  for n, v in report["per_keypoint"].items()]
+    if detail and len(report["species"]) > 1:
         lines += ["", "Per species (worst first):", "| species | family | instances | AP |",
                   "|---|---|---|---|"]
-        lines += [f"| {n} | {f} | {c} | {ap:.3f} |"
-                  for n, f, c, ap in sorted(species, key=lambda r: np.nan_to_num(r[3]))]
+        lines += [f"| {s['species']} | {s['family']} | {s['instances']} | {s['AP']:.3f} |"
+                  for s in sorted(report["species"], key=lambda s: np.nan_to_num(s["AP"]))]
         lines += ["", "Per family (worst first):", "| family | instances | AP |", "|---|---|---|"]
-        lines += [f"| {f} | {c} | {ap:.3f} |"
-                  for f, c, ap in sorted(families, key=lambda r: np.nan_to_num(r[2]))]
+        lines += [f"| {f['family']} | {f['instances']} | {f['AP']:.3f} |"
+                  for f in sorted(report["families"], key=lambda f: np.nan_to_num(f["AP"]))]
     return "\n".join(lines)
 
 
-def evaluate_dataset(model, dataset, args, device, rank=0, world=1, progress=False):
-    """Predict + COCO metrics. Every rank returns (results, stats, species, families);
-    only rank 0 has the metrics, the others get None for them."""
-    results = predict_dataset(model, dataset, args, device, rank, world, progress)
-    if rank != 0:
-        return results, None, None, None
-    stats, per_category = coco_keypoint_eval(dataset.coco, results, dataset.sigmas)
-    species, families = group_table(dataset.coco, per_category)
-    return results, stats, species, families
+# ----------------------------------------------------------------------------- outputs
+def json_safe(value):
+    """Non-finite floats -> None, recursively, so the file is valid JSON (no NaN tokens)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
-# ----------------------------------------------------------------------------- drawing
-def draw_skeleton(image, keypoints, skeleton, color, threshold=SCORE_THRESHOLD):
-    """Draw keypoints (K, 3) [x, y, score or visibility] and the skeleton (0-based index
-    pairs, as KeypointDataset.skeleton) whose both ends are above `threshold`, in place."""
-    for a, b in skeleton:
-        pa, pb = keypoints[a], keypoints[b]
-        if pa[2] > threshold and pb[2] > threshold:
-            cv2.line(image, (int(pa[0]), int(pa[1])), (int(pb[0]), int(pb[1])), color, 2,
-                     cv2.LINE_AA)
-    for x, y, s in keypoints:
-        if s > threshold:
-            cv2.circle(image, (int(x), int(y)), 3, color, -1, cv2.LINE_AA)
-    return image
+def write_json(path, data, indent=None):
+    """Atomic json write (temporary file + os.replace): the file is complete or absent."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(json_safe(data), f, indent=indent, allow_nan=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def colorize(values, lo, hi):
-    """(h, w) floats -> (h, w, 3) uint8 JET colours, lo..hi mapped to 0..255."""
-    scaled = np.clip((values - lo) / max(hi - lo, 1e-6), 0, 1)
-    return cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+def holds_outputs(path):
+    return any(f in OUTPUT_FILES or f.endswith(OUTPUT_SUFFIXES) for f in os.listdir(path))
 
 
-def score_map_figure(crop_bgr, score_map, names):
-    """Paper Fig. 3: each keypoint's pixel-level score map S_n (h0, w0), upsampled and blended
-    with the crop, tiled with its name. score_map (K, h0, w0) -> one BGR image."""
-    H, W = crop_bgr.shape[:2]
-    lo, hi = float(score_map.min()), float(score_map.max())
-    tiles = []
-    for s, name in zip(score_map, names):
-        heat = colorize(cv2.resize(s, (W, H), interpolation=cv2.INTER_LINEAR), lo, hi)
-        tile = cv2.addWeighted(crop_bgr, 0.5, heat, 0.5, 0)
-        cv2.putText(tile, name[:20], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
-        tiles.append(tile)
-    cols = 6
-    tiles += [np.zeros_like(crop_bgr)] * (-len(tiles) % cols)
-    rows = [np.concatenate(tiles[i:i + cols], axis=1) for i in range(0, len(tiles), cols)]
-    return np.concatenate(rows, axis=0)
+def claim_output_dir(base):
+    """`base`, or base-2, base-3, ...: the first that is new or holds no evaluation outputs,
+    so a second evaluation never overwrites the first. Returns the absolute path."""
+    base = os.path.abspath(base)
+    for n in itertools.count(1):
+        path = base if n == 1 else f"{base}-{n}"
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            if os.path.isdir(path) and not holds_outputs(path):
+                return path
+        except OSError as e:
+            raise OSError(f"cannot create the output directory {path} ({e.strerror}); "
+                          f"choose another --output-dir") from None
 
 
-def similarity_figure(similarity, names, visible, cell=28):
-    """Paper Fig. 2: the semantic matching matrix M (Eq. 7) between grid-sampled keypoint
-    features (rows) and prompt embeddings (columns); rows of invisible keypoints are grey."""
-    K = len(names)
-    pad = 120
-    img = np.full((pad + K * cell, pad + K * cell, 3), 255, np.uint8)
-    heat = colorize(similarity, -1.0, 1.0)
-    for i in range(K):
-        for j in range(K):
-            color = heat[i, j].tolist() if visible[i] else [200, 200, 200]
-            y, x = pad + i * cell, pad + j * cell
-            cv2.rectangle(img, (x, y), (x + cell - 1, y + cell - 1), color, -1)
-        cv2.putText(img, names[i][:16], (2, pad + i * cell + cell // 2 + 4),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1)
-    label = np.full((pad, pad + K * cell, 3), 255, np.uint8)
-    for j in range(K):  # column labels, written rotated
-        t = np.full((cell, pad, 3), 255, np.uint8)
-        cv2.putText(t, names[j][:16], (2, cell // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.33,
-                    (0, 0, 0), 1)
-        label[:, pad + j * cell:pad + (j + 1) * cell] = cv2.rotate(t, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    img[:pad] = np.minimum(img[:pad], label)
-    return img
+# ----------------------------------------------------------------------------- figures
+def draw_context(ckpt, names_on):
+    """What every overlay needs from the checkpoint: skeleton, sides, names (or None)."""
+    names = ckpt["keypoint_names"]
+    return {"skeleton": ckpt["skeleton"], "names": names if names_on else None,
+            "sides": visualize.keypoint_sides(names, ckpt["flip_pairs"])}
 
 
-def unnormalize(image, mean, std):
+def unnormalize(image, normalize):
     """(3, H, W) normalised float tensor -> (H, W, 3) uint8 BGR for drawing."""
+    mean, std = NORMALIZATION[normalize]
     rgb = image.permute(1, 2, 0).cpu().numpy() * np.asarray(std) + np.asarray(mean)
-    return np.ascontiguousarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1])
+    return np.ascontiguousarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)[..., ::-1])
 
 
 @torch.no_grad()
-def write_visualisations(model, dataset, results, count, out_dir, device, mean, std):
-    """Overlays of prediction (red) vs ground truth (green) for the first `count` instances;
-    for PromptPose models also Fig. 2 and Fig. 3 of the paper for each of them."""
-    os.makedirs(out_dir, exist_ok=True)
-    by_ann = {r["ann_id"]: r for r in results}
+def paper_figures(model, item, heatmap_size, names, normalize, device):
+    """Fig. 3 (pixel-level score maps S, Eq. 3) and Fig. 2 (semantic matching M, Eq. 7) of one
+    dataset item; None for a figure the model has no input for (SimpleBaseline, no labels)."""
+    crop = torch.as_tensor(item["image"])[None].to(device)                   # (1, 3, H, W)
+    out = model(crop, return_extras=True)
+    fig3 = fig2 = None
+    if "score_map" in out:
+        fig3 = visualize.score_map_figure(unnormalize(crop[0], normalize),
+                                          out["score_map"][0].float().cpu().numpy(), names)
+    visible = np.asarray(item["target_weight"]) > 0                          # (K,)
+    if "dense" in out and visible.any():
+        keypoints = torch.as_tensor(item["keypoints"])[None].to(device)     # (1, K, 2)
+        features = sample_keypoint_features(out["dense"].float(), keypoints, heatmap_size)
+        M = similarity_matrix(features, out["prompts"].float())[0]          # (K, K), Eq. 7
+        fig2 = visualize.similarity_figure(M.cpu().numpy(), names, visible)
+    return fig3, fig2
+
+
+def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names_on):
+    """For the first `count` boxes: the image with prediction and ground truth, and the
+    paper's Fig. 2 and Fig. 3 of the crop. Files: vis/<image id>_<ann id or det#>_*.png."""
+    os.makedirs(os.path.join(out_dir, "vis"), exist_ok=True)
+    style, cfg = draw_context(ckpt, names_on), ckpt["model_config"]
     model.eval()
     for index in range(min(count, len(dataset))):
         item = dataset[index]
-        ann = dataset.coco.anns[item["ann_id"]]
-        info = dataset.coco.imgs[item["image_id"]]
-        image = cv2.imread(os.path.join(dataset.image_dir, info["file_name"]), cv2.IMREAD_COLOR)
-        gt = np.asarray(ann["keypoints"], np.float32).reshape(-1, 3)
-        pred = np.asarray(by_ann[item["ann_id"]]["keypoints"], np.float32).reshape(-1, 3)
-        draw_skeleton(image, gt, dataset.skeleton, (0, 200, 0), threshold=0)
-        draw_skeleton(image, pred, dataset.skeleton, (0, 0, 255))
-        stem = os.path.join(out_dir, f"{item['image_id']}_{item['ann_id']}")
-        cv2.imwrite(stem + "_overlay.png", image)
-        crop_tensor = torch.as_tensor(item["image"])                        # (3, H, W)
-        out = model(crop_tensor[None].to(device), return_extras=True)
-        if "score_map" in out:
-            crop = unnormalize(crop_tensor, mean, std)
-            cv2.imwrite(stem + "_scoremaps.png",
-                        score_map_figure(crop, out["score_map"][0].float().cpu().numpy(),
-                                         dataset.keypoint_names))
-        if "dense" in out:
-            keypoints = torch.as_tensor(item["keypoints"])[None].to(device)     # (1, K, 2)
-            w, h = dataset.heatmap_size
-            feats = sample_keypoint_features(out["dense"].float(), keypoints, (h, w))[0]  # (K, C)
-            prompts = out["prompts"][0].float()                                 # (K, C)
-            sim = torch.nn.functional.normalize(feats, dim=-1) @ \
-                torch.nn.functional.normalize(prompts, dim=-1).T                # (K, K)
-            visible = np.asarray(item["target_weight"]) > 0
-            cv2.imwrite(stem + "_similarity.png",
-                        similarity_figure(sim.cpu().numpy(), dataset.keypoint_names, visible))
+        batch = torch.utils.data.default_collate([item])
+        heatmaps = predict_heatmaps(model, batch["image"].to(device), dataset.flip_pairs, flip, amp)
+        pred = heatmaps_to_keypoints(heatmaps, batch["center"].numpy(), batch["scale"].numpy())[0]
+        image_id, ann_id = int(item["image_id"]), int(item["ann_id"])
+        info = dataset.coco.imgs[image_id]
+        image = read_image(os.path.join(dataset.image_dir, info["file_name"]))[0]
+        ann_ids = [ann_id] if ann_id >= 0 else dataset.coco.getAnnIds(imgIds=[image_id])
+        truth = [np.reshape(dataset.coco.anns[a]["keypoints"], (-1, 3)) for a in ann_ids]
+        box = ann_id if ann_id >= 0 else f"det{index}"
+        stem = os.path.join(out_dir, "vis", f"{image_id}_{box}")
+        visualize.write_image(stem + "_overlay.png", visualize.overlay(
+            image, [pred], style["skeleton"], style["sides"], VIS_THRESHOLD, truth, style["names"]))
+        fig3, fig2 = paper_figures(model, item, tuple(cfg["heatmap_size"]),
+                                   ckpt["keypoint_names"], cfg["normalize"], device)
+        if fig3 is not None:
+            visualize.write_image(stem + "_scoremaps.png", fig3)
+        if fig2 is not None:
+            visualize.write_image(stem + "_similarity.png", fig2)
 
 
-# ----------------------------------------------------------------------------- own photos
+# ----------------------------------------------------------------------------- dataset mode
+def check_keypoints_match(ckpt_names, dataset_names, ann_file):
+    if list(ckpt_names) != list(dataset_names):
+        raise ValueError(
+            f"{ann_file!r} defines {len(dataset_names)} keypoints {list(dataset_names)}, but the "
+            f"checkpoint was trained on {len(ckpt_names)} keypoints {list(ckpt_names)}; evaluate "
+            f"on an annotation file with the checkpoint's keypoints (same names, same order)")
+
+
+def run_sigmas(ckpt, sigmas):
+    """--sigmas if given (checked against the keypoint count), else the run's."""
+    K = len(ckpt["keypoint_names"])
+    if sigmas is not None and len(sigmas) != K:
+        raise ValueError(f"--sigmas: {len(sigmas)} values given, the checkpoint has {K} keypoints")
+    return sigmas if sigmas is not None else ckpt["sigmas"]
+
+
+def evaluation_dataset(ckpt, ann, image_dir, sigmas, det_boxes=None, det_score_threshold=0.0):
+    """The KeypointDataset to score: the checkpoint's sizes, normalisation, flip pairs and
+    sigmas; ground-truth boxes, or the detections of `det_boxes` above the threshold."""
+    run_args = ckpt.get("args", {})
+    ann = ann or run_args.get("val_ann")
+    image_dir = image_dir or run_args.get("val_images") or run_args.get("images")
+    if not ann or not image_dir:
+        raise ValueError("no annotation file / image directory given and none stored in the "
+                         "checkpoint: pass --ann VAL_JSON --images DIR")
+    cfg = ckpt["model_config"]
+    boxes = load_detections(det_boxes, ann, det_score_threshold) if det_boxes else None
+    try:
+        dataset = KeypointDataset(ann, image_dir, train=False, image_size=cfg["image_size"],
+                                  heatmap_size=cfg["heatmap_size"], normalize=cfg["normalize"],
+                                  sigmas=run_sigmas(ckpt, sigmas), flip_pairs=ckpt["flip_pairs"],
+                                  boxes=boxes)
+    except ValueError:  # the checkpoint's pairs / sigmas do not fit: say why, if that is why
+        names = read_keypoint_set(load_coco_json(ann), ann)["names"]
+        check_keypoints_match(ckpt["keypoint_names"], names, ann)
+        raise
+    check_keypoints_match(ckpt["keypoint_names"], dataset.keypoint_names, ann)
+    return dataset
+
+
+def run_dataset(model, ckpt, args, flip, device, rank, world, out_dir):
+    """Score a COCO keypoint json; rank 0 writes results.json, metrics.json and figures."""
+    dataset = evaluation_dataset(ckpt, args.ann, args.images[0] if args.images else None,
+                                 args.sigmas, args.det_boxes, args.det_score_threshold)
+    start = time.time()
+    results, report = evaluate_dataset(model, dataset, batch_size=args.batch_size,
+                                       workers=args.workers, flip=flip, amp=args.amp,
+                                       device=device, rank=rank, world=world, progress=rank == 0,
+                                       pck_threshold=args.pck_threshold)
+    if rank != 0:
+        return None
+    write_json(os.path.join(out_dir, "results.json"), results)
+    write_json(os.path.join(out_dir, "metrics.json"), {
+        "checkpoint": os.path.abspath(args.checkpoint), "ann": dataset.ann_file,
+        "images": dataset.image_dir, "boxes": os.path.abspath(args.det_boxes) if args.det_boxes
+        else "ground truth", "flip_test": flip, "world_size": world,
+        "sigmas": [float(s) for s in dataset.sigmas], **report["stats"],
+        **{k: v for k, v in report.items() if k != "stats"}}, indent=1)
+    print(f"{len(results)} instances from {dataset.ann_file} in {time.time() - start:.1f}s "
+          f"(flip test {'on' if flip else 'off'}, {world} process(es))")
+    print(format_report(report))
+    if args.vis:
+        write_figures(model, dataset, args.vis, out_dir, device, flip, args.amp, ckpt,
+                      args.vis_names)
+    print(f"outputs in {out_dir}")
+    return report
+
+
+# ----------------------------------------------------------------------------- own photos / video
+class CropDataset(torch.utils.data.Dataset):
+    """Crops of given boxes, same geometry and normalisation as evaluation. items: (source,
+    bbox [x, y, w, h], score) with source an image path or a BGR array (a video frame)."""
+
+    def __init__(self, items, image_size, normalize):
+        self.items, self.image_size = items, tuple(image_size)            # (H, W)
+        mean, std = NORMALIZATION[normalize]
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        source, bbox, score = self.items[i]
+        image = read_image(source)[0] if isinstance(source, str) else source
+        H, W = self.image_size
+        center, scale = box_to_center_scale(bbox, W / H)
+        M = get_affine_transform(center, scale, 0.0, (H, W))
+        crop = cv2.warpAffine(image, M, (W, H), flags=cv2.INTER_LINEAR)[..., ::-1]   # RGB
+        crop = (crop.astype(np.float32) / 255.0 - self.mean) / self.std
+        return {"image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
+                "center": torch.as_tensor(center, dtype=torch.float32),
+                "scale": torch.as_tensor(scale, dtype=torch.float32),
+                "bbox_score": torch.tensor(score, dtype=torch.float32)}
+
+
+def predict_crops(model, items, ckpt, flip, amp, device, batch_size, workers, progress=False):
+    """Keypoints (K, 3) and score of each (source, bbox, score) item, in order."""
+    cfg = ckpt["model_config"]
+    loader = make_loader(CropDataset(items, cfg["image_size"], cfg["normalize"]), batch_size,
+                         workers, shuffle=False, pin_memory=device.type == "cuda")
+    pairs = [tuple(p) for p in ckpt["flip_pairs"]]
+    out = []
+    for _, keypoints, scores in predict_batches(model, loader, pairs, flip, amp, device,
+                                                progress, "photos"):
+        out += [(k, float(s)) for k, s in zip(keypoints, scores)]
+    return out
+
+
+def check_box(entry, where, width, height):
+    """A user box: {"bbox": [x, y, w, h], "score": s (optional)} with finite numbers, positive
+    size and some area inside the width x height image -> (bbox, score)."""
+    bbox, score = entry.get("bbox"), entry.get("score", 1.0)
+    numbers = isinstance(bbox, list) and len(bbox) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    if not numbers:
+        raise ValueError(f"{where}: 'bbox' must be [x, y, w, h], 4 finite numbers, got {bbox!r}")
+    if not (isinstance(score, (int, float)) and math.isfinite(score) and score >= 0):
+        raise ValueError(f"{where}: 'score' must be a finite number >= 0, got {score!r}")
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{where}: box width and height must be positive, got {bbox}")
+    if min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0):
+        raise ValueError(f"{where}: box {bbox} lies outside the {width}x{height} image")
+    return [x, y, w, h], float(score)
+
+
+def read_box_list(path):
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--boxes {path}: could not be read as json ({e})") from e
+    if not (isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries)):
+        raise ValueError(f"--boxes {path}: expected a non-empty json list of objects")
+    return entries
+
+
 def list_images(paths):
     files = []
     for p in paths:
@@ -369,155 +677,242 @@ def list_images(paths):
         else:
             raise FileNotFoundError(f"--images: {p!r} is neither a file nor a directory")
     if not files:
-        raise ValueError(f"--images {paths}: no image files found ({', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(f"--images {' '.join(paths)}: no image files found "
+                         f"({', '.join(IMAGE_EXTENSIONS)})")
     return files
 
 
-def read_boxes(path):
-    """--boxes json: [{"file_name": "a.jpg", "bbox": [x, y, w, h], "score": 0.9}, ...]
-    -> {basename: [(bbox, score), ...]}."""
-    try:
-        with open(path) as f:
-            entries = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--boxes {path!r} could not be read as json: {e}") from e
-    boxes = {}
-    for i, e in enumerate(entries if isinstance(entries, list) else []):
-        if not (isinstance(e, dict) and "file_name" in e and len(e.get("bbox", [])) == 4):
-            raise ValueError(f"--boxes {path!r}, entry {i}: expected "
-                             f"{{\"file_name\": ..., \"bbox\": [x, y, w, h]}}, got {e!r}")
-        boxes.setdefault(os.path.basename(e["file_name"]), []).append(
-            ([float(v) for v in e["bbox"]], float(e.get("score", 1.0))))
-    if not boxes:
-        raise ValueError(f"--boxes {path!r}: expected a non-empty json list of boxes")
+def photo_boxes(path, photos):
+    """--boxes for photos -> {photo index: [(bbox, score), ...]}. An entry's file_name may be
+    the path as listed, its absolute path, or the bare file name when that is unambiguous."""
+    lookup = defaultdict(set)
+    for i, p in enumerate(photos):
+        name = p["file_name"]
+        for key in (name, os.path.abspath(name), os.path.basename(name)):
+            lookup[key].add(i)
+    boxes = defaultdict(list)
+    for n, entry in enumerate(read_box_list(path)):
+        name = entry.get("file_name")
+        where = f"--boxes {path}, entry {n} ({name!r})"
+        match = lookup.get(name, set()) if isinstance(name, str) else set()
+        if len(match) != 1:
+            raise ValueError(f"{where}: " + ("no such photo among --images" if not match else
+                             "the name matches several photos; give the path as listed"))
+        i = match.pop()
+        boxes[i].append(check_box(entry, where, photos[i]["width"], photos[i]["height"]))
     return boxes
 
 
-class PhotoDataset(torch.utils.data.Dataset):
-    """Crops of a user's own photos: one item per (image, box), same geometry as evaluation."""
-
-    def __init__(self, files, boxes, image_size, mean, std):
-        self.image_size = image_size                    # (H, W)
-        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        self.items = []
-        for path in files:
-            image = cv2.imread(path, cv2.IMREAD_COLOR)
-            if image is None:
-                raise ValueError(f"{path!r} could not be decoded as an image")
-            h, w = image.shape[:2]
-            for bbox, score in (boxes or {}).get(os.path.basename(path),
-                                                 [([0.0, 0.0, w, h], 1.0)]):
-                self.items.append((path, bbox, score))
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        path, bbox, score = self.items[i]
-        H, W = self.image_size
-        center, scale = box_to_center_scale(bbox, W / H)
-        M = get_affine_transform(center, scale, 0.0, (W, H))
-        image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        crop = cv2.warpAffine(image, M, (W, H), flags=cv2.INTER_LINEAR)
-        crop = (crop.astype(np.float32) / 255.0 - self.mean) / self.std
-        return {"image": torch.from_numpy(crop.transpose(2, 0, 1).copy()),
-                "center": torch.as_tensor(center, dtype=torch.float32),
-                "scale": torch.as_tensor(scale, dtype=torch.float32),
-                "bbox_score": torch.tensor(score, dtype=torch.float32), "index": i}
+def overlay_names(photos):
+    """vis/<stem>_pose.png, with the image id added where two photos share a stem."""
+    stems = [os.path.splitext(os.path.basename(p["file_name"]))[0] for p in photos]
+    repeated = {s for s in stems if stems.count(s) > 1}
+    return [os.path.join("vis", f"{s}_{p['id']}_pose.png" if s in repeated else f"{s}_pose.png")
+            for s, p in zip(stems, photos)]
 
 
-def run_photos(model, ckpt, args, device, out_dir):
-    names = ckpt["keypoint_names"]
-    mean, std = image_normalization(ckpt["model_config"]["backbone"])
-    files = list_images(args.images)
-    dataset = PhotoDataset(files, read_boxes(args.boxes) if args.boxes else None,
-                           ckpt["model_config"]["image_size"], mean, std)
-    flip_pairs = ckpt["flip_pairs"]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
-                                         num_workers=args.workers)
-    model.eval()
-    outputs = []
-    for batch in loader:
-        heatmaps = predict_batch(model, batch["image"].to(device), flip_pairs, args.flip_test,
-                                 args.amp)
-        keypoints, scores = heatmaps_to_keypoints(heatmaps, batch["center"].numpy(),
-                                                  batch["scale"].numpy())
-        for j, i in enumerate(batch["index"].tolist()):
-            path, bbox, _ = dataset.items[i]
-            outputs.append({"file_name": path, "bbox": bbox, "keypoint_names": names,
-                            "keypoints": keypoints[j].round(3).tolist(),
-                            "score": float(scores[j] * batch["bbox_score"][j])})
+def read_photos(paths):
+    """The photos of --images -> [{"id", "file_name" (as listed), "width", "height"}]; each is
+    decoded once here, so a truncated or unreadable file stops the run before any output."""
+    photos = []
+    for i, path in enumerate(list_images(paths)):
+        image = read_image(path)[0]
+        photos.append({"id": i + 1, "file_name": path, "width": image.shape[1],
+                       "height": image.shape[0]})
+    return photos
+
+
+def photo_crops(photos, boxes):
+    """The crops to predict: [(path, bbox, score)] and the photo index of each. With --boxes
+    exactly the given boxes (a photo without one gets no pose), else each whole photo."""
+    items, owner = [], []
+    for i, p in enumerate(photos):
+        whole = [([0.0, 0.0, float(p["width"]), float(p["height"])], 1.0)]
+        for bbox, score in (boxes.get(i, []) if boxes is not None else whole):
+            items.append((p["file_name"], bbox, score))
+            owner.append(i)
+    return items, owner
+
+
+def coco_categories(ckpt):
+    """The one category of own-photo results, naming the keypoints and the (1-based) skeleton."""
+    return [{"id": 1, "name": "instance", "keypoints": list(ckpt["keypoint_names"]),
+             "skeleton": [[a + 1, b + 1] for a, b in ckpt["skeleton"]]}]
+
+
+def run_photos(model, ckpt, args, flip, device, out_dir):
+    """Own photos -> photo_results.json (COCO keypoint results: image_id, file_name,
+    category_id 1, bbox, flat keypoints, score), photo_images.json (COCO images + the category
+    with the keypoint names: COCO(photo_images.json).loadRes(photo_results.json) works) and
+    one overlay per photo in vis/."""
+    photos = read_photos(args.images)
+    boxes = photo_boxes(args.boxes, photos) if args.boxes else None
+    items, owner = photo_crops(photos, boxes)
+    predictions = predict_crops(model, items, ckpt, flip, args.amp, device, args.batch_size,
+                                args.workers, progress=True)
+    results = [{"image_id": photos[i]["id"], "file_name": photos[i]["file_name"],
+                "category_id": 1, "bbox": item[1], "keypoints": rounded_list(keypoints),
+                "score": score} for i, item, (keypoints, score) in zip(owner, items, predictions)]
+    for p, name in zip(photos, overlay_names(photos)):
+        p["overlay"] = name
+    write_json(os.path.join(out_dir, "photo_results.json"), results)
+    write_json(os.path.join(out_dir, "photo_images.json"),
+               {"images": photos, "categories": coco_categories(ckpt)}, indent=1)
+    write_photo_overlays(photos, results, out_dir, draw_context(ckpt, args.vis_names))
+    without = len(photos) - len(set(owner))
+    print(f"{len(results)} instances in {len(photos)} images"
+          + (f" ({without} without a box in --boxes: no pose)" if without else "")
+          + f" -> {os.path.join(out_dir, 'photo_results.json')} (COCO results; keypoint names "
+            f"in photo_images.json), overlays in {os.path.join(out_dir, 'vis')}")
+
+
+def write_photo_overlays(photos, results, out_dir, style):
     os.makedirs(os.path.join(out_dir, "vis"), exist_ok=True)
-    for path in files:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        for o in (o for o in outputs if o["file_name"] == path):
-            draw_skeleton(image, np.asarray(o["keypoints"]), ckpt["skeleton"], (0, 0, 255))
-        cv2.imwrite(os.path.join(out_dir, "vis", os.path.splitext(os.path.basename(path))[0]
-                                 + "_pose.png"), image)
-    with open(os.path.join(out_dir, "photo_results.json"), "w") as f:
-        json.dump(outputs, f, indent=1)
-    print(f"{len(outputs)} instances in {len(files)} images -> "
-          f"{os.path.join(out_dir, 'photo_results.json')}, overlays in {out_dir}/vis")
+    for p in photos:
+        poses = [np.reshape(r["keypoints"], (-1, 3)) for r in results if r["image_id"] == p["id"]]
+        image = visualize.overlay(read_image(p["file_name"])[0], poses, style["skeleton"],
+                                  style["sides"], VIS_THRESHOLD, names=style["names"])
+        visualize.write_image(os.path.join(out_dir, p["overlay"]), image)
+
+
+def open_video(path):
+    """-> (capture, fps (30 when the file states none), width, height, frame count as the
+    container states it (0: unknown))."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--video {path}: no such file")
+    capture = cv2.VideoCapture(path)
+    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if not capture.isOpened() or width <= 0 or height <= 0:
+        raise ValueError(f"--video {path}: OpenCV cannot decode this file (codec or format)")
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    return capture, fps if math.isfinite(fps) and fps > 0 else 30.0, width, height, max(count, 0)
+
+
+def video_boxes(path, width, height, count):
+    """--boxes for a video: [{"frame": i (0-based), "bbox": [x, y, w, h], "score": s}, ...]
+    -> {frame: [(bbox, score), ...]}; frames without an entry get no prediction."""
+    boxes = defaultdict(list)
+    for n, entry in enumerate(read_box_list(path)):
+        frame = entry.get("frame")
+        where = f"--boxes {path}, entry {n} (frame {frame!r})"
+        if not (isinstance(frame, int) and not isinstance(frame, bool) and frame >= 0
+                and (count == 0 or frame < count)):
+            raise ValueError(f"{where}: 'frame' must be an integer in [0, {count or 'frames'})")
+        boxes[frame].append(check_box(entry, where, width, height))
+    return boxes
+
+
+def frame_chunks(capture, size):
+    """Lists of (index, frame) of at most `size` frames, in order."""
+    chunk = []
+    for index in itertools.count():
+        ok, frame = capture.read()
+        if not ok:
+            break
+        chunk.append((index, frame))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_frames(model, ckpt, chunk, boxes, flip, amp, device):
+    """Pose for a chunk of frames -> one list per frame of (bbox, keypoints (K, 3), score):
+    the frame's --boxes, or the whole frame when there are none."""
+    items, owner = [], []
+    for n, (index, frame) in enumerate(chunk):
+        whole = [([0.0, 0.0, float(frame.shape[1]), float(frame.shape[0])], 1.0)]
+        for bbox, score in (boxes.get(index, []) if boxes is not None else whole):
+            items.append((frame, bbox, score))
+            owner.append(n)
+    predictions = predict_crops(model, items, ckpt, flip, amp, device, len(chunk),
+                                workers=0) if items else []
+    per_frame = [[] for _ in chunk]
+    for n, (_, bbox, _), (keypoints, score) in zip(owner, items, predictions):
+        per_frame[n].append((bbox, keypoints, score))
+    return per_frame
+
+
+def run_video(model, ckpt, args, flip, device, out_dir):
+    """Pose on every frame: <stem>_pose.mp4 (same size and fps, mp4v, poses drawn) and
+    <stem>_keypoints.json (keypoint names once, then per frame its instances)."""
+    capture, fps, width, height, count = open_video(args.video)
+    boxes = video_boxes(args.boxes, width, height, count) if args.boxes else None
+    stem = os.path.join(out_dir, os.path.splitext(os.path.basename(args.video))[0])
+    writer = cv2.VideoWriter(stem + "_pose.mp4", cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                             (width, height))
+    if not writer.isOpened():
+        raise OSError(f"cannot write {stem}_pose.mp4 (no mp4v encoder in this OpenCV?)")
+    style, frames = draw_context(ckpt, args.vis_names), []
+    bar = tqdm(total=count or None, unit="frame", disable=not sys.stderr.isatty())
+    try:
+        for chunk in frame_chunks(capture, args.batch_size):
+            for (index, frame), poses in zip(chunk, predict_frames(model, ckpt, chunk, boxes,
+                                                                   flip, args.amp, device)):
+                frames.append({"frame": index, "instances": [
+                    {"bbox": bbox, "score": score, "keypoints": rounded_list(keypoints)}
+                    for bbox, keypoints, score in poses]})
+                writer.write(visualize.overlay(frame, [k for _, k, _ in poses], style["skeleton"],
+                                               style["sides"], VIS_THRESHOLD,
+                                               names=style["names"], legend=False))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        writer.release()
+        capture.release()
+    write_json(stem + "_keypoints.json", {
+        "video": os.path.abspath(args.video), "fps": fps, "width": width, "height": height,
+        "frames": len(frames), "keypoint_names": list(ckpt["keypoint_names"]),
+        "skeleton": ckpt["skeleton"], "predictions": frames})
+    print(f"{len(frames)} frames -> {stem}_pose.mp4 and {stem}_keypoints.json")
 
 
 # ----------------------------------------------------------------------------- main
+def prepare_model(ckpt, device, compile_model):
+    """The checkpoint's model on `device`, channels_last (faster convolutions), eval mode."""
+    model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last).eval()
+    return torch.compile(model) if compile_model else model
+
+
 def main(args):
-    rank, _, world, device = init_distributed()
-    if args.device:
-        device = torch.device(args.device)
+    mode = check_flag_combination(args)
+    rank, _, world, device = init_distributed(args.device)
     ckpt = load_checkpoint(args.checkpoint)
-    out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
-                                              "eval")
-    # channels_last (NHWC): faster convolutions (BENCHMARKS.md)
-    model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last)
-    if args.compile:
-        model = torch.compile(model)
+    flip = args.flip_test and len(ckpt["flip_pairs"]) > 0
+    if args.flip_test and not flip:
+        print0("flip test off: the checkpoint has no flip pairs (trained with --no-flip)")
+    model = prepare_model(ckpt, device, args.compile)
+    default_dir = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+    out_dir = broadcast_object(claim_output_dir(args.output_dir or default_dir) if rank == 0
+                               else None)
+    if mode == "dataset":
+        return run_dataset(model, ckpt, args, flip, device, rank, world, out_dir)
+    if rank == 0 and mode == "photos":
+        run_photos(model, ckpt, args, flip, device, out_dir)
+    elif rank == 0:
+        run_video(model, ckpt, args, flip, device, out_dir)
+    return None
 
-    if args.images is not None and args.ann is None:  # own photos
-        if rank == 0:
-            run_photos(model, ckpt, args, device, out_dir)
-        if is_distributed():
-            dist.destroy_process_group()
-        return None
 
-    run_args = ckpt.get("args", {})
-    ann = args.ann or run_args.get("val_ann")
-    images = args.images[0] if args.images else (run_args.get("val_images") or run_args.get("images"))
-    if not ann or not images:
-        raise ValueError("no annotation file / image directory given and none stored in the "
-                         "checkpoint: pass --ann VAL_JSON --images DIR")
-    cfg = ckpt["model_config"]
-    mean, std = image_normalization(cfg["backbone"])
-    dataset = KeypointDataset(ann, images, train=False,  # model: [H, W]; dataset: (W, H)
-                              image_size=tuple(cfg["image_size"][::-1]),
-                              heatmap_size=tuple(cfg["heatmap_size"][::-1]), mean=mean, std=std)
-    check_keypoints_match(ckpt["keypoint_names"], dataset.keypoint_names, ann)
-    start = time.time()
-    results, stats, species, families = evaluate_dataset(model, dataset, args, device, rank,
-                                                         world, progress=rank == 0)
-    if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "results.json"), "w") as f:
-            json.dump(results, f)
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump({"checkpoint": os.path.abspath(args.checkpoint), "ann": ann,
-                       "flip_test": args.flip_test, "world_size": world, **stats,
-                       "per_species": {n: ap for n, _, _, ap in species},
-                       "per_family": {f: ap for f, _, ap in families}}, f, indent=1)
-        print(f"{len(results)} instances from {ann} in {time.time() - start:.1f}s "
-              f"(flip test {'on' if args.flip_test else 'off'}, {world} process(es))")
-        print(format_report(stats, species, families))
-        if args.vis:
-            write_visualisations(model, dataset, results, args.vis, os.path.join(out_dir, "vis"),
-                                 device, mean, std)
-            print(f"visualisations in {os.path.join(out_dir, 'vis')}")
-    if is_distributed():
-        dist.destroy_process_group()
-    return stats
+def one_line(error):
+    """The message of an error; for one re-raised from a DataLoader worker (its text holds
+    the worker's traceback), the original message from the traceback's last line."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.strip().replace("\n", " ")
 
 
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {one_line(e)}")
+    except KeyboardInterrupt:
+        sys.exit("error: interrupted (outputs written so far are complete files)")
+    finally:
+        cleanup()

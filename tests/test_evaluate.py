@@ -1,0 +1,447 @@
+"""Tests of evaluate.py and visualize.py: metrics against hand-computed values, ground truth in
+-> perfect scores out (ground-truth and detected boxes), and the entry point as a user runs it
+(checkpoint sigmas, any working directory, outputs never overwritten, --det-boxes, --video,
+own photos in COCO results format, one-line errors). A tiny synthetic AP-10K and a small random
+model keep it to seconds on a CPU."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import evaluate  # noqa: E402
+import visualize  # noqa: E402
+from checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
+from dataset import AP10K_SIGMAS, KeypointDataset, load_detections  # noqa: E402
+from model import build_model, default_config  # noqa: E402
+from synthetic import generate  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(args, cwd=ROOT, check=True):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[-1], (needle, proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(str(out), n_train=1, n_val=6, seed=5)
+    return {"val": str(out / "annotations" / "ap10k-val-split1.json"), "images": str(out / "data")}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory):
+    """A small random PromptPose saved as train.py saves it, with unusual OKS sigmas (as a run
+    trained with --sigmas) so that a test can tell whose sigmas were used."""
+    cfg = default_config("clip-rn50", "promptpose", small=True, image_size=(64, 64))
+    ds = KeypointDataset(data["val"], data["images"], train=False, image_size=cfg["image_size"],
+                         heatmap_size=cfg["heatmap_size"])
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.keypoint_names, ds.prompt_texts)
+    info = {"flip_pairs": ds.flip_pairs, "skeleton": ds.skeleton, "sigmas": AP10K_SIGMAS * 8}
+    args = {"val_ann": os.path.abspath(data["val"]), "images": os.path.abspath(data["images"])}
+    path = str(tmp_path_factory.mktemp("run") / "final.pt")
+    save_checkpoint(path, make_checkpoint(model, info, args, 0, -1.0, "0" * 40))
+    return path
+
+
+def copy_checkpoint(path, directory, **changes):
+    os.makedirs(directory, exist_ok=True)
+    target = os.path.join(directory, "final.pt")
+    if changes:
+        save_checkpoint(target, {**load_checkpoint(path), **changes})
+    else:
+        shutil.copy(path, target)
+    return target
+
+
+def in_process_ap(ckpt_path, data, sigmas):
+    ckpt = load_checkpoint(ckpt_path)
+    dataset = evaluate.evaluation_dataset(ckpt, data["val"], data["images"], sigmas)
+    _, report = evaluate.evaluate_dataset(
+        model_from_checkpoint(ckpt), dataset, batch_size=32, workers=0, flip=True, amp="none",
+        device=torch.device("cpu"))
+    return report["stats"]["AP"]
+
+
+# ----------------------------------------------------------------------------- OKS-NMS
+def test_oks_nms_hand_made_case():
+    sigmas = np.array([0.1, 0.1])        # (2 sigma)^2 = 0.04 per keypoint
+    base = np.array([[10.0, 10.0, 1.0], [20.0, 20.0, 1.0]])
+    shift = np.array([1.0, 0.0, 0.0])
+    poses = np.stack([base, base + 0.5 * shift, base + shift, base + 10 * shift])
+    scores = np.array([0.8, 0.9, 0.7, 0.95])
+    areas = np.full(4, 100.0)
+    # OKS = exp(-d^2 / 0.04 / area / 2): d = 0.5 -> exp(-0.03125) = 0.969 (> 0.9, a duplicate);
+    # d = 1 -> exp(-0.125) = 0.882 (kept); with areas 100 and 300 the scale is their mean 200
+    overlap = evaluate.oks_overlap(poses[1], poses[[0, 2]], 100.0, areas[[0, 2]], sigmas)
+    assert overlap == pytest.approx([np.exp(-0.03125)] * 2)
+    assert evaluate.oks_overlap(poses[0], poses[[2]], 100.0, np.array([300.0]), sigmas) == \
+        pytest.approx([np.exp(-1 / 0.04 / 200 / 2)])
+    # greedy by score: 3 (far from all) and 1 stay; 1 removes 0 and 2 (0.5 px away each)
+    assert evaluate.oks_nms(poses, scores, areas, sigmas) == [3, 1]
+    assert evaluate.oks_nms(poses[[0, 2]], scores[[0, 2]], areas[[0, 2]], sigmas) == [0, 1]
+    # per image: the same duplicate in another image is not compared across images
+    results = [{"image_id": image_id, "keypoints": pose.ravel().tolist(), "score": float(s),
+                "scale": [10.0, 10.0]} for image_id in (1, 2) for pose, s in zip(poses, scores)]
+    kept = evaluate.nms_per_image(results, sigmas)
+    assert [(r["image_id"], r["score"]) for r in kept] == [(1, 0.9), (1, 0.95), (2, 0.9), (2, 0.95)]
+
+
+def test_rescoring_as_mmpose():
+    maxvals = np.array([[0.9, 0.5, 0.1, 0.2], [0.1, 0.05, 0.0, 0.2]])
+    # mean of the maxima above 0.2 (strictly), times the box score; none above: 0
+    assert evaluate.instance_scores(maxvals, [0.5, 1.0]) == pytest.approx([0.5 * 0.7, 0.0])
+
+
+# ----------------------------------------------------------------------------- PCK / pixel error
+def test_pck_and_pixel_error_hand_computed():
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": 1, "width": 200, "height": 200, "file_name": "a.jpg"}],
+        "categories": [{"id": 1, "name": "a", "keypoints": ["left_eye", "nose"]}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 50], "iscrowd": 0,
+             "area": 5000, "num_keypoints": 2, "keypoints": [50, 30, 2, 60, 20, 1]},
+            # reaches past the image bottom: the box is clipped to 40 x 20 -> normaliser 40
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [150, 180, 40, 60], "iscrowd": 0,
+             "area": 2400, "num_keypoints": 1, "keypoints": [160, 190, 2, 0, 0, 0]}]}
+    coco.createIndex()
+    results = [
+        {"ann_id": 1, "image_id": 1, "keypoints": [53, 34, 0.9, 90, 20, 0.9]},    # errors 5, 30
+        {"ann_id": 2, "image_id": 1, "keypoints": [160, 199, 0.9, 5, 5, 0.1]},    # 9; unlabeled
+        {"ann_id": -1, "image_id": 1, "keypoints": [0, 0, 1, 0, 0, 1]}]            # a detection
+    acc = evaluate.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.2)
+    # left_eye: 5 / max(100, 50) = 0.05 < 0.2 correct; 9 / 40 = 0.225 wrong (unclipped 9 / 60
+    # would pass) -> 0.5. nose: 30 / 100 = 0.3 wrong -> 0. PCK = mean over keypoints (mmpose)
+    assert acc["per_keypoint"]["left_eye"]["pck"] == pytest.approx(0.5)
+    assert acc["per_keypoint"]["nose"]["pck"] == pytest.approx(0.0)
+    assert acc["pck"] == pytest.approx(0.25)
+    assert acc["rmse_px"] == pytest.approx(np.sqrt((25 + 900 + 81) / 3))
+    assert acc["mean_error_px"] == pytest.approx((5 + 30 + 9) / 3)
+    assert acc["per_keypoint"]["left_eye"]["rmse_px"] == pytest.approx(np.sqrt((25 + 81) / 2))
+    assert acc["per_keypoint"]["nose"] == {"labeled": 1, "pck": 0.0, "rmse_px": 30.0,
+                                           "mean_error_px": 30.0}
+    # the threshold is strict and per the flag: at 0.3, 0.225 passes and 0.3 does not
+    assert evaluate.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.3)["pck"] == \
+        pytest.approx(0.5)
+    assert evaluate.keypoint_accuracy(results[2:], coco, ["left_eye", "nose"], 0.2)["pck"] is None
+
+
+# ----------------------------------------------------------------------------- ground truth in
+def crop_key(image):
+    return hashlib.sha1(np.ascontiguousarray(image, np.float32).tobytes()).hexdigest()
+
+
+class GroundTruthModel(torch.nn.Module):
+    """Returns exact Gaussian heatmaps (peak 1) at the ground truth of every crop of `dataset`,
+    looked up by the crop's pixels; zeros for a crop it has not seen."""
+
+    def __init__(self, dataset, sigma=2.0):
+        super().__init__()
+        h, w = dataset.heatmap_size
+        ys, xs = np.mgrid[0:h, 0:w]
+        self.shape, self.table = (len(dataset.keypoint_names), h, w), {}
+        for i in range(len(dataset)):
+            item = dataset[i]
+            kp, seen = item["keypoints"], item["target_weight"] > 0
+            d2 = (xs - kp[:, 0, None, None]) ** 2 + (ys - kp[:, 1, None, None]) ** 2
+            self.table[crop_key(item["image"])] = (np.exp(-d2 / (2 * sigma ** 2))
+                                                   * seen[:, None, None]).astype(np.float32)
+
+    def forward(self, images):
+        zeros = np.zeros(self.shape, np.float32)
+        return {"heatmaps": torch.stack([torch.from_numpy(self.table.get(crop_key(im), zeros))
+                                         for im in images.cpu().numpy()])}
+
+
+def test_ground_truth_in_gives_perfect_scores(data, tmp_path):
+    """A model that outputs the ground truth scores AP 1.0, PCK 1.0 and sub-pixel error, with
+    ground-truth boxes and with detected boxes, although the json holds an instance that
+    cannot be predicted (zero-area box): it is reported and left out of the scored ground truth."""
+    ann = json.load(open(data["val"]))
+    broken = dict(ann["annotations"][0], id=9999, bbox=[5.0, 5.0, 0.0, 0.0])
+    ann["annotations"].append(broken)
+    path = tmp_path / "val.json"
+    json.dump(ann, open(path, "w"))
+    size = dict(image_size=(256, 256), heatmap_size=(256, 256))   # stride 1: decoding error tiny
+    dataset = KeypointDataset(str(path), data["images"], train=False, **size)
+    model = GroundTruthModel(dataset)
+    common = dict(batch_size=4, workers=0, flip=False, amp="none", device=torch.device("cpu"))
+    results, report = evaluate.evaluate_dataset(model, dataset, **common)
+    assert "zero-area box: 1" in report["skipped"]
+    assert report["stats"]["AP"] == pytest.approx(1.0) and report["stats"]["AR"] == pytest.approx(1.0)
+    assert report["pck"] == pytest.approx(1.0) and report["rmse_px"] < 0.5
+    assert report["nms_removed"] == 0 and len(results) == len(dataset) == len(ann["annotations"]) - 1
+    scores = {r["ann_id"]: r["score"] for r in results}   # the maxima of Gaussians off the grid
+    assert all(0.9 < s <= 1 for s in scores.values())
+    assert "PCK@0.2 1.000" in evaluate.format_report(report)
+
+    # detections: the ground-truth boxes with score 0.9, one low-scored box elsewhere, one below
+    # the threshold; every image id must be one of the json's
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+             "score": 0.9} for a in ann["annotations"] if a["id"] != 9999]
+    dets += [{"image_id": dets[0]["image_id"], "category_id": dets[0]["category_id"],
+              "bbox": [0, 0, 30, 30], "score": 0.3},
+             {"image_id": dets[0]["image_id"], "category_id": dets[0]["category_id"],
+              "bbox": [40, 40, 30, 30], "score": 0.05}]
+    json.dump(dets, open(tmp_path / "dets.json", "w"))
+    boxes = load_detections(str(tmp_path / "dets.json"), str(path), score_threshold=0.1)
+    detected = KeypointDataset(str(path), data["images"], train=False, boxes=boxes, **size)
+    results, report = evaluate.evaluate_dataset(model, detected, **common)
+    assert len(results) == len(dets) - 1 and all(r["ann_id"] == -1 for r in results)
+    rescored = sorted(r["score"] for r in results)     # box score x keypoint score; unseen crop: 0
+    assert rescored[0] == 0 and rescored[1:] == pytest.approx(sorted(0.9 * s for s in scores.values()))
+    assert report["stats"]["AP"] == pytest.approx(1.0) and report["pck"] is None
+
+
+# ----------------------------------------------------------------------------- the entry point
+def test_checkpoint_sigmas_any_cwd_and_outputs_kept(checkpoint, data, tmp_path):
+    """evaluate.py CKPT from another directory: the run's sigmas (the AP train.py logged),
+    outputs beside the checkpoint; a second evaluation (--sigmas) goes to eval-2, the first
+    stays; no progress bar when stderr is not a terminal."""
+    ckpt = copy_checkpoint(checkpoint, tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run([ckpt, "--workers", "0"], cwd=elsewhere)
+    first = json.load(open(tmp_path / "run" / "eval" / "metrics.json"))
+    run_sigmas = load_checkpoint(ckpt)["sigmas"]
+    assert first["sigmas"] == pytest.approx(run_sigmas)
+    assert first["AP"] == in_process_ap(ckpt, data, run_sigmas)
+    assert first["AP"] != in_process_ap(ckpt, data, AP10K_SIGMAS.tolist())   # sigmas matter here
+    assert "PCK@0.2" in proc.stdout and "RMSE" in proc.stdout and "\r" not in proc.stderr
+    assert 0 <= first["pck"] <= 1 and first["rmse_px"] > 0 and len(first["per_keypoint"]) == 17
+
+    sigmas = ",".join(str(s) for s in AP10K_SIGMAS)
+    proc = run([ckpt, "--workers", "0", "--sigmas", sigmas, "--pck-threshold", "0.5"], cwd=elsewhere)
+    assert str(tmp_path / "run" / "eval-2") in proc.stdout
+    second = json.load(open(tmp_path / "run" / "eval-2" / "metrics.json"))
+    assert second["sigmas"] == pytest.approx(AP10K_SIGMAS.tolist()) and second["pck_threshold"] == 0.5
+    assert second["AP"] == in_process_ap(ckpt, data, AP10K_SIGMAS.tolist())
+    assert json.load(open(tmp_path / "run" / "eval" / "metrics.json")) == first
+
+    help_text = run(["--help"]).stdout
+    assert "(default: 32)" in help_text and "(default: 0.2)" in help_text
+    proc = run([ckpt, "--sigmas", "0.1,0.2"], check=False)
+    assert_one_line_error(proc, "--sigmas", "17")
+
+
+def test_det_boxes_and_no_flip_pairs(checkpoint, data, tmp_path):
+    """--det-boxes: one prediction per detection above --det-score-threshold, scored against
+    the json; no PCK (no instance per box). A checkpoint without flip pairs: no flip test."""
+    ckpt = copy_checkpoint(checkpoint, tmp_path / "run", flip_pairs=[])
+    anns = json.load(open(data["val"]))["annotations"]
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+             "score": 0.8} for a in anns]
+    dets.append(dict(dets[0], bbox=[0, 0, 20, 20], score=0.01))
+    json.dump(dets, open(tmp_path / "dets.json", "w"))
+    out = tmp_path / "out"
+    proc = run([ckpt, "--det-boxes", str(tmp_path / "dets.json"), "--det-score-threshold",
+                "0.1", "--workers", "0", "--output-dir", str(out), "--vis", "1"])
+    assert "flip test off" in proc.stdout
+    results = json.load(open(out / "results.json"))
+    assert 0 < len(results) <= len(anns) and all(r["ann_id"] == -1 for r in results)
+    assert all(0 <= r["score"] <= 0.8 for r in results)
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["boxes"] == str(tmp_path / "dets.json") and metrics["pck"] is None
+    assert metrics["flip_test"] is False and "AP" in metrics
+    assert any(f.endswith("_overlay.png") for f in os.listdir(out / "vis"))
+
+
+def write_clip(path, frames=6, size=(96, 64)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, size)
+    for i in range(frames):
+        frame = np.full((size[1], size[0], 3), 60, np.uint8)
+        cv2.rectangle(frame, (10 + 8 * i, 15), (40 + 8 * i, 45), (0, 160, 255), -1)
+        writer.write(frame)
+    writer.release()
+
+
+def count_frames(path):
+    capture, n = cv2.VideoCapture(str(path)), 0
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    while capture.read()[0]:
+        n += 1
+    return n, size, capture.get(cv2.CAP_PROP_FPS)
+
+
+def test_video(checkpoint, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip)
+    out = tmp_path / "out"
+    proc = run([checkpoint, "--video", str(clip), "--batch-size", "4", "--output-dir", str(out)])
+    assert "6 frames" in proc.stdout
+    assert count_frames(out / "clip_pose.mp4") == (6, (96, 64), 12.0)       # frames in = frames out
+    keypoints = json.load(open(out / "clip_keypoints.json"))
+    assert keypoints["keypoint_names"][0] == "left_eye" and keypoints["frames"] == 6
+    assert [f["frame"] for f in keypoints["predictions"]] == list(range(6))
+    whole = keypoints["predictions"][0]["instances"]
+    assert [i["bbox"] for i in whole] == [[0, 0, 96, 64]] and len(whole[0]["keypoints"]) == 51
+
+    boxes = [{"frame": 1, "bbox": [5, 5, 40, 40], "score": 0.7}, {"frame": 4, "bbox": [10, 10, 30, 30]},
+             {"frame": 4, "bbox": [50, 20, 40, 40], "score": 0.5}]
+    json.dump(boxes, open(tmp_path / "boxes.json", "w"))
+    run([checkpoint, "--video", str(clip), "--boxes", str(tmp_path / "boxes.json"),
+         "--batch-size", "4", "--output-dir", str(out)])
+    keypoints = json.load(open(tmp_path / "out-2" / "clip_keypoints.json"))      # first run kept
+    assert [len(f["instances"]) for f in keypoints["predictions"]] == [0, 1, 0, 0, 2, 0]
+    assert count_frames(tmp_path / "out-2" / "clip_pose.mp4")[0] == 6
+    json.dump([{"frame": 99, "bbox": [0, 0, 10, 10]}], open(tmp_path / "bad.json", "w"))
+    proc = run([checkpoint, "--video", str(clip), "--boxes", str(tmp_path / "bad.json")], check=False)
+    assert_one_line_error(proc, "bad.json", "entry 0", "frame")
+
+
+def test_own_photos_coco_results(checkpoint, data, tmp_path):
+    """Own photos: COCO results that pycocotools reads, keypoint names once; photos with the
+    same file name in two folders keep an overlay each; user boxes by the path as listed."""
+    files = sorted(os.listdir(data["images"]))
+    for folder, name, source in (("a", "cat.jpg", files[0]), ("a", "dog.jpg", files[1]),
+                                 ("b", "cat.jpg", files[2])):
+        os.makedirs(tmp_path / folder, exist_ok=True)
+        shutil.copy(os.path.join(data["images"], source), tmp_path / folder / name)
+    json.dump([{"file_name": "b/cat.jpg", "bbox": [10, 20, 100, 80], "score": 0.5},
+               {"file_name": "dog.jpg", "bbox": [50, 50, 60, 60]}], open(tmp_path / "boxes.json", "w"))
+    run([checkpoint, "--images", "a", "b", "--output-dir", "out", "--workers", "0"], cwd=tmp_path)
+    out = tmp_path / "out"
+    assert sorted(os.listdir(out / "vis")) == ["cat_1_pose.png", "cat_3_pose.png", "dog_pose.png"]
+    images = json.load(open(out / "photo_images.json"))
+    assert images["categories"][0]["keypoints"][:2] == ["left_eye", "right_eye"]
+    assert [im["file_name"] for im in images["images"]] == ["a/cat.jpg", "a/dog.jpg", "b/cat.jpg"]
+    results = json.load(open(out / "photo_results.json"))
+    assert [r["image_id"] for r in results] == [1, 2, 3] and len(results[0]["keypoints"]) == 51
+    gt = COCO()
+    gt.dataset = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 320, "height": 240}
+                             for i in (1, 2, 3)],
+                  "annotations": [], "categories": images["categories"]}
+    gt.createIndex()
+    assert len(gt.loadRes(str(out / "photo_results.json")).anns) == 3       # any COCO tool reads it
+    assert len(COCO(str(out / "photo_images.json")).loadRes(str(out / "photo_results.json")).anns) == 3
+
+    run([checkpoint, "--images", "a", "b", "--boxes", "boxes.json", "--output-dir", "out",
+         "--workers", "0"], cwd=tmp_path)
+    results = json.load(open(tmp_path / "out-2" / "photo_results.json"))
+    assert [(r["file_name"], r["bbox"], r["score"] <= 0.5) for r in results if r["image_id"] == 3] == \
+        [("b/cat.jpg", [10, 20, 100, 80], True)]
+    assert [r["image_id"] for r in results] == [2, 3]                         # boxes given: only those
+
+
+def test_photo_and_video_boxes_are_checked(tmp_path):
+    photos = [{"file_name": "a/cat.jpg", "width": 100, "height": 50},
+              {"file_name": "b/cat.jpg", "width": 100, "height": 50}]
+    path = tmp_path / "boxes.json"
+
+    def check(entries, *needles):
+        path.write_text(entries if isinstance(entries, str) else json.dumps(entries))
+        with pytest.raises(ValueError) as e:
+            evaluate.photo_boxes(str(path), photos)
+        for needle in ("boxes.json", *needles):
+            assert needle in str(e.value), (needle, str(e.value))
+
+    check([{"file_name": "cat.jpg", "bbox": [0, 0, 10, 10]}], "entry 0", "several photos")
+    check([{"file_name": "a/cat.jpg", "bbox": [0, 0, 10, 10]}, {"file_name": "c/dog.jpg",
+                                                                "bbox": [0, 0, 10, 10]}],
+          "entry 1", "'c/dog.jpg'", "no such photo")
+    check('[{"file_name": "a/cat.jpg", "bbox": [0, NaN, 10, 10]}]', "entry 0", "finite")
+    check([{"file_name": "a/cat.jpg", "bbox": [0, 0, "10", 10]}], "finite numbers")
+    check([{"file_name": "a/cat.jpg", "bbox": [0, 0, 0, 10]}], "positive")
+    check([{"file_name": "a/cat.jpg", "bbox": [100, 0, 10, 10]}], "outside the 100x50 image")
+    check([{"file_name": "a/cat.jpg", "bbox": [0, 0, 10, 10], "score": -1}], "'score'")
+    check("{}", "non-empty json list")
+    path.write_text(json.dumps([{"file_name": "b/cat.jpg", "bbox": [-5, 0, 10, 10]}]))
+    assert evaluate.photo_boxes(str(path), photos) == {1: [([-5.0, 0.0, 10.0, 10.0], 1.0)]}
+    path.write_text(json.dumps([{"frame": 2, "bbox": [0, 0, 10, 10]}, {"frame": 2.0, "bbox": [0, 0, 1, 1]}]))
+    with pytest.raises(ValueError, match="entry 1 .*integer"):
+        evaluate.video_boxes(str(path), 100, 50, 10)
+
+
+def test_bad_input_gives_one_line(checkpoint, data, tmp_path):
+    """A truncated JPEG is refused with one line: among own photos, and inside a data loader
+    worker on the dataset path (the worker's traceback is not shown); a json with other
+    keypoints than the checkpoint's is named."""
+    images = tmp_path / "images"
+    shutil.copytree(data["images"], images)
+    victim = json.load(open(data["val"]))["images"][0]["file_name"]
+    content = (images / victim).read_bytes()
+    (images / victim).write_bytes(content[:len(content) // 2])
+    proc = run([checkpoint, "--images", str(images / victim), "--output-dir", str(tmp_path / "o")],
+               check=False)
+    assert_one_line_error(proc, "truncated JPEG", victim)
+    proc = run([checkpoint, "--images", str(images), "--ann", data["val"], "--workers", "1",
+                "--output-dir", str(tmp_path / "o")], check=False)
+    assert_one_line_error(proc, "truncated JPEG", victim)
+    ann = json.load(open(data["val"]))
+    for cat in ann["categories"]:
+        cat["keypoints"] = cat["keypoints"][:16]
+        cat["skeleton"] = [s for s in cat["skeleton"] if max(s) <= 16]
+    for a in ann["annotations"]:
+        a["keypoints"] = a["keypoints"][:48]
+    json.dump(ann, open(tmp_path / "sixteen.json", "w"))
+    proc = run([checkpoint, "--ann", str(tmp_path / "sixteen.json"), "--images", data["images"]],
+               check=False)
+    assert_one_line_error(proc, "sixteen.json", "16 keypoints", "17 keypoints")
+
+
+# ----------------------------------------------------------------------------- figures
+def test_sides_and_limb_colours():
+    pairs = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    names = ["L_Eye", "R_Eye", "eyeR", "eyeL", "Eye_Right", "Eye_Left", "leftear", "rightear",
+             "forelegL1", "forelegR1", "nose"]
+    assert visualize.keypoint_sides(names, pairs) == [
+        "left", "right", "right", "left", "right", "left", "left", "right", "left", "right", "centre"]
+    # a left limb, a right limb and a centre limb in their own colours; the legend below
+    image = np.zeros((200, 300, 3), np.uint8)
+    pose = np.array([[20, 50, 0.9], [280, 50, 0.9], [150, 50, 0.9], [150, 190, 0.9]])
+    sides = ["left", "right", "centre", "centre"]
+    out = visualize.overlay(image, [pose], [[0, 2], [1, 2], [2, 3]], sides, 0.2)
+    assert out.shape[0] > 200 and (out[200:] == 255).any()                # the legend strip
+    assert tuple(out[50, 80]) == visualize.SIDE_COLOURS["left"]
+    assert tuple(out[50, 220]) == visualize.SIDE_COLOURS["right"]
+    assert tuple(out[120, 150]) == visualize.SIDE_COLOURS["centre"]
+    hidden = visualize.overlay(image, [pose * [1, 1, 0.1]], [[0, 2]], sides, 0.2)
+    assert not hidden[:200].any()                                          # below threshold: not drawn
+
+
+def test_paper_figures_and_curves(tmp_path):
+    names = [f"keypoint_{i}" for i in range(5)]
+    similarity = np.eye(5) * 0.5 + 0.1
+    visible = np.array([True, True, False, True, True])
+    fig2 = visualize.similarity_figure(similarity, names, visible)
+    fig2_all = visualize.similarity_figure(similarity, names, np.ones(5, bool))
+    assert fig2.shape[0] > fig2_all.shape[0]                               # the masked-row note
+    fig3 = visualize.score_map_figure(np.zeros((64, 64, 3), np.uint8),
+                                      np.random.default_rng(0).normal(size=(5, 4, 4)), names)
+    assert fig3.ndim == 3 and fig3.shape[1] > 5 * 64
+    records = [{"epoch": e, "loss": 1 / (e + 1), "pred": 0.01 / (e + 1), "pixel": 0.0,
+                "semantic": 2 - 0.1 * e, "lr": 5e-4} for e in range(6)]
+    for r in records[1::2]:
+        r.update(val_AP=0.1 * r["epoch"], val_PCK=0.5, val_RMSE_px=3.0)
+    visualize.plot_training_curves(records, str(tmp_path / "curves.png"))
+    curves = cv2.imread(str(tmp_path / "curves.png"))
+    assert curves is not None and curves.shape[1] == 4 * 320                # 7 panels, 4 a row
+    assert os.listdir(tmp_path) == ["curves.png"]                          # no temporary left
+    with pytest.raises(ValueError, match="no loss or metric"):
+        visualize.plot_training_curves([{"epoch": 0}], str(tmp_path / "x.png"))

@@ -1,0 +1,367 @@
+"""Every figure of the project, drawn with OpenCV only (numpy in, BGR uint8 image out).
+
+  overlay              poses on an image: left / right / centre limbs in three colours,
+                       prediction vs ground truth, optional keypoint names, a legend
+  score_map_figure     paper Fig. 3: the pixel-level score maps S_n (Eq. 3) over the crop
+  similarity_figure    paper Fig. 2: the semantic matching matrix M (Eq. 7)
+  plot_training_curves curves.png: loss terms and val metrics over epochs (log.jsonl records)
+
+Nothing here runs a model: evaluate.py computes S and M and hands them over as arrays.
+Sides come from the flip pairs (a flip swaps exactly the left/right keypoints); which member
+of a pair is the left one is read from the names (`left_eye`, `L_Eye`, `eyeL`, ...).
+"""
+import math
+import os
+
+import cv2
+import numpy as np
+
+SIDE_COLOURS = {"left": (0, 150, 255), "right": (255, 150, 30), "centre": (60, 190, 60)}  # BGR
+GROUND_TRUTH_COLOUR = (255, 255, 255)  # white with a dark halo: visible on any background
+HALO = (20, 20, 20)
+MASKED_COLOUR = (200, 200, 200)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+COLOURMAP = cv2.COLORMAP_VIRIDIS
+
+
+# ----------------------------------------------------------------------------- files, text
+def write_image(path, image):
+    """cv2.imwrite through a temporary file and os.replace (a reader never sees half a PNG);
+    a failed write is an OSError naming the path."""
+    stem, ext = os.path.splitext(path)
+    tmp = f"{stem}.tmp{os.getpid()}{ext}"
+    if not cv2.imwrite(tmp, image):
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"could not write image {path} (directory missing or not writable?)")
+    os.replace(tmp, path)
+
+
+def text_size(text, scale, thickness=1):
+    (w, h), baseline = cv2.getTextSize(text, FONT, scale, thickness)
+    return w, h + baseline
+
+
+def put_text(image, text, org, scale, colour=(0, 0, 0), thickness=1):
+    """Text whose top-left corner is at org (cv2 anchors at the baseline)."""
+    x, y = int(org[0]), int(org[1])
+    h = cv2.getTextSize(text, FONT, scale, thickness)[0][1]
+    cv2.putText(image, text, (x, y + h), FONT, scale, colour, thickness, cv2.LINE_AA)
+
+
+def vertical_text(text, scale, colour=(0, 0, 0), background=255):
+    """Text rotated 90 degrees counter-clockwise (reads bottom to top): (w_text, h_text) image."""
+    w, h = text_size(text, scale)
+    canvas = np.full((h + 2, w + 2, 3), background, np.uint8)
+    put_text(canvas, text, (1, 1), scale, colour)
+    return cv2.rotate(canvas, cv2.ROTATE_90_COUNTERCLOCKWISE)
+
+
+def paste(canvas, image, x, y):
+    h, w = image.shape[:2]
+    canvas[y:y + h, x:x + w] = image
+
+
+# ----------------------------------------------------------------------------- poses
+def keypoint_sides(keypoint_names, flip_pairs):
+    """'left' / 'right' / 'centre' per keypoint. Keypoints in no flip pair are centre; in a
+    pair (a, b) the names' differing parts decide ('l...' vs 'r...': left_eye / right_eye,
+    L_Eye / R_Eye, eyeL / eyeR); when they do not, a counts as left."""
+    sides = ["centre"] * len(keypoint_names)
+    for a, b in flip_pairs:
+        x, y = keypoint_names[a].strip().lower(), keypoint_names[b].strip().lower()
+        p = len(os.path.commonprefix([x, y]))
+        s = len(os.path.commonprefix([x[p:][::-1], y[p:][::-1]]))
+        dx, dy = x[p:len(x) - s], y[p:len(y) - s]
+        a_left = not (dx.startswith("r") and dy.startswith("l"))
+        sides[a], sides[b] = ("left", "right") if a_left else ("right", "left")
+    return sides
+
+
+def limb_side(sides, a, b):
+    """A limb is left (right) when an end is left (right) and none is on the other side."""
+    ends = {sides[a], sides[b]} - {"centre"}
+    return ends.pop() if len(ends) == 1 else "centre"
+
+
+def style_for(image):
+    """Line thickness, dot radius and font scale that stay readable at any image size."""
+    size = min(image.shape[:2])
+    thickness, radius = max(1, round(size / 250)), max(2, round(size / 120))
+    return thickness, radius, float(np.clip(size / 700, 0.35, 1.0))
+
+
+def draw_pose(image, keypoints, skeleton, sides, threshold, ground_truth=False, names=None):
+    """Draw one pose in place. keypoints (K, 3): [x, y, score] for a prediction (drawn where
+    score > threshold), [x, y, v] for ground truth (drawn where v > 0). Predictions: filled
+    dots and limbs in the side colours; ground truth: thin white limbs and rings."""
+    thick, radius, font = style_for(image)
+    kp = np.asarray(keypoints, np.float64)
+    shown = kp[:, 2] > (0 if ground_truth else threshold)
+    shown &= np.isfinite(kp[:, :2]).all(1)
+    point = [(int(round(x)), int(round(y))) for x, y in kp[:, :2].clip(-1e5, 1e5)]
+    for a, b in skeleton:
+        if shown[a] and shown[b]:
+            if ground_truth:
+                cv2.line(image, point[a], point[b], HALO, thick + 2, cv2.LINE_AA)
+                cv2.line(image, point[a], point[b], GROUND_TRUTH_COLOUR, thick, cv2.LINE_AA)
+            else:
+                cv2.line(image, point[a], point[b], SIDE_COLOURS[limb_side(sides, a, b)],
+                         thick + 1, cv2.LINE_AA)
+    for k in np.flatnonzero(shown):
+        if ground_truth:
+            cv2.circle(image, point[k], radius + 1, HALO, thick + 2, cv2.LINE_AA)
+            cv2.circle(image, point[k], radius + 1, GROUND_TRUTH_COLOUR, thick, cv2.LINE_AA)
+        else:
+            cv2.circle(image, point[k], radius, SIDE_COLOURS[sides[k]], -1, cv2.LINE_AA)
+            cv2.circle(image, point[k], radius, HALO, 1, cv2.LINE_AA)
+        if names is not None:
+            org = (point[k][0] + radius + 2, point[k][1] - radius - 2)
+            cv2.putText(image, names[k], org, FONT, 0.8 * font, HALO, 3, cv2.LINE_AA)
+            cv2.putText(image, names[k], org, FONT, 0.8 * font, (255, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
+def legend_strip(width, font, with_ground_truth):
+    """A white strip explaining the colours: prediction left / right / centre, ground truth;
+    entries wrap onto more lines when the image is narrow."""
+    entries = [(f"prediction {side}", colour) for side, colour in SIDE_COLOURS.items()]
+    if with_ground_truth:
+        entries.append(("ground truth", None))
+    h = text_size("Ag", font)[1] + 8
+    lines, x = [[]], 4
+    for label, colour in entries:
+        w = h + text_size(label, font)[0] + h
+        if x + w > width and lines[-1]:
+            lines, x = lines + [[]], 4
+        lines[-1].append((x, label, colour))
+        x += w
+    strip = np.full((h * len(lines), width, 3), 255, np.uint8)
+    for row, line in enumerate(lines):
+        y = row * h + h // 2
+        for x, label, colour in line:
+            if colour is None:  # ground truth: a white ring with a dark halo
+                cv2.circle(strip, (x + h // 3, y), h // 4, HALO, 3, cv2.LINE_AA)
+                cv2.circle(strip, (x + h // 3, y), h // 4, GROUND_TRUTH_COLOUR, 1, cv2.LINE_AA)
+            else:
+                cv2.circle(strip, (x + h // 3, y), h // 4, colour, -1, cv2.LINE_AA)
+            put_text(strip, label, (x + h, row * h + 4), font)
+    return strip
+
+
+def overlay(image, predictions, skeleton, sides, threshold, ground_truth=(), names=None,
+            legend=True):
+    """Image (H, W, 3) BGR with the predicted poses (each (K, 3)) over the ground-truth poses
+    (each (K, 3), optional), names next to the predicted keypoints when `names` is given, and
+    a legend strip below the image -> (H + strip, W, 3) (legend=False: (H, W, 3), video)."""
+    canvas = image.copy()
+    for pose in ground_truth:
+        draw_pose(canvas, pose, skeleton, sides, threshold, ground_truth=True)
+    for pose in predictions:
+        draw_pose(canvas, pose, skeleton, sides, threshold, names=names)
+    if not legend:
+        return canvas
+    strip = legend_strip(canvas.shape[1], style_for(canvas)[2], len(ground_truth) > 0)
+    return np.concatenate([canvas, strip], axis=0)
+
+
+# ----------------------------------------------------------------------------- colour scale
+def colourize(values, lo, hi):
+    """(h, w) floats -> (h, w, 3) uint8 BGR (viridis), lo..hi mapped to the ends of the map."""
+    scaled = np.clip((np.asarray(values, np.float64) - lo) / max(hi - lo, 1e-12), 0, 1)
+    return cv2.applyColorMap(np.round(scaled * 255).astype(np.uint8), COLOURMAP)
+
+
+def nice_ticks(lo, hi, count=5):
+    """About `count` round tick values covering [lo, hi] (1, 2, 5 x 10^n steps)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return [lo] if np.isfinite(lo) else []
+    raw = (hi - lo) / max(count - 1, 1)
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 5, 10) if m * step >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 12) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def tick_label(value):
+    return f"{value:.3g}" if value != 0 else "0"
+
+
+def colour_bar(height, lo, hi, title, font=0.4):
+    """A vertical colour bar for colourize(., lo, hi) with tick values and a rotated title."""
+    bar_w, margin = 14, 6
+    ticks = nice_ticks(lo, hi)
+    label_w = max([text_size(tick_label(t), font)[0] for t in ticks] or [0])
+    caption = vertical_text(title, font)
+    canvas = np.full((height, margin + bar_w + 4 + label_w + margin + caption.shape[1] + margin,
+                      3), 255, np.uint8)
+    top, bottom = margin, height - margin
+    ramp = np.linspace(hi, lo, bottom - top)[:, None].repeat(bar_w, 1)   # top = hi
+    paste(canvas, colourize(ramp, lo, hi), margin, top)
+    cv2.rectangle(canvas, (margin, top), (margin + bar_w - 1, bottom - 1), (0, 0, 0), 1)
+    for t in ticks:
+        y = int(round(bottom - 1 - (t - lo) / max(hi - lo, 1e-12) * (bottom - top - 1)))
+        cv2.line(canvas, (margin + bar_w, y), (margin + bar_w + 3, y), (0, 0, 0), 1)
+        put_text(canvas, tick_label(t), (margin + bar_w + 5, y - text_size("0", font)[1] // 2),
+                 font)
+    x = margin + bar_w + 4 + label_w + margin
+    y = max(0, (height - caption.shape[0]) // 2)
+    paste(canvas, caption[:height], x, y)
+    return canvas
+
+
+def titled(image, title, font=0.5, caption=None):
+    """Add a title strip above and caption lines below an image (widened to fit the text)."""
+    lines = [caption] if isinstance(caption, str) else list(caption or [])
+    w = max([image.shape[1], text_size(title, font)[0] + 12]
+            + [text_size(line, 0.4)[0] + 12 for line in lines])
+    parts = [np.full((text_size("Ag", font)[1] + 10, w, 3), 255, np.uint8)]
+    put_text(parts[0], title, (6, 5), font)
+    parts.append(np.pad(image, ((0, 0), (0, w - image.shape[1]), (0, 0)), constant_values=255))
+    for line in lines:
+        strip = np.full((text_size("Ag", 0.4)[1] + 6, w, 3), 255, np.uint8)
+        put_text(strip, line, (6, 3), 0.4)
+        parts.append(strip)
+    return np.concatenate(parts, axis=0)
+
+
+def side_by_side(left, right):
+    h = max(left.shape[0], right.shape[0])
+    pad = [np.pad(x, ((0, h - x.shape[0]), (0, 0), (0, 0)), constant_values=255)
+           for x in (left, right)]
+    return np.concatenate(pad, axis=1)
+
+
+# ----------------------------------------------------------------------------- paper figures
+def score_map_figure(crop, score_map, names, columns=6):
+    """Paper Fig. 3: crop (H, W, 3) BGR; score_map (K, h0, w0) = S of Eq. 3 (cosine similarity
+    of each prompt embedding with every visual embedding). One tile per keypoint: the crop
+    blended with S_n upsampled to the crop, titled with the keypoint's name; one colour scale
+    for all tiles (the bar on the right)."""
+    if crop.shape[1] < 160:  # small crops: enlarge so the tiles and their names stay readable
+        factor = -(-160 // crop.shape[1])
+        crop = cv2.resize(crop, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    H, W = crop.shape[:2]
+    lo, hi = float(np.min(score_map)), float(np.max(score_map))
+    tiles = []
+    for s, name in zip(score_map, names):
+        heat = colourize(cv2.resize(np.asarray(s, np.float32), (W, H),
+                                    interpolation=cv2.INTER_LINEAR), lo, hi)
+        tile = cv2.addWeighted(crop, 0.45, heat, 0.55, 0)
+        label = np.full((text_size("Ag", 0.4)[1] + 6, W, 3), 255, np.uint8)
+        put_text(label, name, (3, 3), 0.4)
+        tiles.append(np.pad(np.concatenate([label, tile]), ((0, 4), (0, 4), (0, 0)),
+                            constant_values=255))
+    columns = min(columns, len(tiles))
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % columns)
+    grid = np.concatenate([np.concatenate(tiles[i:i + columns], axis=1)
+                           for i in range(0, len(tiles), columns)], axis=0)
+    figure = side_by_side(grid, colour_bar(grid.shape[0], lo, hi, "cosine similarity S_n(x, y)"))
+    return titled(figure, "Pixel-level score maps S (Eq. 3): each keypoint's prompt vs every "
+                          "image location", caption=[f"tiles: the input crop (x right, y down) "
+                                                     f"blended with S_n, upsampled from "
+                                                     f"{score_map.shape[2]}x{score_map.shape[1]}"])
+
+
+def similarity_figure(similarity, names, visible, cell=26):
+    """Paper Fig. 2: the semantic matching matrix M (Eq. 7, cosine, no temperature) between
+    the keypoint features F_k grid-sampled at the ground truth (rows) and the prompt
+    embeddings E_n (columns). similarity (K, K); visible (K,) bool: rows of keypoints that are
+    not labeled or lie outside the crop have no feature and are drawn grey (masked)."""
+    K = len(names)
+    visible = np.asarray(visible, bool)
+    values = np.asarray(similarity, np.float64)
+    shown = values[visible] if visible.any() else np.zeros(1)
+    lo, hi = float(shown.min()), float(shown.max())
+    font = 0.38
+    label_w = max(text_size(n, font)[0] for n in names) + 8
+    y_title = vertical_text("keypoint feature F_k at the ground truth (rows)", 0.45)
+    left = y_title.shape[1] + 6 + label_w
+    top = label_w
+    rows_h = max(K * cell, y_title.shape[0])             # a few keypoints: room for the title
+    body = np.full((top + rows_h + 1, left + K * cell + 1, 3), 255, np.uint8)
+    paste(body, y_title, 2, top + (rows_h - y_title.shape[0]) // 2)
+    heat = colourize(values, lo, hi)
+    for i in range(K):
+        for j in range(K):
+            colour = heat[i, j].tolist() if visible[i] else MASKED_COLOUR
+            x, y = left + j * cell, top + i * cell
+            cv2.rectangle(body, (x, y), (x + cell - 1, y + cell - 1), colour, -1)
+        if not visible[i]:  # hatch masked rows
+            y0, y1, right = top + i * cell, top + i * cell + cell - 1, left + K * cell - 1
+            for x in range(left, right, 8):
+                cv2.line(body, (x, y1), (min(x + cell - 1, right), y0), (160, 160, 160), 1)
+        x, y = left + i * cell, top + i * cell
+        cv2.rectangle(body, (x, y), (x + cell - 1, y + cell - 1), (0, 0, 0), 1)  # the match
+        put_text(body, names[i], (left - label_w + 2, top + i * cell + cell // 2 - 6), font)
+        column = vertical_text(names[i], font)
+        paste(body, column[-top:], left + i * cell + (cell - column.shape[1]) // 2,
+              max(0, top - column.shape[0] - 4))
+    x_title = np.full((24, body.shape[1], 3), 255, np.uint8)
+    put_text(x_title, "prompt embedding E_n (columns)", (left, 5), 0.45)
+    figure = side_by_side(np.concatenate([body, x_title]),
+                          colour_bar(body.shape[0], lo, hi, "cosine similarity M_kn"))
+    notes = ["outlined: the matching pair (diagonal); a good model is brightest there"]
+    if not visible.all():
+        notes.append("grey hatched rows: keypoint not labeled or outside the crop, so no "
+                     "feature is sampled (excluded from L_semantic, Eq. 8)")
+    return titled(figure, "Semantic matching M (Eq. 7): keypoint features vs prompts",
+                  caption=notes)
+
+
+# ----------------------------------------------------------------------------- training curves
+CURVES = [("loss", "L_total (Eq. 10)"), ("pred", "L_pred"), ("pixel", "L_pixel (Eq. 5)"),
+          ("semantic", "L_semantic (Eq. 8)"), ("lr", "learning rate"), ("val_AP", "val AP"),
+          ("val_PCK", "val PCK"), ("val_RMSE_px", "val RMSE (px)")]
+
+
+def curve_panel(xs, ys, title, size=(200, 320)):
+    """One line plot: title, axes with tick labels, the curve with a dot per point."""
+    H, W = size
+    panel = np.full((H, W, 3), 255, np.uint8)
+    put_text(panel, title, (8, 4), 0.45)
+    x0, y0, x1, y1 = 56, 24, W - 12, H - 30       # plot area
+    lo, hi = float(min(ys)), float(max(ys))
+    if hi - lo < 1e-12 * max(1.0, abs(hi)):
+        lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
+    e0, e1 = float(min(xs)), float(max(xs))
+    e1 = e1 if e1 > e0 else e0 + 1
+    px = [int(x0 + (x - e0) / (e1 - e0) * (x1 - x0)) for x in xs]
+    py = [int(y1 - (y - lo) / (hi - lo) * (y1 - y0)) for y in ys]
+    cv2.rectangle(panel, (x0, y0), (x1, y1), (0, 0, 0), 1)
+    for t in nice_ticks(lo, hi, 4):
+        y = int(y1 - (t - lo) / (hi - lo) * (y1 - y0))
+        cv2.line(panel, (x0 - 3, y), (x0, y), (0, 0, 0), 1)
+        label = tick_label(t)
+        put_text(panel, label, (x0 - 5 - text_size(label, 0.35)[0], y - 5), 0.35)
+    for t in nice_ticks(e0, e1, 5):
+        if float(t).is_integer():
+            x = int(x0 + (t - e0) / (e1 - e0) * (x1 - x0))
+            cv2.line(panel, (x, y1), (x, y1 + 3), (0, 0, 0), 1)
+            put_text(panel, str(int(t)), (x - 4, y1 + 5), 0.35)
+    put_text(panel, "epoch", ((x0 + x1) // 2 - 16, H - 14), 0.35)
+    points = np.array(list(zip(px, py)), np.int32)
+    cv2.polylines(panel, [points], False, (180, 90, 20), 2, cv2.LINE_AA)
+    for p in points:
+        cv2.circle(panel, tuple(int(v) for v in p), 3, (180, 90, 20), -1, cv2.LINE_AA)
+    return panel
+
+
+def plot_training_curves(records, path):
+    """curves.png: one panel per logged quantity (loss terms, learning rate, val metrics)
+    over epochs, from log.jsonl records ({'epoch': e, 'loss': ..., 'val_AP': ...}). Panels of
+    quantities never logged, or zero throughout (a loss term that is off), are left out.
+    Written atomically, so it can be refreshed at every evaluation."""
+    panels = []
+    for key, title in CURVES:
+        pts = [(r["epoch"], float(r[key])) for r in records
+               if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
+        if pts and any(y != 0 for _, y in pts):
+            panels.append(curve_panel([p[0] for p in pts], [p[1] for p in pts], title))
+    if not panels:
+        raise ValueError(f"no loss or metric values in the {len(records)} log record(s) to plot")
+    columns = min(4, len(panels))
+    panels += [np.full_like(panels[0], 255)] * (-len(panels) % columns)
+    grid = np.concatenate([np.concatenate(panels[i:i + columns], axis=1)
+                           for i in range(0, len(panels), columns)], axis=0)
+    write_image(path, titled(grid, f"Training curves ({len(records)} epochs logged)", 0.55))
