@@ -571,9 +571,9 @@ class KeypointHead(nn.Module):
         return self.final_layer(self.deconv_layers(x))
 
 
-def num_deconv_layers(feature_grid, heatmap_size):
+def num_deconv_layers(grid, heatmap_size):
     """Number of x2 deconvolutions from the feature grid (h0, w0) to the heatmap (h, w)."""
-    (h0, w0), (h, w) = feature_grid, heatmap_size
+    (h0, w0), (h, w) = grid, heatmap_size
     ratio = h // h0
     if h != h0 * ratio or w != w0 * ratio or ratio & (ratio - 1):
         raise ValueError(f"heatmap size {h}x{w} is not a power-of-two multiple of the feature "
@@ -607,7 +607,9 @@ class PromptCache:
     def __init__(self):
         self.key = self.value = None
 
-    def __call__(self, params, compute):
+    def __call__(self, compute, *modules):
+        """compute() -> tensor, cached against the parameters of `modules` (None: skipped)."""
+        params = [p for m in modules if m is not None for p in m.parameters()]
         key = tuple((p.device, p.dtype, p._version) for p in params)
         if key != self.key:
             with torch.autocast(params[0].device.type, enabled=False):
@@ -683,10 +685,7 @@ class PromptPose(nn.Module):
         """E_prompt^origin (Eq. 2, prompt learner) through the prompt encoder: (K, C_emb).
         In eval mode under no_grad it comes from `PromptCache`."""
         if not self.training and not torch.is_grad_enabled():
-            params = list(self.prompt_learner.parameters())
-            if self.prompt_encoder is not None:
-                params += list(self.prompt_encoder.parameters())
-            return self.prompt_cache(params, self.encode_prompts)
+            return self.prompt_cache(self.encode_prompts, self.prompt_learner, self.prompt_encoder)
         return self.encode_prompts()
 
     def encode_prompts(self):
