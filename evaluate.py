@@ -121,7 +121,8 @@ def get_args_parser():
                                    "json (default: no video)")
     g.add_argument("--sigmas", type=sigma_list, help="comma-separated OKS sigmas, one per keypoint "
                    "(default: the run's, stored in the checkpoint)")
-    g.add_argument("--batch-size", type=positive(int), default=32, help="crops per forward pass")
+    g.add_argument("--batch-size", type=positive(int), help="crops per forward pass (default: "
+                   "the run's --eval-batch-size, else 32)")
     g.add_argument("--workers", type=non_negative_int,
                    default=default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
                    help="data loader processes (the default: this machine's CPUs per process, "
@@ -130,7 +131,8 @@ def get_args_parser():
     g.add_argument("--no-flip-test", dest="flip_test", action="store_false",
                    help="no flip test (default: the flip test is on, as in the paper; off by "
                         "itself when the checkpoint has no flip pairs)")
-    g.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="autocast dtype on GPU")
+    g.add_argument("--amp", choices=list(AMP_DTYPES), help="autocast dtype (default: the run's "
+                   "--amp, so that the val AP of the log is reproduced exactly; else none)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--device", help="cuda, cuda:1 or cpu (default: a GPU when there is one)")
     g = p.add_argument_group("metrics and output")
@@ -588,7 +590,8 @@ def run_dataset(model, ckpt, args, flip, device, rank, world, out_dir):
         "sigmas": [float(s) for s in dataset.sigmas], **report["stats"],
         **{k: v for k, v in report.items() if k != "stats"}}, indent=1)
     print(f"{len(results)} instances from {dataset.ann_file} in {time.time() - start:.1f}s "
-          f"(flip test {'on' if flip else 'off'}, {world} process(es))")
+          f"(flip test {'on' if flip else 'off'}, amp {args.amp}, batch {args.batch_size}, "
+          f"{world} process(es))")
     print(format_report(report))
     if args.vis:
         write_figures(model, dataset, args.vis, out_dir, device, flip, args.amp, ckpt,
@@ -877,13 +880,23 @@ def prepare_model(ckpt, device, compile_model):
     return torch.compile(model) if compile_model else model
 
 
+def settings_from_run(args, ckpt):
+    """Flags left unset take the run's values (--batch-size, --amp: the val AP of the log is
+    reproduced exactly); the flip test needs flip pairs. Returns whether to flip-test."""
+    run_args = ckpt.get("args", {})
+    args.batch_size = args.batch_size or run_args.get("eval_batch_size") or 32
+    args.amp = args.amp or run_args.get("amp") or "none"
+    flip = args.flip_test and len(ckpt["flip_pairs"]) > 0
+    if args.flip_test and not flip:
+        print0("flip test off: the checkpoint has no flip pairs (trained with --no-flip)")
+    return flip
+
+
 def main(args):
     mode = check_flag_combination(args)
     rank, _, world, device = init_distributed(args.device)
     ckpt = load_checkpoint(args.checkpoint)
-    flip = args.flip_test and len(ckpt["flip_pairs"]) > 0
-    if args.flip_test and not flip:
-        print0("flip test off: the checkpoint has no flip pairs (trained with --no-flip)")
+    flip = settings_from_run(args, ckpt)
     model = prepare_model(ckpt, device, args.compile)
     default_dir = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
     out_dir = broadcast_object(claim_output_dir(args.output_dir or default_dir) if rank == 0

@@ -16,7 +16,7 @@ import os
 import cv2
 import numpy as np
 
-SIDE_COLOURS = {"left": (0, 150, 255), "right": (255, 150, 30), "centre": (60, 190, 60)}  # BGR
+SIDE_COLOURS = {"left": (0, 150, 255), "right": (255, 150, 30), "centre": (230, 60, 230)}  # BGR
 GROUND_TRUTH_COLOUR = (255, 255, 255)  # white with a dark halo: visible on any background
 HALO = (20, 20, 20)
 MASKED_COLOUR = (200, 200, 200)
