@@ -40,7 +40,8 @@ from dataset import (NORMALIZATION, KeypointDataset, box_to_center_scale, decode
                      default_workers, flip_back_heatmaps, get_affine_transform,
                      heatmap_to_image, load_coco_json, load_detections, make_loader,
                      read_image, read_keypoint_set)
-from distributed import all_gather_list, broadcast_object, cleanup, init_distributed, print0
+from distributed import (HelpFormatter, all_gather_list, broadcast_object, cleanup,
+                         init_distributed, print0, run_cli)
 from losses import sample_keypoint_features, similarity_matrix
 from model import AMP_DTYPES, autocast
 
@@ -92,13 +93,6 @@ def sigma_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, one per "
                                          f"keypoint, got {text!r}")
     return values
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every default: the value, or what the help text says the default means."""
-
-    def _get_help_string(self, action):
-        return action.help if "(default:" in action.help else super()._get_help_string(action)
 
 
 def get_args_parser():
@@ -466,6 +460,21 @@ def claim_output_dir(base):
         except OSError as e:
             raise OSError(f"cannot create the output directory {path} ({e.strerror}); "
                           f"choose another --output-dir") from None
+
+
+def output_dir_of_rank0(base, rank):
+    """Rank 0 claims the output directory; every rank gets its path (or its error, so that
+    no process waits for one that stopped)."""
+    claimed = None
+    if rank == 0:
+        try:
+            claimed = (claim_output_dir(base), None)
+        except OSError as e:
+            claimed = (None, str(e))
+    path, error = broadcast_object(claimed)
+    if error:
+        raise OSError(error)
+    return path
 
 
 # ----------------------------------------------------------------------------- figures
@@ -898,34 +907,19 @@ def main(args):
     ckpt = load_checkpoint(args.checkpoint)
     flip = settings_from_run(args, ckpt)
     model = prepare_model(ckpt, device, args.compile)
-    default_dir = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
-    out_dir = broadcast_object(claim_output_dir(args.output_dir or default_dir) if rank == 0
-                               else None)
+    out_dir = output_dir_of_rank0(args.output_dir or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)), "eval"), rank)
+    report = None
     if mode == "dataset":
-        return run_dataset(model, ckpt, args, flip, device, rank, world, out_dir)
-    if rank == 0 and mode == "photos":
+        report = run_dataset(model, ckpt, args, flip, device, rank, world, out_dir)
+    elif rank == 0 and mode == "photos":
         run_photos(model, ckpt, args, flip, device, out_dir)
     elif rank == 0:
         run_video(model, ckpt, args, flip, device, out_dir)
-    return None
-
-
-def one_line(error):
-    """The message of an error; for one re-raised from a DataLoader worker (its text holds
-    the worker's traceback), the original message from the traceback's last line."""
-    text = str(error)
-    if "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text.strip().replace("\n", " ")
+    cleanup()
+    return report
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, OSError) as e:
-        sys.exit(f"error: {one_line(e)}")
-    except KeyboardInterrupt:
-        sys.exit("error: interrupted (outputs written so far are complete files)")
-    finally:
-        cleanup()
+    run_cli(main, get_args_parser().parse_args,
+            on_interrupt="interrupted: the files written so far are complete; nothing half-written")
