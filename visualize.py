@@ -322,8 +322,9 @@ def curve_panel(xs, ys, title, size=(200, 320)):
     put_text(panel, title, (8, 4), 0.45)
     x0, y0, x1, y1 = 56, 24, W - 12, H - 30       # plot area
     lo, hi = float(min(ys)), float(max(ys))
-    if hi - lo < 1e-12 * max(1.0, abs(hi)):
-        lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
+    if hi - lo < 1e-12 * max(1.0, abs(hi)):            # constant: centre it, +-50% (or +-1)
+        pad = 0.5 * abs(lo) if lo != 0 else 1.0
+        lo, hi = lo - pad, hi + pad
     e0, e1 = float(min(xs)), float(max(xs))
     e1 = e1 if e1 > e0 else e0 + 1
     px = [int(x0 + (x - e0) / (e1 - e0) * (x1 - x0)) for x in xs]
@@ -350,13 +351,13 @@ def curve_panel(xs, ys, title, size=(200, 320)):
 def plot_training_curves(records, path):
     """curves.png: one panel per logged quantity (loss terms, learning rate, val metrics)
     over epochs, from log.jsonl records ({'epoch': e, 'loss': ..., 'val_AP': ...}). Panels of
-    quantities never logged, or zero throughout (a loss term that is off), are left out.
+    quantities never logged, and of loss terms zero throughout (switched off), are left out.
     Written atomically, so it can be refreshed at every evaluation."""
     panels = []
     for key, title in CURVES:
         pts = [(r["epoch"], float(r[key])) for r in records
                if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
-        if pts and any(y != 0 for _, y in pts):
+        if pts and (key.startswith("val_") or any(y != 0 for _, y in pts)):
             panels.append(curve_panel([p[0] for p in pts], [p[1] for p in pts], title))
     if not panels:
         raise ValueError(f"no loss or metric values in the {len(records)} log record(s) to plot")
@@ -364,4 +365,5 @@ def plot_training_curves(records, path):
     panels += [np.full_like(panels[0], 255)] * (-len(panels) % columns)
     grid = np.concatenate([np.concatenate(panels[i:i + columns], axis=1)
                            for i in range(0, len(panels), columns)], axis=0)
-    write_image(path, titled(grid, f"Training curves ({len(records)} epochs logged)", 0.55))
+    epochs = f"{len(records)} epoch{'s' if len(records) != 1 else ''} logged"
+    write_image(path, titled(grid, f"Training curves ({epochs})", 0.55))
