@@ -31,6 +31,7 @@ Writes are atomic (a temporary file in the same directory, fsync, os.replace): a
 kill at any moment leaves the previous file or the new one, never a torn one, and a write
 that fails (disk full, file too large) removes its temporary file and names the path.
 """
+import errno
 import fcntl
 import glob
 import os
@@ -110,10 +111,12 @@ def save_checkpoint(path, ckpt):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError):
-            raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); "
-                                   f"the previous one is intact: free disk space and "
-                                   f"--resume") from e
+        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer raises RuntimeError
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+                "the file could not be written completely: disk full or a file size limit?"
+            raise OSError(getattr(e, "errno", None) or errno.EIO,
+                          f"could not write checkpoint {path} ({reason}); the previous "
+                          f"checkpoint is intact: free disk space, then --resume") from e
         raise
 
 
@@ -218,7 +221,8 @@ def init_from(model, path, partial=False):
     Returns {"loaded", "resized", "remapped", "skipped", "untouched"} name lists."""
     ckpt = load_checkpoint(path)
     check_same_towers(model, ckpt, path, partial)
-    source, resized = resize_positional_tables(ckpt["model"], model)
+    source, resized = resize_positional_tables(ckpt["model"], model,
+                                               ckpt["model_config"]["vision"].get("grid"))
     source_names, names = list(ckpt["keypoint_names"]), list(model.keypoint_names)
     target = model.state_dict()
     report = {"loaded": [], "resized": resized, "remapped": [], "skipped": [], "untouched": []}

@@ -43,6 +43,8 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from model import default_prompt_texts
+
 # ---------------------------------------------------------------- known keypoint sets
 
 AP10K_KEYPOINTS = [
@@ -513,7 +515,7 @@ def prompt_texts_for(keypoint_names, keypoint_prompts=None):
     if keypoint_prompts is not None:
         return list(keypoint_prompts)
     known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == list(keypoint_names)), {})
-    return list(known.get("prompts") or [n.replace("_", " ").strip() for n in keypoint_names])
+    return list(known.get("prompts") or default_prompt_texts(keypoint_names))
 
 
 def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=True):

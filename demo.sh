@@ -4,7 +4,7 @@
 #   2. train a small PromptPose (same structure as the paper's, narrow and shallow) from
 #      random initialisation: there are no CLIP weights here, so this shows the machinery,
 #      not the benefit of language pre-training,
-#   3. evaluate the last checkpoint with the flip test and print the AP tables.
+#   3. evaluate the last epoch (final.pt) with the flip test: AP, PCK, pixel error, figures.
 # Everything lands in demo_output/. PYTHON overrides the interpreter (default: .venv's).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,5 +27,6 @@ rm -rf "$OUT/run"   # a fresh run each time (train.py never overwrites one)
     --backbone clip-rn50 --method promptpose --small --random-init --input-size 128 \
     --epochs 14 --batch-size 32 --workers 2 --lr 2e-3 --warmup-iters 20 --lr-steps 11 \
     --eval-interval 100
-"$PY" evaluate.py "$OUT/run/last.pt" --workers 2 --vis 4
-echo "demo finished in $(( $(date +%s) - start )) s; figures in $OUT/run/eval/vis"
+"$PY" evaluate.py "$OUT/run/final.pt" --workers 2 --vis 4 --output-dir "$OUT/run/eval"
+echo "demo finished in $(( $(date +%s) - start )) s; figures in $OUT/run/eval/vis," \
+     "training curves in $OUT/run/curves.png"

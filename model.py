@@ -386,9 +386,10 @@ def resize_positional_tables(state_dict, model, source_grid=None):
     """
     own, out, resized = model.state_dict(), dict(state_dict), []
     for key in ("visual.attnpool.positional_embedding", "visual.positional_embedding"):
-        if key in out and key in own and out[key].shape != own[key].shape \
-                and out[key].shape[1:] == own[key].shape[1:]:
-            old = tuple(source_grid) if source_grid else guess_grid(out[key])
+        if key not in out or key not in own or out[key].shape[1:] != own[key].shape[1:]:
+            continue
+        old = tuple(source_grid) if source_grid else guess_grid(out[key])
+        if old != tuple(model.visual.grid):  # e.g. 8x6 -> 8x8, also 8x6 -> 6x8
             out[key] = resize_positional_table(out[key], old, model.visual.grid)
             resized.append(key)
     return out, resized
@@ -440,7 +441,7 @@ def load_imagenet_resnet(path_or_sd):
 
 def default_prompt_texts(keypoint_names):
     """The text of each keypoint's prompt when the data gives none: 'left_eye' -> 'left eye'."""
-    return [name.replace("_", " ") for name in keypoint_names]
+    return [name.replace("_", " ").strip() for name in keypoint_names]
 
 
 class PromptLearner(nn.Module):

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from checkpoint import (existing_run_files, git_commit, init_from, load_checkpoint, lock_run_dir,
                         make_checkpoint, model_only, remove_stale_temporaries, save_checkpoint)
 from clip_text import load_clip_state_dict
-from dataset import KeypointDataset, default_workers, make_loader, parse_flip_pairs
+from dataset import KeypointDataset, default_workers, make_loader
 from distributed import (HelpFormatter, all_reduce_sum, barrier, cleanup, init_distributed,
                          is_main, print0, run_cli)
 from evaluate import evaluate_dataset, format_report
@@ -289,12 +289,10 @@ def model_config(args):
 def build_data(args, cfg):
     """Training and validation sets at the model's (H, W) sizes and normalisation."""
     common = dict(image_size=cfg["image_size"], heatmap_size=cfg["heatmap_size"],
-                  normalize=cfg["normalize"], sigmas=args.sigmas, flip=args.flip)
+                  normalize=cfg["normalize"], sigmas=args.sigmas, flip=args.flip,
+                  flip_pairs=args.flip_pairs)
     train_set = KeypointDataset(args.train_ann, args.images, train=True, few_shot=args.few_shot,
                                 few_shot_seed=args.few_shot_seed, **common)
-    if args.flip_pairs:
-        common["flip_pairs"] = train_set.flip_pairs = parse_flip_pairs(args.flip_pairs,
-                                                                       train_set.keypoint_names)
     val_set = KeypointDataset(args.val_ann, args.val_images or args.images, train=False,
                               **common)
     if list(train_set.keypoint_names) != list(val_set.keypoint_names):
@@ -307,15 +305,22 @@ def build_data(args, cfg):
     return train_set, val_set
 
 
+def loss_weights(args, cfg):
+    """(alpha1, alpha2) of Eq. 10: the defaults of losses.default_loss_weights, overridden by
+    --alpha1 / --alpha2 where the term exists (never for SimpleBaseline / --no-pixel)."""
+    alphas = default_loss_weights(cfg["backbone"], cfg["method"], cfg.get("use_pixel", False))
+    alpha1 = alphas["alpha1"] if args.alpha1 is None or cfg["method"] == "baseline" else args.alpha1
+    alpha2 = alphas["alpha2"] if args.alpha2 is None or alphas["alpha2"] == 0 else args.alpha2
+    return alpha1, alpha2
+
+
 def build_train_model(args, cfg, weights, train_set, device, world):
     """The model (pre-trained weights, --init-from) on the device, and Eq. 10's alphas."""
     model = build_model(cfg, train_set.keypoint_names, train_set.prompt_texts,
                         clip_state_dict=weights[0], imagenet_state_dict=weights[1])
     if args.init_from:
         init_from(model, args.init_from, partial=args.init_from_partial)
-    alphas = default_loss_weights(args.backbone, args.method, model.cfg.get("use_pixel", False))
-    alpha1 = alphas["alpha1"] if args.alpha1 is None or args.method == "baseline" else args.alpha1
-    alpha2 = alphas["alpha2"] if args.alpha2 is None or alphas["alpha2"] == 0 else args.alpha2
+    alpha1, alpha2 = loss_weights(args, model.cfg)
     if model.logit_scale is not None and alpha1 == 0:
         model.logit_scale.requires_grad_(False)  # unused without L_semantic (and DDP insists)
     model.to(device, memory_format=torch.channels_last)  # NHWC: faster convolutions
@@ -347,6 +352,14 @@ def param_groups(model, lr, weight_decay, backbone_mult):
     return list(groups.values())
 
 
+def backbone_lr_mult(args):
+    """The image encoder's lr factor: --backbone-lr-mult, else 0.1 for ViT-B (the paper's
+    5e-5 for the ViT-Base backbone at lr 5e-4), else 1."""
+    if args.backbone_lr_mult is not None:
+        return args.backbone_lr_mult
+    return 0.1 if args.backbone == "clip-vitb16" else 1.0
+
+
 def build_optimizer(model, lr, weight_decay, backbone_mult):
     return torch.optim.AdamW(param_groups(model, lr, weight_decay, backbone_mult), lr=lr)
 
@@ -364,10 +377,7 @@ def lr_factor(iters_per_epoch, warmup_iters, warmup_ratio, lr_steps):
 
 def build_schedule(args, model, train_set, device, rank, world):
     """Optimiser, lr schedule, GradScaler, sampler and loader of Sec. 4.1."""
-    mult = args.backbone_lr_mult
-    if mult is None:
-        mult = 0.1 if args.backbone == "clip-vitb16" else 1.0
-    optimizer = build_optimizer(model, args.lr, args.weight_decay, mult)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay, backbone_lr_mult(args))
     sampler = (torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank,
                                                    shuffle=True, seed=args.seed, drop_last=True)
                if world > 1 else None)
@@ -482,7 +492,7 @@ def validate(model, val_set, args, device, rank, world):
                                  progress=is_main() and sys.stderr.isatty())
     if report is None:
         return {}
-    print0(format_report(report))
+    print0(format_report(report, detail=False))
     return {**{f"val_{k}": v for k, v in report["stats"].items()},
             "val_PCK": report["pck"], "val_RMSE_px": report["rmse_px"]}
 
@@ -553,6 +563,7 @@ def main(args):
     commit = git_commit()
     print0(f"git commit {commit}; {world} process(es) on {device}\n"
            f"{json.dumps(vars(args), indent=1)}")
+    seed_everything(args.seed + rank)  # the model's initialisation
     cfg = model_config(args)
     weights = read_weights(args.backbone, args.method, args.clip_weights, args.imagenet_weights,
                            args.random_init, args.small)  # before any annotation file is read
