@@ -342,15 +342,20 @@ def parse_flip_pairs(spec, keypoint_names):
 
 # ---------------------------------------------------------------- the json: reading and validation
 
-def load_coco_json(path):
-    """Read a COCO json with errors that name the file (and line, for malformed json)."""
+def read_json(path, what="file"):
+    """json.load with errors that name the file (and the line, for malformed json)."""
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: malformed json at line {e.lineno} column {e.colno}: {e.msg}") from e
     except OSError as e:
-        raise FileNotFoundError(f"cannot read {path}: {e.strerror}") from e
+        raise FileNotFoundError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def load_coco_json(path):
+    """Read a COCO json with errors that name the file (and line, for malformed json)."""
+    data = read_json(path)
     lists = ("images", "annotations", "categories")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in lists):
         raise ValueError(f"{path}: not a COCO file (needs lists 'images', 'annotations', 'categories')")
@@ -567,13 +572,7 @@ def load_detections(path, coco, score_threshold=0.0):
     species) a detection must name one of them.
     """
     data = load_coco_json(coco) if isinstance(coco, str) else coco.dataset
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            dets = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed json at line {e.lineno} column {e.colno}: {e.msg}") from e
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read detections {path}: {e.strerror}") from e
+    dets = read_json(path, "detections")
     if not isinstance(dets, list):
         raise ValueError(f'{path}: expected a list of detections [{{"image_id", "category_id", '
                          '"bbox", "score"}, ...] (COCO detection results)')
