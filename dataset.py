@@ -274,10 +274,10 @@ def side_key(name):
     return tuple(words), None
 
 
-def derive_flip_pairs(keypoint_names, strict=True):
+def derive_flip_pairs(keypoint_names, require_partners=True):
     """Left/right pairs (i, j), i < j, sorted: names that are each other's mirror by side_key.
 
-    strict: a name with a whole-word side ('word') and no partner raises ValueError (its
+    require_partners: a name with a whole-word side ('word') and no partner raises ValueError (its
     flip would teach the wrong side); otherwise such names stay unpaired.
     """
     keys = [side_key(n) for n in keypoint_names]
@@ -295,7 +295,7 @@ def derive_flip_pairs(keypoint_names, strict=True):
             pairs.append((i, j))
         elif j is None and sure == "word":
             unpaired.append(keypoint_names[i])
-    if unpaired and strict:
+    if unpaired and require_partners:
         raise ValueError(f"keypoint name(s) {unpaired} look left/right-sided but have no "
                          f"partner on the other side; {PAIRS_HELP}")
     return sorted(pairs)
@@ -544,7 +544,7 @@ def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=Tru
         pairs = list(known["flip_pairs"])
     else:
         try:
-            pairs = derive_flip_pairs(names, strict=flip)
+            pairs = derive_flip_pairs(names, require_partners=flip)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     if sigmas is not None:

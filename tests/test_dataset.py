@@ -231,7 +231,7 @@ def test_flip_pairs_no_false_pairs_and_no_false_errors(names):
 def test_flip_pairs_sided_name_without_partner_explains_what_to_do():
     with pytest.raises(ValueError, match=r"\['earL'\] look left/right-sided.*flip_pairs.*--flip-pairs.*--no-flip"):
         D.derive_flip_pairs(["eyeL", "eyeR", "earL", "nose"])
-    assert D.derive_flip_pairs(["eyeL", "eyeR", "earL", "nose"], strict=False) == [(0, 1)]
+    assert D.derive_flip_pairs(["eyeL", "eyeR", "earL", "nose"], require_partners=False) == [(0, 1)]
     for names in (["tail", "TailL"], ["L1x", "nose"], ["nose", "left_eye"]):  # a lone side word
         with pytest.raises(ValueError, match="look left/right-sided"):
             D.derive_flip_pairs(names)
