@@ -31,11 +31,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import train
 from clip_text import tokenize
-from dataset import AP10K_KEYPOINTS, KeypointDataset, make_loader
-from distributed import HelpFormatter, run_cli
-from evaluate import predict_dataset, predict_heatmaps
-from model import (AMP_DTYPES, PromptLearner, ResNet50, build_clip_visual, build_model,
-                   default_config)
+from backbones import ResNet50, build_clip_visual
+from dataset import KeypointDataset, make_loader
+from distributed import HelpFormatter, input_size, number_list, positive, run_cli
+from evaluate import predict_dataset
+from keypoints import AP10K_KEYPOINTS
+from model import AMP_DTYPES, PromptLearner, build_model, default_config
+from predict import predict_heatmaps
 from synthetic import generate
 
 BACKBONES = ("clip-rn50", "clip-vitb16")
@@ -49,15 +51,15 @@ def get_args_parser():
     p.add_argument("--quick", action="store_true", help="smoke run: small models, 64x64 crops, "
                    "batch 2, 1 round; meaningless numbers, BENCHMARKS.md not written")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--batch-size", type=train.positive_int, help="default 8 (quick: 2)")
-    p.add_argument("--input-size", type=train.input_size, help="HEIGHT[xWIDTH], default 256")
-    p.add_argument("--memory-batch-sizes", type=train.number_list(int),
+    p.add_argument("--batch-size", type=positive(int), help="default 8 (quick: 2)")
+    p.add_argument("--input-size", type=input_size, help="HEIGHT[xWIDTH], default 256")
+    p.add_argument("--memory-batch-sizes", type=number_list(int),
                    help="memory section (default 16,32,64 on GPU, 8,16 on CPU; quick: batch size)")
     p.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="as train.py --amp")
     p.add_argument("--compile", action="store_true", help="torch.compile as train.py --compile")
     p.add_argument("--peak-tflops", type=float, help="device's dense peak TFLOP/s: adds MFU")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
-    p.add_argument("--reps", type=train.positive_int, help="timed rounds, default 3 (quick: 1); "
+    p.add_argument("--reps", type=positive(int), help="timed rounds, default 3 (quick: 1); "
                    "twice as many for inference, backbones and the prompt pass")
     p.add_argument("--output", help="file whose generated block is replaced (default: "
                    "BENCHMARKS.md; none for --quick)")

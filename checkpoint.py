@@ -31,6 +31,7 @@ Writes are atomic (a temporary file in the same directory, fsync, os.replace): a
 kill at any moment leaves the previous file or the new one, never a torn one, and a write
 that fails (disk full, file too large) removes its temporary file and names the path.
 """
+import argparse
 import errno
 import fcntl
 import glob
@@ -39,8 +40,10 @@ import subprocess
 
 import torch
 
-from distributed import print0
-from model import build_model, resize_positional_tables
+from backbones import resize_positional_tables
+from distributed import is_main, print0
+from files import atomic_file, torch_load
+from model import build_model
 
 MODEL_FIELDS = ("model", "model_config", "keypoint_names", "prompt_texts", "flip_pairs",
                 "skeleton", "sigmas", "args", "epoch", "best_ap", "git_commit")
@@ -101,23 +104,15 @@ def remove_stale_temporaries(run_dir):
 # ----------------------------------------------------------------------------- write / read
 def save_checkpoint(path, ckpt):
     """Atomic write of a checkpoint dict (see the module docstring)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer raises RuntimeError
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else \
-                "the file could not be written completely: disk full or a file size limit?"
-            raise OSError(getattr(e, "errno", None) or errno.EIO,
-                          f"could not write checkpoint {path} ({reason}); the previous "
-                          f"checkpoint is intact: free disk space, then --resume") from e
-        raise
+    except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+            "the file could not be written completely: disk full or a file size limit?"
+        raise OSError(getattr(e, "errno", None) or errno.EIO,
+                      f"could not write checkpoint {path} ({reason}); the previous "
+                      f"checkpoint is intact: free disk space, then --resume") from e
 
 
 def make_checkpoint(model, data_info, args, epoch, best_ap, commit, optimizer=None,
@@ -145,13 +140,7 @@ def model_only(ckpt):
 
 def load_checkpoint(path, need_training_state=False):
     """Read a checkpoint written by train.py (weights_only=True), or say what the file is not."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip / pickle / EOF errors of every kind: reported the same way
-        raise ValueError(f"{path!r} could not be read as a PromptPose checkpoint "
-                         f"({type(e).__name__}: {e}); expected a .pt written by train.py") from e
+    ckpt = torch_load(path, "a PromptPose checkpoint (.pt) written by train.py")
     missing = [k for k in MODEL_FIELDS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path!r} is not a PromptPose checkpoint of this version (missing "
@@ -267,3 +256,95 @@ def print_init_report(path, report, names, source_names):
         print0(f"  skipped {line}")
     for name in report["untouched"]:
         print0(f"  kept initial value: {name}")
+
+
+# ----------------------------------------------------------------------------- resume
+# flags that may differ from the run's own when resuming (applied and recorded in args.json)
+RESUME_CHANGEABLE = ("resume", "epochs", "workers", "eval_interval", "eval_batch_size",
+                     "device", "compile", "output_dir")
+PATH_FLAGS = ("train_ann", "val_ann", "images", "val_images", "clip_weights",
+              "imagenet_weights", "init_from", "output_dir")
+
+
+def given_flags(parser, argv):
+    """The dests of the flags written on the command line (not left at their default)."""
+    dests = set()
+    for token in argv:
+        action = parser._option_string_actions.get(token.split("=")[0])
+        if action is not None:
+            dests.add(action.dest)
+    return dests
+
+
+def resolve_args(parser, argv):
+    """Parse argv; with --resume, the run's own flags are the base and the given ones must
+    agree with them (or be RESUME_CHANGEABLE). Paths become absolute."""
+    args = parser.parse_args(argv)
+    given = given_flags(parser, argv)
+    if args.resume == "auto":
+        last = os.path.join(args.output_dir, "last.pt")
+        args.resume = last if os.path.exists(last) else None
+        if args.resume:
+            print0(f"--resume auto: continuing {last}")
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, need_training_state=True)
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        if "output_dir" in given and os.path.abspath(args.output_dir) != run_dir:
+            raise ValueError(f"--resume {args.resume} continues the run in {run_dir}; it cannot "
+                             f"write into --output-dir {args.output_dir} (drop that flag)")
+        stored = ckpt["args"]
+        differ = sorted(k for k in given if k not in RESUME_CHANGEABLE
+                        and absolute(k, getattr(args, k)) != stored.get(k))
+        if differ:
+            raise ValueError(f"--resume {args.resume}: " + ", ".join(
+                f"--{k.replace('_', '-')} {getattr(args, k)!r} differs from the run's "
+                f"{stored.get(k)!r}" for k in differ) + "; drop those flags (only "
+                f"{', '.join('--' + k.replace('_', '-') for k in RESUME_CHANGEABLE[1:])} "
+                f"may change on resume)")
+        keep = {k: getattr(args, k) for k in given if k in RESUME_CHANGEABLE}
+        args = argparse.Namespace(**{**vars(parser.parse_args([])), **stored, **keep,
+                                     "resume": os.path.abspath(args.resume),
+                                     "output_dir": run_dir})
+    missing = [f"--{k.replace('_', '-')}" for k in ("train_ann", "val_ann", "images")
+               if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} required (or --resume RUN/last.pt)")
+    for k in PATH_FLAGS:
+        setattr(args, k, absolute(k, getattr(args, k)))
+    return args
+
+
+def absolute(dest, value):
+    return os.path.abspath(value) if dest in PATH_FLAGS and value else value
+
+
+def open_run(args):
+    """Rank 0: lock the run directory (one run per directory), refuse to start over an
+    existing run, clean stale temporary files. Returns the lock (keep it) or None."""
+    if not is_main():
+        return None
+    lock = lock_run_dir(args.output_dir)
+    found = existing_run_files(args.output_dir)
+    if found and not args.resume:
+        raise ValueError(f"--output-dir {args.output_dir} already holds a run ({', '.join(found)}):"
+                         f" continue it with --resume {os.path.join(args.output_dir, 'last.pt')} "
+                         f"(or --resume auto), or choose another --output-dir")
+    remove_stale_temporaries(args.output_dir)
+    return lock
+
+
+def resume_state(path, model, optimizer, scheduler, scaler):
+    """Load a full checkpoint into the run's objects -> (next epoch, best AP)."""
+    ckpt = load_checkpoint(path, need_training_state=True)
+    changed = sorted(k for k in set(model.cfg) | set(ckpt["model_config"])
+                     if model.cfg.get(k) != ckpt["model_config"].get(k))
+    if changed:
+        raise ValueError(f"--resume {path} was trained with a different model "
+                         f"({', '.join(changed)} differ)")
+    model.load_state_dict(ckpt["model"], strict=True)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    print0(f"resumed {path}: continuing at epoch {ckpt['epoch'] + 1}, best AP "
+           f"{ckpt['best_ap']:.4f}")
+    return ckpt["epoch"] + 1, ckpt["best_ap"]

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from files import torch_load
+
 
 # ----------------------------------------------------------------------------------------
 # Transformer pieces (shared with model.py)
@@ -359,16 +361,16 @@ def load_clip_state_dict(path):
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:  # TorchScript archives carry code/ and constants.pkl
             is_torchscript = any(name.endswith("/constants.pkl") for name in archive.namelist())
-    try:
-        if is_torchscript:
+    if not is_torchscript:
+        state_dict = torch_load(path, expected)
+    else:
+        try:
             with warnings.catch_warnings():  # torch.jit.load is deprecated, yet OpenAI's files need it
                 warnings.simplefilter("ignore", FutureWarning)
                 state_dict = dict(torch.jit.load(path, map_location="cpu").state_dict())
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # garbage makes the unpicklers raise almost anything (IndexError, EOFError, ...)
-        raise ValueError(f"cannot read {path} (truncated or not a torch file?); expected {expected}: "
-                         f"{type(err).__name__}: {str(err)[:300]}") from err
+        except Exception as err:
+            raise ValueError(f"cannot read {path} (a truncated TorchScript archive?); expected "
+                             f"{expected}: {type(err).__name__}: {str(err)[:300]}") from err
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a dict of tensors; expected {expected}")
     missing = [k for k in _REQUIRED_TEXT_KEYS if k not in state_dict]

@@ -1,187 +1,101 @@
 """Convert annotations made with other tools into the COCO keypoint files train.py reads.
 
-    python convert.py dlc PROJECT_DIR OUT_DIR [--val-fraction 0.2] [--seed 0] [--copy] [--margin 20]
+    python convert.py dlc PROJECT_DIR OUT_DIR [--val-fraction F] [--seed 0] [--copy] [--margin 20]
 
-`dlc` reads a DeepLabCut project: the body parts, skeleton and Task of its `config.yaml`
-and the labels of every `labeled-data/*/CollectedData_*.csv` (single-animal: 3 header rows
-scorer / bodyparts / coords; multi-animal: 4 rows scorer / individuals / bodyparts / coords;
-the frame index in one column `labeled-data/video1/img001.png` or in three columns
-`labeled-data, video1, img001.png`). It writes
-
-    OUT_DIR/train.json, OUT_DIR/val.json   COCO keypoint format, one category named after Task
-    OUT_DIR/images/<video>/<frame>         the labeled frames (symbolic links, or copies)
-
-Rules (the README repeats them):
-- keypoints are the body parts in config order (multi-animal: `multianimalbodyparts`);
-  a labeled point is (x, y, 2), an empty / NaN cell (x, y, 0); coordinates are copied
-  unchanged (DeepLabCut and dataset.py both put pixel centres at integer coordinates);
-  a labeled point outside its image (x < -0.5 or x > width - 0.5, same for y) is unlabeled;
-- one instance per individual per frame with at least one labeled point; its box is the
-  keypoints' extent grown by `--margin` pixels on every side and clipped to the image;
-  area = box width * height;
-- `uniquebodyparts` of multi-animal projects (one per frame, e.g. a feeder) are not animal
-  keypoints and are left out, with a printed count;
-- frames without any labeled point are left out; the remaining frames are split, not the
-  instances: a seeded permutation puts round(val_fraction * frames) of them (at least one,
-  and at least one left for training) into val.json.
-Image sizes come from the image files. Every problem stops with one line naming the file,
-line or key (`error: ...`, exit status 1).
+`dlc` reads a DeepLabCut project: Task, body parts, skeleton and TrainingFraction of its
+`config.yaml`, and every `labeled-data/*/CollectedData_*.csv` (header rows scorer / bodyparts /
+coords, multi-animal scorer / individuals / bodyparts / coords; the frame index in one column
+`labeled-data/video1/img001.png` or in three `labeled-data, video1, img001.png`). It writes
+OUT_DIR/train.json and OUT_DIR/val.json (COCO keypoints, one category named after Task) and
+OUT_DIR/images/<video>/<frame> (symbolic links, or copies). The rules are in the README:
+points copied unchanged (DeepLabCut and dataset.py both put pixel centres at integer
+coordinates), one instance per individual with a labeled point, unique body parts left out,
+a frame is its normalised path, frames without labels left out, the split is over frames.
+Every problem stops with one line naming the file, line, key or flag (`error: ...`, status 1).
 """
 import argparse
 import csv
 import glob
+import io
 import json
+import math
 import os
+import posixpath
 import shlex
 import shutil
 import sys
 
 import cv2
 import numpy as np
+import yaml
 
-# ---------------------------------------------------------------- config.yaml (YAML subset)
-
-
-def _strip_comment(line):
-    """`line` without its `# comment`: a `#` at the start or after a blank, outside a quoted
-    scalar (one that starts with a quote: `mouse's # nose` is `mouse's`)."""
-    quote = None
-    for i, c in enumerate(line):
-        if quote:
-            quote = None if c == quote else quote
-        elif c in "'\"" and (i == 0 or line[i - 1] in " \t[,"):
-            quote = c
-        elif c == "#" and (i == 0 or line[i - 1] in " \t"):
-            return line[:i].rstrip()
-    return line.rstrip()
-
-
-def _yaml_scalar(text):
-    """A plain or quoted YAML scalar -> str, or None for an empty value, `~` or `null`."""
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] == "'":
-        return text[1:-1].replace("''", "'")
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        return json.loads(text)
-    return None if text in ("", "~", "null", "Null", "NULL") else text
-
-
-def _yaml_flow(text, where):
-    """A flow sequence `[a, [b, c], 'd e']` (nesting allowed) -> nested lists of scalars."""
-    def parse(i):  # text[i] == "[": returns (list, index after the closing "]")
-        items, i, token = [], i + 1, ""
-        while i < len(text):
-            c = text[i]
-            if c == "[":
-                item, i = parse(i)
-                items.append(item)
-                token = None  # the item is already in `items`
-                continue
-            if c in ",]":
-                if token is not None and token.strip():
-                    items.append(_yaml_scalar(token))
-                token = ""
-                if c == "]":
-                    return items, i + 1
-            elif c in "'\"" and token is not None and not token.strip():
-                end = text.find(c, i + 1)  # a quoted scalar, commas inside are kept
-                if end < 0:
-                    raise ValueError(f"{where}: unclosed quote in {text!r}")
-                token = (token or "") + text[i:end + 1]
-                i = end
-            elif c == "{":
-                raise ValueError(f"{where}: flow mappings {{...}} are not supported")
-            elif token is not None:
-                token += c
-            elif not c.isspace():
-                raise ValueError(f"{where}: unexpected '{c}' after a nested list")
-            i += 1
-        raise ValueError(f"{where}: unclosed '[' in {text!r}")
-
-    value, end = parse(0)
-    if text[end:].strip():
-        raise ValueError(f"{where}: unexpected text after the list: {text[end:]!r}")
-    return value
-
-
-def _yaml_value(text, where):
-    """The text after `key:` or `- `: a flow sequence or a scalar."""
-    return _yaml_flow(text, where) if text.startswith("[") else _yaml_scalar(text)
-
-
-def _yaml_block_list(items, pos, indent, where):
-    """Block sequence of (indent, text) lines starting at items[pos] -> (list, next pos).
-
-    Handles `- a`, `- [a, b]`, and the nested form DeepLabCut writes for the skeleton:
-        - - snout        (a list whose first item is on the dash's line)
-          - leftear
-    """
-    out = []
-    while pos < len(items) and items[pos][0] == indent and items[pos][1].startswith("-"):
-        rest = items[pos][1][1:]
-        text = rest.lstrip()
-        if text.startswith("-"):      # "- - a": a nested list starts on this line
-            items[pos] = (indent + 1 + len(rest) - len(text), text)
-            value, pos = _yaml_block_list(items, pos, items[pos][0], where)
-        elif not text and pos + 1 < len(items) and items[pos + 1][0] > indent:
-            value, pos = _yaml_block_list(items, pos + 1, items[pos + 1][0], where)
-        else:
-            value, pos = _yaml_value(text, where), pos + 1
-        out.append(value)
-    return out, pos
-
-
-def read_yaml_subset(path, keys):
-    """The top-level `keys` of a YAML file in the subset DeepLabCut writes -> {key: value}.
-
-    Supported for those keys: `key: scalar`, `key: [flow, [nested], lists]` (also wrapped
-    over several lines), block lists `- item` (nested `- - a` / `  - b`, items may be flow
-    lists), comments and blank lines. Scalars stay strings (quotes removed); an empty value,
-    `~` or `null` is None. Other keys (e.g. the `video_sets` mapping) are skipped unparsed;
-    keys absent from the file are absent from the result.
-    """
-    with open(path, encoding="utf-8") as f:
-        lines = [(n, _strip_comment(line.rstrip("\n"))) for n, line in enumerate(f, 1)]
-    lines = [(n, line) for n, line in lines if line.strip()]
-    starts = [i for i, (_, line) in enumerate(lines)
-              if not line[0].isspace() and line[0] not in "-?" and ":" in line]
-    out = {}
-    for s, e in zip(starts, starts[1:] + [len(lines)]):
-        n, line = lines[s]
-        key, _, text = line.partition(":")
-        if key.strip() not in keys:
-            continue
-        where = f"{path} line {n} ('{key.strip()}')"
-        text = text.strip()
-        body = lines[s + 1:e]
-        if text.startswith("[") and body and text.count("[") > text.count("]"):
-            text = " ".join([text] + [b.strip() for _, b in body])   # a wrapped flow list
-            body = []
-        if text:
-            if body:
-                raise ValueError(f"{where}: unexpected lines after the value (line {body[0][0]})")
-            out[key.strip()] = _yaml_value(text, where)
-            continue
-        items = [(len(b) - len(b.lstrip()), b.strip()) for _, b in body]
-        value, pos = _yaml_block_list(items, 0, items[0][0], where) if items else (None, 0)
-        if pos != len(items):
-            raise ValueError(f"{where}: only lists of names are understood here "
-                             f"(line {body[pos][0]}: {body[pos][1].strip()!r})")
-        out[key.strip()] = value
-    return out
-
+DEFAULT_VAL_FRACTION = 0.2      # when config.yaml has no TrainingFraction
 
 # ---------------------------------------------------------------- DeepLabCut project
+
+def read_text(path):
+    """A UTF-8 text file (a leading byte-order mark dropped), or a one-line error naming it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text (byte {data[e.start]:#04x}): "
+                         "save the file as UTF-8") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key written twice: PyYAML would keep the last one without
+    a word, DeepLabCut's own reader (ruamel.yaml) refuses it too."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is written twice", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path):
+    """A YAML file whose top level is a mapping -> dict (yaml.safe_load, duplicate keys refused)."""
+    text = read_text(path)
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        where = f"{path} line {mark.line + 1}" if mark else path
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if context and e.context:     # where an unclosed [ or quote began, often the mistake
+            problem += f"; {e.context} at line {context.line + 1}"
+        raise ValueError(f"{where}: not valid YAML ({problem})") from None
+    if not isinstance(raw, dict):
+        found = "nothing" if raw is None else f"a {type(raw).__name__}"
+        raise ValueError(f"{path}: expected 'key: value' lines (Task: ..., bodyparts: ...), "
+                         f"found {found}")
+    return raw
+
 
 def _names(raw, key, path, required=True):
     """raw[key] as a list of distinct body part / individual names, or a clear error."""
     value = raw.get(key)
-    if value is None and not required:
+    if value is None:
+        if required:
+            raise ValueError(f"{path}: required key '{key}' is missing (or empty)")
         return []
-    if key not in raw or value is None:
-        raise ValueError(f"{path}: required key '{key}' is missing (or empty)")
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise ValueError(f"{path}: '{key}' must be a list of names, found {value!r}")
+    odd = [v for v in value if not isinstance(v, str)]
+    if odd:                           # `- 12`, `- on`, `- ~`: a number, a boolean, nothing
+        raise ValueError(f"{path}: '{key}' must be a list of names, found {odd[0]!r} in it: "
+                         "write names in quotes")
     duplicates = sorted({v for v in value if value.count(v) > 1})
     if duplicates:
         raise ValueError(f"{path}: '{key}' lists {duplicates} more than once")
@@ -189,26 +103,36 @@ def _names(raw, key, path, required=True):
 
 
 def read_dlc_config(project_dir):
-    """config.yaml of a DeepLabCut project -> dict(task, scorer, multi, keypoints,
-    individuals, unique, skeleton (0-based index pairs into keypoints), notes)."""
+    """config.yaml of a DeepLabCut project -> dict(task, scorer, multi, keypoints, individuals,
+    unique, skeleton (0-based index pairs into keypoints), train_fraction, notes)."""
     path = os.path.join(project_dir, "config.yaml")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: PROJECT_DIR must be a DeepLabCut project "
+        found = "is not a file" if os.path.exists(path) else "not found"
+        raise FileNotFoundError(f"{path} {found}: PROJECT_DIR must be a DeepLabCut project "
                                 "folder (the one holding config.yaml and labeled-data/)")
-    raw = read_yaml_subset(path, {"Task", "scorer", "multianimalproject", "bodyparts",
-                                  "multianimalbodyparts", "uniquebodyparts", "individuals",
-                                  "skeleton"})
-    if not raw.get("Task"):
+    raw = read_yaml(path)
+    task = raw.get("Task")
+    if task is None or task == "" or isinstance(task, (list, dict)):
         raise ValueError(f"{path}: required key 'Task' is missing (or empty)")
-    multi = str(raw.get("multianimalproject")).lower() in ("true", "yes", "on")
+    multi = raw.get("multianimalproject")
+    if not (multi is None or isinstance(multi, bool)):
+        raise ValueError(f"{path}: 'multianimalproject' must be true or false, found {multi!r}")
     if multi:
         keypoints = _names(raw, "multianimalbodyparts", path)
         individuals = _names(raw, "individuals", path)
         unique = _names(raw, "uniquebodyparts", path, required=False)
     else:
         keypoints, individuals, unique = _names(raw, "bodyparts", path), [None], []
+    fraction = raw.get("TrainingFraction")     # DeepLabCut's share of frames for training
+    if isinstance(fraction, list) and fraction:
+        fraction = fraction[0]
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(
+            fraction, (int, float)) or not 0 < fraction <= 1):
+        raise ValueError(f"{path}: 'TrainingFraction' must be a list of fractions in (0, 1], "
+                         f"found {raw['TrainingFraction']!r}")
     skeleton, notes = [], []
-    for pair in raw.get("skeleton") or []:
+    pairs = raw.get("skeleton") or []
+    for pair in pairs if isinstance(pairs, list) else [pairs]:
         if not (isinstance(pair, list) and len(pair) == 2
                 and all(isinstance(p, str) for p in pair)):
             raise ValueError(f"{path}: 'skeleton' entries must be pairs of body parts, "
@@ -221,14 +145,14 @@ def read_dlc_config(project_dir):
             raise ValueError(f"{path}: 'skeleton' links {pair[0]}-{pair[1]}, but {unknown[0]!r} "
                              "is not one of the body parts")
         skeleton.append([keypoints.index(pair[0]), keypoints.index(pair[1])])
-    return {"task": raw["Task"], "scorer": raw.get("scorer"), "multi": multi,
+    return {"task": str(task), "scorer": raw.get("scorer"), "multi": bool(multi),
             "keypoints": keypoints, "individuals": individuals, "unique": unique,
-            "skeleton": skeleton, "notes": notes}
+            "skeleton": skeleton, "train_fraction": fraction, "notes": notes}
 
 
 def _csv_header(rows, path, multi):
     """Header rows of a CollectedData csv -> (individuals row or None, bodyparts row, coords
-    row, number of index columns)."""
+    row, number of index columns), the rows padded to one width."""
     expected = ["scorer", "individuals", "bodyparts", "coords"] if multi else \
         ["scorer", "bodyparts", "coords"]
     found = [r[0].strip() if r else "" for r in rows[:len(expected)]]
@@ -236,11 +160,13 @@ def _csv_header(rows, path, multi):
         kind = "a multi-animal" if multi else "a single-animal"
         raise ValueError(f"{path}: expected the header rows {'/'.join(expected)} of {kind} "
                          f"project (config.yaml), found {'/'.join(found)}")
-    coords = rows[len(expected) - 1]
-    first = next((j for j in range(1, len(coords)) if coords[j].strip()), None)
+    width = max(len(r) for r in rows[:len(expected)])
+    header = [r + [""] * (width - len(r)) for r in rows[:len(expected)]]
+    coords = header[-1]
+    first = next((j for j in range(1, width) if coords[j].strip()), None)
     if first is None:
         raise ValueError(f"{path}: the coords row names no x / y column")
-    return (rows[1] if multi else None), rows[len(expected) - 2], coords, first
+    return (header[1] if multi else None), header[-2], coords, first
 
 
 def _csv_columns(path, header, cfg):
@@ -254,7 +180,12 @@ def _csv_columns(path, header, cfg):
             continue                  # a trailing empty column
         if coord not in ("x", "y"):
             raise ValueError(f"{path}: column {j + 1} has coords {coord!r}, expected x or y")
-        columns.setdefault((who, part), {})[coord] = j
+        xy = columns.setdefault((who, part), {})
+        if coord in xy:               # two columns for one value: neither may silently win
+            of = "" if who is None else f"{who} "
+            raise ValueError(f"{path}: columns {xy[coord] + 1} and {j + 1} are both {of}{part} "
+                             f"{coord}: delete one of them")
+        xy[coord] = j
     found = {}
     for (who, part), xy in columns.items():
         if len(xy) != 2:
@@ -294,8 +225,11 @@ def _coordinate(row, j, where):
 def read_dlc_csv(path, cfg):
     """One CollectedData csv -> list of frames {image, where, instances: {individual: (K, 2)
     array, NaN = missing}, unique: number of labeled unique body parts}."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise ValueError(f"{path} line {reader.line_num}: not a valid csv file ({e})") from None
     header = _csv_header(rows, path, cfg["multi"])
     columns, n_index = _csv_columns(path, header, cfg)
     frames = []
@@ -303,9 +237,12 @@ def read_dlc_csv(path, cfg):
         if not any(c.strip() for c in row):
             continue
         where = f"{path} line {line}"
-        image = "/".join(c.strip() for c in row[:n_index] if c.strip()).replace("\\", "/")
-        if not image:
+        index = "/".join(c.strip() for c in row[:n_index] if c.strip()).replace("\\", "/")
+        if not index:
             raise ValueError(f"{where}: the frame index (first {n_index} column(s)) is empty")
+        # one spelling per frame: `./labeled-data/v/a.png`, `labeled-data\v\a.png` and the
+        # cells `labeled-data, v, a.png` are all `labeled-data/v/a.png`
+        image = posixpath.normpath(index)
         instances, unique = {}, 0
         for who in cfg["individuals"]:
             if any(k[0] == who for k in columns):
@@ -323,7 +260,8 @@ def read_dlc_csv(path, cfg):
 def image_size(path, where):
     """(height, width) of an image file, read from the file itself."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: image {path} not found")
+        found = "is not a file" if os.path.exists(path) else "not found"
+        raise FileNotFoundError(f"{where}: image {path} {found}")
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"{where}: cannot read image {path} (not an image, or corrupt)")
@@ -356,10 +294,9 @@ def coco_instance(xy, width, height, margin):
 def split_frames(n, val_fraction, seed):
     """Seeded split of n frames -> (train indices, val indices), both sorted.
 
-    val gets round(val_fraction * n) frames, but at least one and at most n - 1.
+    val gets round(val_fraction * n) frames (val_fraction in [0, 1)), but at least one and at
+    most n - 1.
     """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"--val-fraction must lie strictly between 0 and 1, got {val_fraction}")
     if n < 2:
         raise ValueError(f"found {n} labeled frame(s); a train/val split needs at least 2")
     n_val = min(max(int(round(val_fraction * n)), 1), n - 1)
@@ -368,21 +305,32 @@ def split_frames(n, val_fraction, seed):
 
 
 def read_dlc_labels(project_dir, cfg):
-    """Every labeled-data/*/CollectedData_*.csv -> (frames sorted by image path, csv paths)."""
+    """Every labeled-data/*/CollectedData_*.csv -> (frames sorted by image path, csv paths,
+    number of rows that repeat a frame with the same labels)."""
     pattern = os.path.join(glob.escape(project_dir), "labeled-data", "*", "CollectedData_*.csv")
     paths = sorted(glob.glob(pattern))
     if not paths:
         where = os.path.join(project_dir, "labeled-data", "*", "CollectedData_*.csv")
         raise FileNotFoundError(f"no labels found ({where}): label frames in DeepLabCut first "
                                 "(it saves the csv next to the .h5)")
-    frames = {}
+    frames, repeats = {}, 0
     for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} is not a file: labels are read from every "
+                             "CollectedData_*.csv, so rename or move that folder")
         for frame in read_dlc_csv(path, cfg):
-            if frame["image"] in frames:
-                raise ValueError(f"{frame['where']}: frame {frame['image']} is labeled a second "
-                                 f"time (first at {frames[frame['image']]['where']})")
-            frames[frame["image"]] = frame
-    return [frames[k] for k in sorted(frames)], paths
+            first = frames.setdefault(frame["image"], frame)
+            if first is frame:
+                continue
+            same = (first["unique"] == frame["unique"]
+                    and first["instances"].keys() == frame["instances"].keys()
+                    and all(np.array_equal(xy, first["instances"][k], equal_nan=True)
+                            for k, xy in frame["instances"].items()))
+            if not same:
+                raise ValueError(f"{frame['where']}: frame {frame['image']} is labeled "
+                                 f"differently at {first['where']}: delete one of the two rows")
+            repeats += 1
+    return [frames[k] for k in sorted(frames)], paths, repeats
 
 
 def build_coco(project_dir, frames, margin):
@@ -437,23 +385,48 @@ def place_images(images, image_dir, copy):
         try:
             os.symlink(os.path.abspath(image["source"]), target)
         except OSError as e:
-            raise ValueError(f"cannot link {target} -> {image['source']} ({e}); "
-                             "use --copy on file systems without symbolic links") from e
+            raise ValueError(f"cannot link {target} -> {image['source']} ({e.strerror}); "
+                             "use --copy on file systems without symbolic links") from None
 
 
-def convert_dlc(project_dir, out_dir, val_fraction=0.2, seed=0, copy=False, margin=20.0):
-    """DeepLabCut project -> OUT_DIR/{train,val}.json and OUT_DIR/images; returns a summary."""
+# ---------------------------------------------------------------- flags, OUT_DIR, entry point
+
+def check_options(val_fraction, seed, margin):
+    """Refuse flag values that would give wrong boxes or splits (NaN fails every comparison)."""
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"--margin must be a finite number of pixels >= 0, got {margin}")
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise ValueError("--val-fraction must be a fraction in [0, 1) (0: a single validation "
+                         f"frame), got {val_fraction}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0 (numpy's generators take no negative seed), "
+                         f"got {seed}")
+
+
+def check_out_dir(out_dir):
+    """Refuse an OUT_DIR that is a file or holds a conversion. (One that cannot be created or
+    written into is refused by convert_dlc when its makedirs fails, before any file is written.)"""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"OUT_DIR {out_dir} is a file: give a new or empty folder")
     existing = [p for p in ("train.json", "val.json", "images")
                 if os.path.lexists(os.path.join(out_dir, p))]
     if existing:
         raise ValueError(f"{out_dir} already holds {', '.join(existing)}: choose a new OUT_DIR "
                          "or delete them")
-    if margin < 0:
-        raise ValueError(f"--margin must be >= 0 pixels, got {margin}")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"--val-fraction must lie strictly between 0 and 1, got {val_fraction}")
+
+
+def convert_dlc(project_dir, out_dir, val_fraction=None, seed=0, copy=False, margin=20.0):
+    """DeepLabCut project -> OUT_DIR/{train,val}.json and OUT_DIR/images; returns a summary."""
+    check_options(val_fraction, seed, margin)
+    check_out_dir(out_dir)
     cfg = read_dlc_config(project_dir)
-    frames, csvs = read_dlc_labels(project_dir, cfg)
+    fraction = cfg["train_fraction"]
+    source = ("--val-fraction" if val_fraction is not None else
+              f"1 - TrainingFraction {fraction:g} of config.yaml" if fraction is not None else
+              "default: config.yaml has no TrainingFraction")
+    if val_fraction is None:          # round: 1 - 0.8 is 0.19999999999999996
+        val_fraction = DEFAULT_VAL_FRACTION if fraction is None else round(1 - fraction, 10)
+    frames, csvs, repeats = read_dlc_labels(project_dir, cfg)
     images, annotations, counts = build_coco(project_dir, frames, margin)
     train, val = split_frames(len(images), val_fraction, seed)
     ann_id = 0
@@ -465,33 +438,43 @@ def convert_dlc(project_dir, out_dir, val_fraction=0.2, seed=0, copy=False, marg
     category = {"id": 1, "name": cfg["task"], "supercategory": "animal",
                 "keypoints": cfg["keypoints"],
                 "skeleton": [[a + 1, b + 1] for a, b in cfg["skeleton"]]}  # 1-based, as COCO
-    os.makedirs(out_dir, exist_ok=True)
-    place_images(images, os.path.join(out_dir, "images"), copy)
-    splits = {}
-    for name, indices in (("train", train), ("val", val)):
-        info = {"description": f"DeepLabCut project '{cfg['task']}' converted by convert.py",
-                "project": os.path.abspath(project_dir), "split": name,
-                "val_fraction": val_fraction, "seed": seed}
-        data = coco_file(images, annotations, indices, category, info)
-        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-            json.dump(data, f)
-        splits[name] = (len(data["images"]), len(data["annotations"]),
-                        sum(a["num_keypoints"] for a in data["annotations"]))
-    return {"cfg": cfg, "csvs": csvs, "frames": len(frames), "counts": counts, "splits": splits}
+    info = {"description": f"DeepLabCut project '{cfg['task']}' converted by convert.py",
+            "project": os.path.abspath(project_dir), "val_fraction": val_fraction, "seed": seed}
+    files = {name: coco_file(images, annotations, indices, category, {**info, "split": name})
+             for name, indices in (("train", train), ("val", val))}
+    try:         # a path under a file, a read-only folder or mount, a full disk
+        os.makedirs(out_dir, exist_ok=True)
+        place_images(images, os.path.join(out_dir, "images"), copy)
+        for name, data in files.items():
+            with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+                json.dump(data, f)
+    except OSError as e:
+        raise ValueError(f"cannot write {e.filename or out_dir}: {e.strerror} (choose another "
+                         "OUT_DIR)") from None
+    splits = {name: (len(d["images"]), len(d["annotations"]),
+                     sum(a["num_keypoints"] for a in d["annotations"]))
+              for name, d in files.items()}
+    return {"cfg": cfg, "csvs": csvs, "frames": len(frames), "repeats": repeats,
+            "counts": counts, "splits": splits, "val_fraction": (val_fraction, source),
+            "seed": seed}
 
 
 def print_summary(summary, project_dir, out_dir, copy):
-    """What was converted, what was left out, and the command to train on it."""
+    """What was converted and what was left out."""
     cfg, counts = summary["cfg"], summary["counts"]
     kind = (f"multi-animal ({len(cfg['individuals'])} individuals)" if cfg["multi"]
             else "single-animal")
     print(f"DeepLabCut project {project_dir}: Task {cfg['task']!r}, scorer {cfg['scorer']!r}, "
           f"{kind}, {len(cfg['keypoints'])} body parts: {', '.join(cfg['keypoints'])}")
-    print(f"read {len(summary['csvs'])} csv file(s): {summary['frames']} frames")
+    value, source = summary["val_fraction"]
+    print(f"read {len(summary['csvs'])} csv file(s): {summary['frames']} frames; split with val "
+          f"fraction {value:g} ({source}), seed {summary['seed']}")
     for name, (frames, instances, points) in summary["splits"].items():
         print(f"  {os.path.join(out_dir, name + '.json')}: {frames} frames, {instances} "
               f"instances, {points} labeled keypoints")
     print(f"  {os.path.join(out_dir, 'images')}: frames {'copied' if copy else 'linked'}")
+    if summary["repeats"]:
+        print(f"note: {summary['repeats']} row(s) repeat a frame with the same labels: kept once")
     if counts["empty"]:
         print(f"note: {counts['empty']} frame(s) without any labeled point left out")
     if counts["outside"]:
@@ -501,12 +484,26 @@ def print_summary(summary, project_dir, out_dir, copy):
               f"{counts['unique']} labeled point(s) left out")
     for note in cfg["notes"]:
         print(f"note: {note}")
+
+
+def print_commands(out_dir, task, n_train_instances):
+    """The train.py commands for the converted data: a weight-free try, then the real one."""
     out = lambda p: shlex.quote(os.path.join(out_dir, p))  # noqa: E731
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg["task"])
-    print("Train on it (the body part names above become the text prompts):")
-    print(f"  torchrun --nproc_per_node=1 train.py --train-ann {out('train.json')} --val-ann "
-          f"{out('val.json')} --images {out('images')} --backbone clip-rn50 "
-          f"--clip-weights RN50.pt --output-dir runs/{name}")
+    run = "runs/" + "".join(c if c.isalnum() or c in "-_." else "_" for c in task)
+    data = (f"--train-ann {out('train.json')} --val-ann {out('val.json')} "
+            f"--images {out('images')}")
+    # train.py drops the last incomplete batch: a batch larger than the set trains nothing
+    batch = min(16, n_train_instances)
+    print("To try the pipeline (no downloaded weights: a small randomly initialised model, a "
+          "schedule for a small set):")
+    print(f"  torchrun --nproc_per_node=1 train.py {data} --backbone clip-rn50 --method promptpose "
+          f"--small --random-init --input-size 128 --epochs 60 --warmup-iters 0 --lr-steps 45 "
+          f"--lr 2e-3 --batch-size {batch} --output-dir {run}-try")
+    print("To train for real (the body part names above become the text prompts) with OpenAI's "
+          "CLIP weights RN50.pt (ViT-B-16.pt with --backbone clip-vitb16; the README gives "
+          "their download URLs):")
+    print(f"  torchrun --nproc_per_node=1 train.py {data} --backbone clip-rn50 --clip-weights "
+          f"RN50.pt --output-dir {run}" + (f" --batch-size {batch}" if batch < 16 else ""))
 
 
 def get_args_parser():
@@ -519,8 +516,10 @@ def get_args_parser():
                      help="DeepLabCut project folder (holds config.yaml)")
     dlc.add_argument("out_dir", metavar="OUT_DIR",
                      help="writes train.json, val.json and images/ here")
-    dlc.add_argument("--val-fraction", type=float, default=0.2,
-                     help="fraction of the labeled frames (not instances) that go to val.json")
+    dlc.add_argument("--val-fraction", type=float, default=None,
+                     help="fraction of the labeled frames (not instances) that go to val.json; "
+                     "None: 1 - TrainingFraction of config.yaml, else "
+                     f"{DEFAULT_VAL_FRACTION}")
     dlc.add_argument("--seed", type=int, default=0, help="seed of the frames' train/val split")
     dlc.add_argument("--copy", action="store_true", help="copy the frames instead of linking them")
     dlc.add_argument("--margin", type=float, default=20.0,
@@ -533,10 +532,11 @@ def main(argv=None):
     summary = convert_dlc(args.project_dir, args.out_dir, val_fraction=args.val_fraction,
                           seed=args.seed, copy=args.copy, margin=args.margin)
     print_summary(summary, args.project_dir, args.out_dir, args.copy)
+    print_commands(args.out_dir, summary["cfg"]["task"], summary["splits"]["train"][1])
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:    # every expected problem is one line, not a traceback
         sys.exit(f"error: {e}")

@@ -1,26 +1,9 @@
-"""Top-down keypoint data for PromptPose (paper Sec. 4.1): COCO-format json -> crops + heatmaps.
+"""Top-down keypoint data (paper Sec. 4.1): a COCO-format json -> records -> crops + heatmaps.
 
-One dataset class for any COCO-format keypoint file (AP-10K, COCO person, your own data),
-the AP-10K few-shot split (Table 2), detected boxes for evaluation, and the geometry that
-evaluation reuses. The file reads top to bottom as the pipeline runs:
-
-1. known keypoint sets and the recipe's constants (AP-10K, COCO; augmentation; normalisation);
-2. geometry, pure numpy: box -> centre/scale, affine, flip, heatmap encode/decode;
-3. left/right flip pairs: from the names, the json or a flag;
-4. records: json -> validated records (training / evaluation / detections, few-shot);
-5. the per-sample transform: box jitter, half-body, scale, rotation, flip, one warp, targets;
-6. `KeypointDataset`, which joins 4 and 5, and the DataLoader settings.
-
-Size convention: every `image_size` / `heatmap_size` / `output_size` here is (H, W), height
-first, as in the model's config. Points, centres and scales are (x, y) / (w, h) vectors.
-
-Coordinate conventions (used by every function below):
-- Image pixel (i, j) has its centre at (x, y) = (i, j); a horizontal flip maps x -> width - 1 - x.
-- A box is COCO [x, y, w, h]; its center is (x + w/2, y + h/2); `scale` is the (w, h) in image
-  pixels of the padded, aspect-ratio-filled box that is warped onto the network input.
-- The affine maps `center` to (W/2, H/2) of the output and `scale` onto (W, H) (SimpleBaseline).
-- Heatmap coordinates: x_hm = x_in / stride with stride = input / heatmap size (4); heatmap
-  pixel i has its centre at i and covers [i - 0.5, i + 0.5].
+One dataset class for any COCO-format keypoint file (AP-10K, COCO person, your own data): the
+json is read and checked in one pass, each usable instance becomes a record (an image and a
+box: ground truth, or a detection for evaluation), the AP-10K few-shot split (Table 2) keeps
+`shots` images per species, and `transforms.TopDownTransform` makes each sample.
 
 The json (COCO keypoint format): `images` [{id, file_name, width, height}], `annotations`
 [{id, image_id, category_id, bbox [x, y, w, h], keypoints [x1, y1, v1, ...] (v 0 unlabeled,
@@ -31,9 +14,7 @@ The json (COCO keypoint format): `images` [{id, file_name, width, height}], `ann
 """
 import contextlib
 import io
-import json
 import os
-import re
 import warnings
 from collections import Counter
 
@@ -43,314 +24,9 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from model import default_prompt_texts
-
-# ---------------------------------------------------------------- known keypoint sets
-
-AP10K_KEYPOINTS = [
-    "left_eye", "right_eye", "nose", "neck", "root_of_tail",
-    "left_shoulder", "left_elbow", "left_front_paw", "right_shoulder", "right_elbow",
-    "right_front_paw", "left_hip", "left_knee", "left_back_paw", "right_hip", "right_knee",
-    "right_back_paw"]
-# The authors' prompt words (their `class_names`): the names with '_' -> ' ', but 'tail root'.
-AP10K_PROMPTS = [
-    "left eye", "right eye", "nose", "neck", "tail root",
-    "left shoulder", "left elbow", "left front paw", "right shoulder", "right elbow",
-    "right front paw", "left hip", "left knee", "left back paw", "right hip", "right knee",
-    "right back paw"]
-AP10K_FLIP_PAIRS = [(0, 1), (5, 8), (6, 9), (7, 10), (11, 14), (12, 15), (13, 16)]
-AP10K_SIGMAS = np.array([.025, .025, .026, .035, .035, .079, .072, .062, .079, .072, .062,
-                         .107, .087, .089, .107, .087, .089])
-# Half-body groups of AP-10K's published meta-information, as the authors ran them. R_F_Paw
-# (right_front_paw, index 10) is in the LOWER body there although L_F_Paw (7) is upper --
-# probably a typo upstream, kept so that training matches the published numbers.
-AP10K_UPPER_BODY = [0, 1, 2, 3, 5, 6, 7, 8, 9]
-# AP-10K skeleton as written in its json (1-based keypoint indices).
-AP10K_SKELETON = [[1, 2], [1, 3], [2, 3], [3, 4], [4, 5], [4, 6], [6, 7], [7, 8], [4, 9],
-                  [9, 10], [10, 11], [5, 12], [12, 13], [13, 14], [5, 15], [15, 16], [16, 17]]
-
-COCO_KEYPOINTS = [
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
-    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]
-COCO_FLIP_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
-COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07,
-                        .87, .87, .89, .89]) / 10.0
-COCO_UPPER_BODY = list(range(11))
-
-# What a dataset with exactly these keypoint names gets unless the json or the caller says
-# otherwise (prompts None: the names with '_' -> ' ').
-KNOWN_KEYPOINT_SETS = [
-    dict(names=AP10K_KEYPOINTS, prompts=AP10K_PROMPTS, flip_pairs=AP10K_FLIP_PAIRS,
-         sigmas=AP10K_SIGMAS, upper_body=AP10K_UPPER_BODY),
-    dict(names=COCO_KEYPOINTS, prompts=None, flip_pairs=COCO_FLIP_PAIRS,
-         sigmas=COCO_SIGMAS, upper_body=COCO_UPPER_BODY),
-]
-DEFAULT_SIGMA = 0.05  # OKS sigma for keypoints of an unknown dataset when none are given
-
-# Input normalisation, (mean, std) of RGB in 0..1. The authors normalise every backbone with
-# ImageNet's, CLIP ones included; "clip" is CLIP's own.
-NORMALIZATION = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-}
-
-# Training augmentation and targets (SimpleBaseline / mmpose AP-10K settings, the authors').
-BOX_PADDING = 1.25            # box -> crop: filled to the input aspect ratio, then x1.25
-BOX_JITTER_PROB = 0.3         # training box centre moves with probability 0.3 ...
-BOX_JITTER = 0.4              # ... by 0.4 * (U(0, 1) - 0.5) * (w, h): up to +-0.2 w / h
-FLIP_PROB = 0.5
-HALF_BODY_PROB = 0.3
-HALF_BODY_MIN_KEYPOINTS = 8   # half-body only when MORE than this many keypoints are labeled
-HALF_BODY_PADDING = 1.5
-SCALE_SIGMA = 0.5             # scale factor ~ N(1, 0.5) clipped to [0.5, 1.5]
-ROT_SIGMA = 40.0              # rotation ~ N(0, 40) deg clipped to [-80, 80] ...
-ROT_PROB = 0.6                # ... applied with probability 0.6
-TARGET_SIGMA = 2.0            # Gaussian target sigma in heatmap pixels
-
-
-# ---------------------------------------------------------------- geometry (pure numpy)
-
-def box_to_center_scale(box, aspect_ratio, padding=BOX_PADDING):
-    """COCO box [x, y, w, h] -> center (2,) and scale (2,) = (w, h) of the padded box in pixels.
-
-    The box is first enlarged (never shrunk) to `aspect_ratio` = input width / height, then
-    multiplied by `padding`.
-    """
-    x, y, w, h = [float(v) for v in box[:4]]
-    center = np.array([x + 0.5 * w, y + 0.5 * h])
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    else:
-        w = h * aspect_ratio
-    return center, np.array([w, h]) * padding
-
-
-def get_affine_transform(center, scale, rot_deg, output_size, inv=False):
-    """(2, 3) affine taking image pixels to output pixels (or back with inv=True).
-
-    The output, of size output_size = (H, W), shows the box of size `scale` (w, h) around
-    `center`, rotated by `rot_deg` counter-clockwise as displayed (as cv2.getRotationMatrix2D):
-        out = S R (p - center) + (W/2, H/2),   S = diag(W / scale_w, H / scale_h).
-    """
-    H, W = output_size
-    t = np.deg2rad(rot_deg)
-    R = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
-    A = np.diag([W / scale[0], H / scale[1]]) @ R                  # (2, 2)
-    M = np.eye(3)
-    M[:2, :2] = A
-    M[:2, 2] = np.array([W / 2.0, H / 2.0]) - A @ np.asarray(center, dtype=np.float64)
-    if inv:
-        M = np.linalg.inv(M)
-    return M[:2].copy()
-
-
-def affine_points(points, M):
-    """Apply a (2, 3) affine to points (N, 2) -> (N, 2)."""
-    points = np.asarray(points, dtype=np.float64)
-    return points @ M[:, :2].T + M[:, 2]
-
-
-def flip_permutation(num_keypoints, flip_pairs):
-    """perm (K,) with perm[a] = b and perm[b] = a for each pair: flipped[k] = original[perm[k]]."""
-    perm = np.arange(num_keypoints)
-    for a, b in flip_pairs:
-        perm[a], perm[b] = b, a
-    return perm
-
-
-def flip_back_heatmaps(heatmaps, flip_pairs, shift=True):
-    """Flip test: heatmaps (N, K, h, w) predicted on mirrored crops -> the unmirrored frame.
-
-    Mirrors along w and swaps left/right channels. Mirroring the 256-wide input maps x_in to
-    255 - x_in, i.e. heatmap x to 63.75 - x, while mirroring the heatmap maps x to 63 - x:
-    the flipped-back map sits (stride - 1) / stride = 0.75 px left of the truth. shift=True
-    moves it one pixel right (the SimpleBaseline correction; column 0 keeps its value).
-    """
-    perm = flip_permutation(heatmaps.shape[1], flip_pairs)
-    out = np.ascontiguousarray(heatmaps[..., ::-1][:, perm])
-    if shift:
-        out[..., 1:] = out[..., :-1].copy()
-    return out
-
-
-def encode_heatmaps(keypoints_hm, labeled, heatmap_size, sigma=TARGET_SIGMA):
-    """Gaussian targets (mmpose's TopDownGenerateTarget, MSRA): keypoints (K, 2) in heatmap
-    pixels -> target (K, h, w) float32, weight (K,) float32; heatmap_size = (h, w).
-
-    The centre is rounded to the nearest heatmap pixel, mu = floor(x + 0.5), and
-        target_k(x, y) = exp(-((x - mu_x)^2 + (y - mu_y)^2) / (2 sigma^2))
-    inside the (2r + 1)^2 window |x - mu_x| <= r, |y - mu_y| <= r, r = int(3 sigma) (13 x 13
-    for sigma 2), 0 outside it (peak 1, unnormalised). weight_k = 0 (and target 0) for
-    unlabeled keypoints and when the window misses the heatmap entirely; a window partly
-    inside keeps weight 1. Differences from mmpose, both only for keypoints more than half a
-    pixel left of / above the heatmap: mmpose's int(x + 0.5) truncates toward zero (centre
-    one pixel further right / down), and its test `br < 0` keeps weight 1 (with an all-zero
-    target) for a window that ends exactly one pixel before column / row 0.
-    """
-    h, w = heatmap_size
-    mu = np.floor(np.asarray(keypoints_hm, dtype=np.float64) + 0.5).astype(np.int64)  # (K, 2)
-    r = int(3 * sigma)
-    reaches = ((mu[:, 0] + r >= 0) & (mu[:, 0] - r <= w - 1)
-               & (mu[:, 1] + r >= 0) & (mu[:, 1] - r <= h - 1))
-    weight = (np.asarray(labeled) > 0) & reaches                                   # (K,)
-    dx = (np.arange(w)[None] - mu[:, :1]).astype(np.float32)                       # (K, w)
-    dy = (np.arange(h)[None] - mu[:, 1:]).astype(np.float32)                       # (K, h)
-    gx = np.where(np.abs(dx) <= r, np.exp(-dx ** 2 / np.float32(2 * sigma ** 2)), 0)
-    gy = np.where(np.abs(dy) <= r, np.exp(-dy ** 2 / np.float32(2 * sigma ** 2)), 0)
-    target = gy[:, :, None] * gx[:, None, :] * weight[:, None, None]               # (K, h, w)
-    return target.astype(np.float32), weight.astype(np.float32)
-
-
-def decode_heatmaps(heatmaps):
-    """heatmaps (N, K, h, w) -> coords (N, K, 2) in heatmap pixels, maxvals (N, K).
-
-    Argmax, then a quarter-pixel step toward the higher neighbour on each axis (where both
-    neighbours exist; SimpleBaseline required 1 < x < w - 1, which skipped column 1).
-    """
-    N, K, h, w = heatmaps.shape
-    flat = heatmaps.reshape(N, K, h * w)
-    idx = flat.argmax(axis=2)                                   # (N, K)
-    maxvals = np.take_along_axis(flat, idx[..., None], 2)[..., 0]
-    x, y = idx % w, idx // w
-
-    def at(xx, yy):
-        pos = np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)
-        return np.take_along_axis(flat, pos[..., None], 2)[..., 0]
-
-    dx = np.where((x > 0) & (x < w - 1), np.sign(at(x + 1, y) - at(x - 1, y)), 0) * 0.25
-    dy = np.where((y > 0) & (y < h - 1), np.sign(at(x, y + 1) - at(x, y - 1)), 0) * 0.25
-    coords = np.stack([x + dx, y + dy], axis=-1).astype(np.float32)  # (N, K, 2)
-    return coords, maxvals
-
-
-def heatmap_to_image(coords, center, scale, heatmap_size):
-    """Heatmap coords (N, K, 2) -> image coords (N, K, 2) for crops with rotation 0.
-
-    heatmap_size = (h, w). Equals affine_points(coords[n], get_affine_transform(center[n],
-    scale[n], 0, heatmap_size, inv=True)): x_img = x_hm * scale_w / w + center_x - scale_w / 2.
-    """
-    center = np.asarray(center, dtype=np.float64).reshape(-1, 1, 2)
-    scale = np.asarray(scale, dtype=np.float64).reshape(-1, 1, 2)
-    size = np.array([heatmap_size[1], heatmap_size[0]], dtype=np.float64)  # (w, h)
-    return np.asarray(coords, dtype=np.float64) * scale / size + center - scale / 2
-
-
-# ---------------------------------------------------------------- left/right flip pairs
-
-# A name is cut into words at separators, lower->upper case changes and letter<->digit
-# changes: "forelegL1" -> foreleg L 1, "L_EarBase" -> L Ear Base, "Lip" -> Lip.
-_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+|[^\W\d_]+")
-_SIDE = {"left": "<L>", "right": "<R>", "l": "<L>", "r": "<R>"}
-_MIRROR = {"<L>": "<R>", "<R>": "<L>"}
-PAIRS_HELP = ('give the pairs in the json category ("flip_pairs": [[i, j], ...], 0-based '
-              'indices or names; [] if no name is sided), or with --flip-pairs "i,j;k,l", or '
-              'turn flipping off with --no-flip')
-
-
-def side_key(name):
-    """A keypoint name -> (words with side markers '<L>'/'<R>', how sure: 'word', 'inside' or None).
-
-    'word': a whole word left/right/L/R in any case ("L_Eye", "eyeR", "forelegL1",
-    "Eye_Left") or a word starting with left/right ("leftear"). 'inside': left/right inside a
-    word ("frontleftpaw", "earright"; also "bright", hence only paired, never an error).
-    Near/Off (Horse-10: nearer / farther from the camera) are not sides: a flip keeps them.
-    """
-    words, sure = [], None
-    for word in _WORD.findall(name):
-        low = word.lower()
-        start = re.fullmatch(r"(left|right)([a-z]+)", low)
-        if low in _SIDE:
-            words, sure = words + [_SIDE[low]], "word"
-        elif start:
-            words, sure = words + [_SIDE[start[1]], start[2]], "word"
-        else:
-            words.append(low)
-    if sure:
-        return tuple(words), sure
-    inside = [_SIDE.get(p, p) for w in words for p in re.split(r"(left|right)", w) if p]
-    if any(p in _MIRROR for p in inside):
-        return tuple(inside), "inside"
-    return tuple(words), None
-
-
-def derive_flip_pairs(keypoint_names, require_partners=True):
-    """Left/right pairs (i, j), i < j, sorted: names that are each other's mirror by side_key.
-
-    require_partners: a name with a whole-word side ('word') and no partner raises ValueError (its
-    flip would teach the wrong side); otherwise such names stay unpaired.
-    """
-    keys = [side_key(n) for n in keypoint_names]
-    index = {}
-    for i, (key, sure) in enumerate(keys):
-        if sure and key in index:
-            raise ValueError(f"keypoint names {keypoint_names[index[key]]!r} and "
-                             f"{keypoint_names[i]!r} read as the same name; rename one")
-        if sure:
-            index[key] = i
-    pairs, unpaired = [], []
-    for i, (key, sure) in enumerate(keys):
-        j = index.get(tuple(_MIRROR.get(t, t) for t in key)) if sure else None
-        if j is not None and i < j:
-            pairs.append((i, j))
-        elif j is None and sure == "word":
-            unpaired.append(keypoint_names[i])
-    if unpaired and require_partners:
-        raise ValueError(f"keypoint name(s) {unpaired} look left/right-sided but have no "
-                         f"partner on the other side; {PAIRS_HELP}")
-    return sorted(pairs)
-
-
-def check_flip_pairs(pairs, keypoint_names, where):
-    """Validate pairs of 0-based indices or names (compared after trimming whitespace) ->
-    sorted [(i, j)] with i < j; ValueError naming `where` (a file and field, or a flag)."""
-    names = [n.strip() for n in keypoint_names]
-    out, used = [], set()
-    if not isinstance(pairs, (list, tuple)):
-        raise ValueError(f"{where}: flip pairs must be a list of [i, j] pairs, got {pairs!r}")
-    for pair in pairs:
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f"{where}: each flip pair needs exactly two keypoints, got {pair!r}")
-        ids = []
-        for v in pair:
-            if isinstance(v, str) and v.strip() in names:
-                ids.append(names.index(v.strip()))
-            elif isinstance(v, (int, np.integer)) and not isinstance(v, bool) \
-                    and 0 <= v < len(names):
-                ids.append(int(v))
-            else:
-                raise ValueError(f"{where}: {v!r} is neither a keypoint name nor a 0-based index "
-                                 f"0..{len(names) - 1}; the keypoints are {list(keypoint_names)}")
-        if ids[0] == ids[1] or used & set(ids):
-            raise ValueError(f"{where}: pair {pair!r} repeats a keypoint (each keypoint may be in "
-                             "one pair, with another keypoint)")
-        used |= set(ids)
-        out.append(tuple(sorted(ids)))
-    return sorted(out)
-
-
-def parse_flip_pairs(spec, keypoint_names):
-    """The value of `--flip-pairs`, "a,b;c,d", each a keypoint name or a 0-based index
-    (an all-digit item is an index), -> sorted [(i, j)]. "" gives no pairs."""
-    pairs = []
-    for item in spec.split(";"):
-        if item.strip():
-            parts = [p.strip() for p in item.split(",")]
-            pairs.append([int(p) if p.isdigit() else p for p in parts])
-    return check_flip_pairs(pairs, keypoint_names, "--flip-pairs")
-
-
-# ---------------------------------------------------------------- the json: reading and validation
-
-def read_json(path, what="file"):
-    """json.load with errors that name the file (and the line, for malformed json)."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed json at line {e.lineno} column {e.colno}: {e.msg}") from e
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read {what} {path}: {e.strerror}") from e
+from files import read_json
+from keypoints import check_flip_pairs, check_sigmas, keypoint_metadata
+from transforms import NORMALIZATION, TopDownTransform, box_to_center_scale
 
 
 def load_coco_json(path):
@@ -459,22 +135,6 @@ def category_field(cats, field, path):
     return given[0][field] if given else None
 
 
-def check_sigmas(sigmas, num_keypoints, where):
-    """OKS sigmas -> float64 (K,): K finite positive numbers, else ValueError naming `where`."""
-    if isinstance(sigmas, str):
-        sigmas = [s for s in sigmas.split(",") if s.strip()]
-    try:
-        array = np.asarray(sigmas, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: sigmas must be {num_keypoints} numbers, got {sigmas!r}") from None
-    if array.shape != (num_keypoints,):
-        raise ValueError(f"{where}: sigmas has shape {array.shape}, the data has {num_keypoints} "
-                         "keypoints (one sigma per keypoint)")
-    if not (np.isfinite(array).all() and (array > 0).all()):
-        raise ValueError(f"{where}: sigmas must be finite and > 0, got {array.tolist()}")
-    return array
-
-
 def read_keypoint_set(data, path):
     """The categories' keypoint set -> dict(names, category_ids, skeleton (0-based pairs), and the
     optional json fields keypoint_prompts, flip_pairs, sigmas, validated; None when absent)."""
@@ -511,54 +171,6 @@ def read_keypoint_set(data, path):
         flip_pairs=None if pairs is None else check_flip_pairs(pairs, names, f"{path}: 'flip_pairs'"),
         sigmas=None if sigmas is None else check_sigmas(
             finite_numbers(sigmas, K, f"{path}: category {cats[0]['id']}", "sigmas"), K, path))
-
-
-def prompt_texts_for(keypoint_names, keypoint_prompts=None):
-    """The text of each keypoint for its prompt (Eq. 2): the json's `keypoint_prompts` if
-    given, the authors' words for AP-10K ('tail root' for root_of_tail), else the names with
-    '_' -> ' '."""
-    if keypoint_prompts is not None:
-        return list(keypoint_prompts)
-    known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == list(keypoint_names)), {})
-    return list(known.get("prompts") or default_prompt_texts(keypoint_names))
-
-
-def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=True):
-    """prompt texts, flip pairs, OKS sigmas and the upper body for a keypoint set.
-
-    Each comes from (first that applies): the caller's argument, the json's category field,
-    the known set (AP-10K, COCO) with exactly these names, else the default: prompts = names
-    with '_' -> ' ', pairs derived from the names (an error when a side has no partner,
-    unless flip is False), sigma 0.05 with a warning. No half-body for unknown sets.
-    """
-    names = keypoint_set["names"]
-    known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == names), {})
-    prompts = prompt_texts_for(names, keypoint_set["prompts"])
-    if isinstance(flip_pairs, str):
-        pairs = parse_flip_pairs(flip_pairs, names)
-    elif flip_pairs is not None:
-        pairs = check_flip_pairs(flip_pairs, names, "flip_pairs")
-    elif keypoint_set["flip_pairs"] is not None:
-        pairs = keypoint_set["flip_pairs"]
-    elif known:
-        pairs = list(known["flip_pairs"])
-    else:
-        try:
-            pairs = derive_flip_pairs(names, require_partners=flip)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-    if sigmas is not None:
-        sigmas = check_sigmas(sigmas, len(names), path)
-    elif keypoint_set["sigmas"] is not None:
-        sigmas = keypoint_set["sigmas"]
-    elif known:
-        sigmas = known["sigmas"].copy()
-    else:
-        sigmas = np.full(len(names), DEFAULT_SIGMA)
-        warnings.warn(f"{path}: unknown keypoint set, using OKS sigma {DEFAULT_SIGMA} for every "
-                      "keypoint; give 'sigmas' in the json category or --sigmas for meaningful AP")
-    return dict(prompt_texts=prompts, flip_pairs=pairs, sigmas=sigmas,
-                upper_body=known.get("upper_body"))
 
 
 def load_detections(path, coco, score_threshold=0.0):
@@ -610,52 +222,11 @@ def check_detection(det, where, images):
             "bbox": bbox.tolist(), "score": score}
 
 
-# ---------------------------------------------------------------- records
-
-def jpeg_is_truncated(data):
-    """True when JPEG bytes have no end-of-image marker (FFD9) after the last start-of-scan (FFDA).
-
-    libjpeg decodes such files with a warning and grey fill; FFDA/FFD9 cannot occur inside
-    entropy-coded data, and EXIF thumbnails sit before the main scan.
-    """
-    sos = data.rfind(b"\xff\xda")
-    return sos < 0 or data.find(b"\xff\xd9", sos) < 0
-
-
-def read_image(path, reduce=1, context=""):
-    """Decode an image file -> (uint8 BGR (H, W, 3), reduction used).
-
-    Grey, RGBA (alpha dropped), palette and 16-bit images are converted to 8-bit colour.
-    reduce in (1, 2, 4, 8) decodes a JPEG at 1/reduce size with libjpeg's DCT scaling (other
-    formats always decode at full size); reduced pixel x covers original pixels
-    [r x, r x + r - 1], so its centre is r x + (r - 1) / 2. EXIF orientation is ignored:
-    annotations refer to the stored pixels (the caller checks the size against the json).
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read image {path}{context}: {e.strerror}") from e
-    if not data:
-        raise ValueError(f"image file {path} is empty (0 bytes){context}")
-    is_jpeg = data[:2] == b"\xff\xd8"
-    if is_jpeg and jpeg_is_truncated(data):
-        raise ValueError(f"truncated JPEG {path}{context}")
-    reduce = reduce if is_jpeg else 1
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-             8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise ValueError(f"cannot decode image {path}{context} ({len(data)} bytes)")
-    return image, reduce
-
-
-def clip_box(bbox, image):
-    """COCO box [x, y, w, h] clipped to the image -> [x, y, w, h] (w or h <= 0: nothing left)."""
+def clip_box(bbox, width, height):
+    """COCO box [x, y, w, h] clipped to a width x height image (w or h <= 0: nothing left)."""
     x, y, w, h = [float(v) for v in bbox]
     x1, y1 = max(x, 0.0), max(y, 0.0)
-    x2, y2 = min(x + w, float(image["width"])), min(y + h, float(image["height"]))
-    return [x1, y1, x2 - x1, y2 - y1]
+    return [x1, y1, min(x + w, float(width)) - x1, min(y + h, float(height)) - y1]
 
 
 def skip_reason(ann, image, keypoint_category_ids, train):
@@ -669,7 +240,7 @@ def skip_reason(ann, image, keypoint_category_ids, train):
         return "image size 0"
     if not (np.asarray(ann["keypoints"][2::3]) > 0).any():
         return "no labeled keypoint"
-    _, _, w, h = clip_box(ann["bbox"], image)
+    _, _, w, h = clip_box(ann["bbox"], image["width"], image["height"])
     if w <= 0 or h <= 0:
         return "zero-area box"
     if not train and ann["num_keypoints"] == 0:
@@ -707,7 +278,7 @@ def ground_truth_records(coco, image_dir, keypoint_category_ids, num_keypoints, 
             if scored_by_cocoeval(ann, keypoint_category_ids):
                 unpredictable.append(ann_id)
             continue
-        box = clip_box(ann["bbox"], image)
+        box = clip_box(ann["bbox"], image["width"], image["height"])
         clipped += box != [float(v) for v in ann["bbox"]]
         keypoints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(num_keypoints, 3)
         records.append(make_record(image, image_dir, box, aspect_ratio, ann_id=int(ann_id),
@@ -727,7 +298,7 @@ def detection_records(boxes, coco, image_dir, keypoint_category_ids, num_keypoin
             raise ValueError(f"boxes[{n}]: category_id {det['category_id']} is not a keypoint "
                              f"category {sorted(keypoint_category_ids)} (see load_detections)")
         image = coco.imgs[det["image_id"]]
-        box = clip_box(det["bbox"], image)
+        box = clip_box(det["bbox"], image["width"], image["height"])
         if image["width"] <= 0 or image["height"] <= 0 or box[2] <= 0 or box[3] <= 0:
             skipped["detection with no area in the image"] += 1
             continue
@@ -798,126 +369,6 @@ def skip_line(name, mode, kept, skipped, clipped, removed=0, few_shot=None, unit
         line += f", few-shot {few_shot} images"
     return line
 
-
-# ---------------------------------------------------------------- per-sample transform
-
-def jitter_box_center(center, box_wh, rng):
-    """Training box jitter (the authors' `_xywh2cs`): with probability 0.3 the centre moves by
-    0.4 * (u - 0.5) * (w, h) of the box, u ~ U(0, 1) per axis, i.e. up to +-0.2 of its width /
-    height; the scale stays. Drawn here for every sample; the authors draw it once when the
-    annotations are loaded, so there each instance keeps one jittered box for all epochs."""
-    if rng.random() < BOX_JITTER_PROB:
-        return center + BOX_JITTER * (rng.random(2) - 0.5) * np.asarray(box_wh, dtype=np.float64)
-    return center
-
-
-def half_body_box(keypoints, labeled, upper_ids, aspect_ratio, rng):
-    """Half-body augmentation: center, scale of the upper or lower body (fair coin), or None.
-
-    Upper body: the labeled keypoints in upper_ids; lower body: every other labeled keypoint
-    (mmpose's rule). Uses the chosen half (the other one if the chosen has <= 2 points);
-    box = their extent filled to the aspect ratio and padded x1.5, center = their mean.
-    """
-    upper = [i for i in range(len(labeled)) if labeled[i] and i in upper_ids]
-    lower = [i for i in range(len(labeled)) if labeled[i] and i not in upper_ids]
-    chosen = upper if (rng.random() < 0.5 and len(upper) > 2) else (lower if len(lower) > 2 else upper)
-    if len(chosen) < 2:
-        return None
-    pts = keypoints[chosen, :2]
-    w, h = pts.max(0) - pts.min(0)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    else:
-        w = h * aspect_ratio
-    return pts.mean(0), np.array([w, h]) * HALF_BODY_PADDING
-
-
-class TopDownTransform:
-    """Record -> network input and targets: one bilinear warp of the (augmented) box onto the
-    (H, W) input, normalisation, and Gaussian targets at the (h, w) heatmap."""
-
-    def __init__(self, image_size, heatmap_size, normalize, flip_pairs, upper_body, flip):
-        if normalize not in NORMALIZATION:
-            raise ValueError(f"normalize must be one of {sorted(NORMALIZATION)}, got {normalize!r}")
-        for name, size in (("image_size", image_size), ("heatmap_size", heatmap_size)):
-            if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
-                raise ValueError(f"{name} must be (H, W), two positive integers, got {size!r}")
-        self.image_size = tuple(int(v) for v in image_size)       # (H, W)
-        self.heatmap_size = tuple(int(v) for v in heatmap_size)   # (h, w)
-        self.aspect_ratio = self.image_size[1] / self.image_size[0]   # W / H
-        mean, std = NORMALIZATION[normalize]
-        self._scale = (1.0 / (np.array(std) * 255)).astype(np.float32)  # RGB: (x / 255 - mean) / std
-        self._offset = (np.array(mean) / np.array(std)).astype(np.float32)
-        self.flip_pairs, self.upper_body, self.flip = flip_pairs, upper_body, flip
-
-    def random_augmentation(self, rec, rng):
-        """Training augmentation (center, scale, rot_deg, flip) for one record, in mmpose's order:
-        box jitter, half-body, scale, rotation, flip."""
-        center, scale = jitter_box_center(rec["center"], rec["box"][2:], rng), rec["scale"]
-        labeled = rec["keypoints"][:, 2] > 0
-        if (self.upper_body is not None and labeled.sum() > HALF_BODY_MIN_KEYPOINTS
-                and rng.random() < HALF_BODY_PROB):
-            half = half_body_box(rec["keypoints"], labeled, self.upper_body, self.aspect_ratio, rng)
-            if half is not None:
-                center, scale = half
-        scale = scale * np.clip(rng.normal(1.0, SCALE_SIGMA), 1 - SCALE_SIGMA, 1 + SCALE_SIGMA)
-        rot = 0.0
-        if rng.random() < ROT_PROB:
-            rot = float(np.clip(rng.normal(0.0, ROT_SIGMA), -2 * ROT_SIGMA, 2 * ROT_SIGMA))
-        return center, scale, rot, bool(rng.random() < FLIP_PROB) and self.flip
-
-    def warp_image(self, rec, M, scale, context):
-        """The record's image through the (3, 3) affine M -> (3, H, W) normalised RGB float32.
-
-        JPEGs are decoded at 1/2, 1/4 or 1/8 resolution when the crop still gets at least one
-        source pixel per output pixel."""
-        H, W = self.image_size
-        reduce = max([r for r in (1, 2, 4, 8) if r <= min(scale[0] / W, scale[1] / H)] or [1])
-        source, reduce = read_image(rec["path"], reduce, context)
-        expect = (-(-rec["image_height"] // reduce), -(-rec["image_width"] // reduce))  # ceil
-        if source.shape[:2] != expect:
-            raise ValueError(f"image {rec['path']} is {source.shape[1]}x{source.shape[0]} at 1/{reduce} "
-                             f"but the json says {rec['image_width']}x{rec['image_height']}{context}")
-        S = np.array([[reduce, 0, (reduce - 1) / 2], [0, reduce, (reduce - 1) / 2], [0, 0, 1.0]])  # reduced -> full px
-        crop = cv2.warpAffine(source, (M @ S)[:2], (W, H), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        image = np.empty((3, H, W), np.float32)                   # (3, H, W) RGB, normalised
-        for c, channel in enumerate(cv2.split(crop)[::-1]):        # BGR -> RGB, contiguous planes
-            np.multiply(channel, self._scale[c], out=image[c])
-            image[c] -= self._offset[c]
-        return image
-
-    def __call__(self, rec, center=None, scale=None, rot_deg=0.0, flip=False, context=""):
-        """One sample with explicit augmentation (defaults: the record's box, no rotation/flip).
-
-        flip mirrors the crop (x_in -> W - 1 - x_in) and swaps left/right keypoints; it is
-        folded into the single warp."""
-        center = rec["center"] if center is None else np.asarray(center, dtype=np.float64)
-        scale = rec["scale"] if scale is None else np.asarray(scale, dtype=np.float64)
-        (H, W), (h, w) = self.image_size, self.heatmap_size
-        M = np.vstack([get_affine_transform(center, scale, rot_deg, self.image_size), [0, 0, 1]])
-        if flip:
-            M = np.array([[-1.0, 0, W - 1], [0, 1, 0], [0, 0, 1]]) @ M
-        image = self.warp_image(rec, M, scale, context)
-        kps = rec["keypoints"]
-        xy, labeled = affine_points(kps[:, :2], M[:2]), kps[:, 2] > 0
-        if flip:
-            perm = flip_permutation(len(kps), self.flip_pairs)
-            xy, labeled = xy[perm], labeled[perm]
-        xy_hm = np.where(labeled[:, None], xy / np.array([W / w, H / h]), 0.0).astype(np.float32)
-        target, weight = encode_heatmaps(xy_hm, labeled, self.heatmap_size)
-        return {
-            "image": image,                                            # (3, H, W) float32
-            "target": target,                                          # (K, h, w)
-            "target_weight": weight,                                   # (K,)
-            "keypoints": xy_hm,                                        # (K, 2) heatmap px; 0 where unlabeled
-            "image_id": rec["image_id"], "ann_id": rec["ann_id"], "category_id": rec["category_id"],
-            "center": center.astype(np.float32), "scale": scale.astype(np.float32),
-            "bbox_score": np.float32(rec["bbox_score"]),
-        }
-
-
-# ---------------------------------------------------------------- dataset
 
 class KeypointDataset(Dataset):
     """Top-down instances of a COCO-format keypoint file: one sample per ground-truth box
@@ -1040,8 +491,6 @@ class KeypointDataset(Dataset):
             return self.make_sample(index, *augmentation)
         return self.make_sample(index)
 
-
-# ---------------------------------------------------------------- loaders
 
 def default_workers(processes_per_node=1):
     """DataLoader workers per process: min(8, usable CPUs // processes per node), at least 0

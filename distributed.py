@@ -5,6 +5,7 @@ process group and goes through exactly the same code. Only rank 0 prints and wri
 Bad input ends in one line `error: ...` (exit 1), never a traceback (`run_cli`).
 """
 import argparse
+import math
 import os
 import signal
 import sys
@@ -76,6 +77,22 @@ def broadcast_object(obj):
     return box[0]
 
 
+def on_rank0(fn, *args):
+    """fn(*args) on rank 0 only; every rank gets its result, or raises its error, so that no
+    process waits for one that stopped (one process: fn(*args))."""
+    result = None
+    if is_main():
+        try:
+            result = (fn(*args), None)
+        except (OSError, ValueError) as e:
+            result = (None, f"{type(e).__name__}: {e}")
+    value, error = broadcast_object(result)
+    if error:
+        kind, message = error.split(": ", 1)
+        raise (OSError if kind in ("OSError", "FileNotFoundError", "PermissionError") else ValueError)(message)
+    return value
+
+
 def barrier():
     if is_distributed():
         dist.barrier()
@@ -118,3 +135,69 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or isinstance(action.default, bool):
             return action.help
         return super()._get_help_string(action)
+
+
+# ----------------------------------------------------------------------------- argument types
+def positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
+def non_negative_int(text):
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def number_list(kind):
+    def parse(text):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, "
+                                             f"got {text!r}") from None
+        if not values or (kind is float and not all(map(math.isfinite, values))):
+            raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
+        return values
+    return parse
+
+
+def n_ctx(text):
+    """Context vectors of Eq. 2: at least 1, and room left in CLIP's 77 text positions for
+    SOT, a few name tokens and EOT."""
+    value = positive(int)(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"{value} context vectors leave too few of CLIP's 77 "
+                                         f"text positions for the keypoint names (at most 64)")
+    return value
+
+
+def input_size(text):
+    """'256' -> [256, 256]; '256x192' -> [256, 192] (height x width), multiples of 32."""
+    try:
+        size = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        size = []
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) <= 0 or size[0] % 32 or size[1] % 32:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT[xWIDTH], positive multiples of 32 "
+                                         f"(the backbone stride), got {text!r}")
+    return size

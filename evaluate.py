@@ -10,89 +10,41 @@
 
 Top-down protocol of the paper (Sec. 4.1), as the authors ran it (mmpose): crop every box
 (ground truth, or detections), predict heatmaps averaged with those of the flipped crop (flip
-test), decode argmax plus a quarter-pixel shift, map back to the image. Instance score = box
-score x mean of the keypoint maxima above 0.2; then OKS-NMS at 0.9 among the instances of each
-image (mmpose does it even with ground-truth boxes). AP/AR are pycocotools' keypoint
-statistics with the run's own OKS sigmas (pycocotools silently uses the COCO *human* sigmas
-otherwise). PCK and pixel error compare each ground-truth box's prediction with that instance.
-The checkpoint is the config: the model, keypoints, flip pairs and sigmas come from it alone.
+test), decode with Eq. 1 and map back to the image. Instance score = box score x mean of the
+keypoint maxima above 0.2; then OKS-NMS at 0.9 among the instances of each image. AP/AR are
+pycocotools' keypoint statistics with the run's own OKS sigmas (pycocotools silently uses the
+COCO *human* sigmas otherwise). PCK and pixel error compare each ground-truth box's prediction
+with that instance. The checkpoint is the config: model, keypoints, flip pairs and sigmas.
 """
 import argparse
 import contextlib
 import io
-import itertools
-import json
-import math
 import os
-import sys
 import time
 from collections import defaultdict
 
-import cv2
 import numpy as np
 import torch
 from pycocotools.cocoeval import COCOeval
-from tqdm import tqdm
 
 import visualize
-from checkpoint import load_checkpoint, model_from_checkpoint
-from dataset import (NORMALIZATION, KeypointDataset, box_to_center_scale, decode_heatmaps,
-                     default_workers, flip_back_heatmaps, get_affine_transform,
-                     heatmap_to_image, load_coco_json, load_detections, make_loader,
-                     read_image, read_keypoint_set)
-from distributed import (HelpFormatter, all_gather_list, broadcast_object, cleanup,
-                         init_distributed, print0, run_cli)
-from losses import sample_keypoint_features, similarity_matrix
-from model import AMP_DTYPES, autocast
+from checkpoint import load_checkpoint
+from dataset import (KeypointDataset, clip_box, default_workers, load_coco_json, load_detections,
+                     make_loader, read_keypoint_set)
+from distributed import (HelpFormatter, all_gather_list, cleanup, finite_float, init_distributed,
+                         non_negative_int, on_rank0, positive, print0, run_cli)
+from files import claim_output_dir, write_json
+from keypoints import sigma_list
+from model import AMP_DTYPES
+from predict import (VIS_THRESHOLD, draw_context, predict_batches, predict_heatmaps,
+                     prepare_model, rounded_list, run_photos, run_video)
+from transforms import keypoints_from_heatmaps, read_image
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL"]
-VIS_THRESHOLD = 0.2       # maxima above this count towards the instance score (mmpose vis_thr)
+
 OKS_NMS_THRESHOLD = 0.9   # drop an instance whose OKS with a better one exceeds this (oks_thr)
+
 PCK_THRESHOLD = 0.2       # default --pck-threshold, a fraction of the box size
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-OUTPUT_FILES = ("metrics.json", "results.json", "photo_results.json", "photo_images.json", "vis")
-OUTPUT_SUFFIXES = ("_pose.mp4", "_keypoints.json")
-
-
-# ----------------------------------------------------------------------------- arguments
-def positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-    return parse
-
-
-def non_negative_int(text):
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return int(text)
-
-
-def finite_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def sigma_list(text):
-    values = [v for v in text.split(",") if v.strip()]
-    try:
-        values = [float(v) for v in values]
-    except ValueError:
-        values = []
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, one per "
-                                         f"keypoint, got {text!r}")
-    return values
 
 
 def get_args_parser():
@@ -156,53 +108,6 @@ def check_flag_combination(args):
     return "video" if args.video else "photos" if photos else "dataset"
 
 
-# ----------------------------------------------------------------------------- prediction
-@torch.no_grad()
-def predict_heatmaps(model, images, flip_pairs, flip, amp):
-    """Heatmaps of a batch of crops (B, 3, H, W) -> numpy (B, K, h, w) float32; with the flip
-    test averaged with the heatmaps of the mirrored crops, flipped back (pairs swapped, 1 px
-    shift: dataset.flip_back_heatmaps)."""
-    with autocast(images.device.type, amp):
-        heatmaps = model(images)["heatmaps"].float().cpu().numpy()
-        if flip:
-            mirrored = model(images.flip(3))["heatmaps"].float().cpu().numpy()
-            heatmaps = 0.5 * (heatmaps + flip_back_heatmaps(mirrored, flip_pairs))
-    return heatmaps
-
-
-def heatmaps_to_keypoints(heatmaps, center, scale):
-    """(B, K, h, w) heatmaps + crop boxes (center, scale (B, 2)) -> image keypoints (B, K, 3)
-    as [x, y, maxval] (argmax + quarter-pixel shift, then back through the crop's affine)."""
-    coords, maxvals = decode_heatmaps(heatmaps)                  # (B, K, 2), (B, K)
-    points = heatmap_to_image(coords, center, scale, heatmaps.shape[2:])   # (B, K, 2)
-    return np.concatenate([points, maxvals[..., None]], axis=2)
-
-
-def instance_scores(maxvals, box_scores):
-    """mmpose's rescoring: box score x mean of the keypoint maxima above VIS_THRESHOLD (0 when
-    none is). maxvals (B, K), box_scores (B,) -> (B,)."""
-    above = maxvals > VIS_THRESHOLD
-    mean = (maxvals * above).sum(1) / np.maximum(above.sum(1), 1)
-    return np.asarray(box_scores, np.float64) * mean
-
-
-def rounded_list(values):
-    """An array (keypoints (K, 3), a centre (2,)) -> a flat list rounded to 1/1000 px, as
-    COCO results store keypoints."""
-    return [round(float(v), 3) for v in np.asarray(values).reshape(-1)]
-
-
-def predict_batches(model, loader, flip_pairs, flip, amp, device, progress, desc):
-    """Yield (batch, keypoints (B, K, 3), scores (B,)) for every batch of a crop loader."""
-    model.eval()
-    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and sys.stderr.isatty()))
-    for batch in bar:
-        images = batch["image"].to(device, non_blocking=True)
-        heatmaps = predict_heatmaps(model, images, flip_pairs, flip, amp)
-        keypoints = heatmaps_to_keypoints(heatmaps, batch["center"].numpy(), batch["scale"].numpy())
-        yield batch, keypoints, instance_scores(keypoints[..., 2], batch["bbox_score"].numpy())
-
-
 def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
                     progress=False):
     """Every box of a KeypointDataset -> one prediction each, COCO results format plus
@@ -226,7 +131,6 @@ def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, r
     return [{k: v for k, v in r.items() if k != "index"} for r in results]
 
 
-# ----------------------------------------------------------------------------- OKS-NMS
 def oks_overlap(pose, others, area, other_areas, sigmas):
     """OKS of one pose (K, 3) with others (N, K, 3), as mmpose's oks_iou for NMS: every keypoint
     counts, the object scale is the mean of the two box areas:
@@ -266,7 +170,6 @@ def nms_per_image(results, sigmas, threshold=OKS_NMS_THRESHOLD):
     return [results[j] for j in sorted(kept)]
 
 
-# ----------------------------------------------------------------------------- metrics
 def coco_keypoint_eval(coco_gt, results, sigmas):
     """pycocotools keypoint evaluation with explicit OKS sigmas.
     Returns (stats {name: value}, per-category AP {category_id: AP or nan})."""
@@ -313,11 +216,8 @@ def matched_keypoints(results, coco):
     K = len(results[0]["keypoints"]) // 3 if results else 0
     pred = np.array([r["keypoints"] for r in rows], np.float64).reshape(len(rows), K, 3)
     gt = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(rows), K, 3)
-    box = np.zeros((len(rows), 2))
-    for n, a in enumerate(anns):
-        x, y, w, h = a["bbox"]
-        image = coco.imgs[a["image_id"]]
-        box[n] = (min(x + w, image["width"]) - max(x, 0), min(y + h, image["height"]) - max(y, 0))
+    box = np.array([clip_box(a["bbox"], coco.imgs[a["image_id"]]["width"],
+                             coco.imgs[a["image_id"]]["height"])[2:] for a in anns]).reshape(-1, 2)
     return pred[..., :2], gt[..., :2], gt[..., 2] > 0, box
 
 
@@ -417,100 +317,6 @@ def format_report(report, detail=True):
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- outputs
-def json_safe(value):
-    """Non-finite floats -> None, recursively, so the file is valid JSON (no NaN tokens)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(path, data, indent=None):
-    """Atomic json write (temporary file + os.replace): the file is complete or absent."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(json_safe(data), f, indent=indent, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def holds_outputs(path):
-    return any(f in OUTPUT_FILES or f.endswith(OUTPUT_SUFFIXES) for f in os.listdir(path))
-
-
-def claim_output_dir(base):
-    """`base`, or base-2, base-3, ...: the first that is new or holds no evaluation outputs,
-    so a second evaluation never overwrites the first. Returns the absolute path."""
-    base = os.path.abspath(base)
-    for n in itertools.count(1):
-        path = base if n == 1 else f"{base}-{n}"
-        try:
-            os.makedirs(path)
-            return path
-        except FileExistsError:
-            if os.path.isdir(path) and not holds_outputs(path):
-                return path
-        except OSError as e:
-            raise OSError(f"cannot create the output directory {path} ({e.strerror}); "
-                          f"choose another --output-dir") from None
-
-
-def output_dir_of_rank0(base, rank):
-    """Rank 0 claims the output directory; every rank gets its path (or its error, so that
-    no process waits for one that stopped)."""
-    claimed = None
-    if rank == 0:
-        try:
-            claimed = (claim_output_dir(base), None)
-        except OSError as e:
-            claimed = (None, str(e))
-    path, error = broadcast_object(claimed)
-    if error:
-        raise OSError(error)
-    return path
-
-
-# ----------------------------------------------------------------------------- figures
-def draw_context(ckpt, names_on):
-    """What every overlay needs from the checkpoint: skeleton, sides, names (or None)."""
-    names = ckpt["keypoint_names"]
-    return {"skeleton": ckpt["skeleton"], "names": names if names_on else None,
-            "sides": visualize.keypoint_sides(names, ckpt["flip_pairs"])}
-
-
-def unnormalize(image, normalize):
-    """(3, H, W) normalised float tensor -> (H, W, 3) uint8 BGR for drawing."""
-    mean, std = NORMALIZATION[normalize]
-    rgb = image.permute(1, 2, 0).cpu().numpy() * np.asarray(std) + np.asarray(mean)
-    return np.ascontiguousarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)[..., ::-1])
-
-
-@torch.no_grad()
-def paper_figures(model, item, heatmap_size, names, normalize, device):
-    """Fig. 3 (pixel-level score maps S, Eq. 3) and Fig. 2 (semantic matching M, Eq. 7) of one
-    dataset item; None for a figure the model has no input for (SimpleBaseline, no labels)."""
-    crop = torch.as_tensor(item["image"])[None].to(device)                   # (1, 3, H, W)
-    out = model(crop, return_extras=True)
-    fig3 = fig2 = None
-    if "score_map" in out:
-        fig3 = visualize.score_map_figure(unnormalize(crop[0], normalize),
-                                          out["score_map"][0].float().cpu().numpy(), names)
-    visible = np.asarray(item["target_weight"]) > 0                          # (K,)
-    if "dense" in out and visible.any():
-        keypoints = torch.as_tensor(item["keypoints"])[None].to(device)     # (1, K, 2)
-        features = sample_keypoint_features(out["dense"].float(), keypoints, heatmap_size)
-        M = similarity_matrix(features, out["prompts"].float())[0]          # (K, K), Eq. 7
-        fig2 = visualize.similarity_figure(M.cpu().numpy(), names, visible)
-    return fig3, fig2
-
-
 def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names_on):
     """For the first `count` boxes: the image with prediction and ground truth, and the
     paper's Fig. 2 and Fig. 3 of the crop. Files: vis/<image id>_<ann id or det#>_*.png."""
@@ -521,7 +327,7 @@ def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names
         item = dataset[index]
         batch = torch.utils.data.default_collate([item])
         heatmaps = predict_heatmaps(model, batch["image"].to(device), dataset.flip_pairs, flip, amp)
-        pred = heatmaps_to_keypoints(heatmaps, batch["center"].numpy(), batch["scale"].numpy())[0]
+        pred = keypoints_from_heatmaps(heatmaps, batch["center"].numpy(), batch["scale"].numpy())[0]
         image_id, ann_id = int(item["image_id"]), int(item["ann_id"])
         info = dataset.coco.imgs[image_id]
         image = read_image(os.path.join(dataset.image_dir, info["file_name"]))[0]
@@ -531,7 +337,7 @@ def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names
         stem = os.path.join(out_dir, "vis", f"{image_id}_{box}")
         visualize.write_image(stem + "_overlay.png", visualize.overlay(
             image, [pred], style["skeleton"], style["sides"], VIS_THRESHOLD, truth, style["names"]))
-        fig3, fig2 = paper_figures(model, item, tuple(cfg["heatmap_size"]),
+        fig3, fig2 = visualize.paper_figures(model, item, tuple(cfg["heatmap_size"]),
                                    ckpt["keypoint_names"], cfg["normalize"], device)
         if fig3 is not None:
             visualize.write_image(stem + "_scoremaps.png", fig3)
@@ -539,7 +345,6 @@ def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names
             visualize.write_image(stem + "_similarity.png", fig2)
 
 
-# ----------------------------------------------------------------------------- dataset mode
 def check_keypoints_match(ckpt_names, dataset_names, ann_file):
     if list(ckpt_names) != list(dataset_names):
         raise ValueError(
@@ -609,286 +414,6 @@ def run_dataset(model, ckpt, args, flip, device, rank, world, out_dir):
     return report
 
 
-# ----------------------------------------------------------------------------- own photos / video
-class CropDataset(torch.utils.data.Dataset):
-    """Crops of given boxes, same geometry and normalisation as evaluation. items: (source,
-    bbox [x, y, w, h], score) with source an image path or a BGR array (a video frame)."""
-
-    def __init__(self, items, image_size, normalize):
-        self.items, self.image_size = items, tuple(image_size)            # (H, W)
-        mean, std = NORMALIZATION[normalize]
-        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        source, bbox, score = self.items[i]
-        image = read_image(source)[0] if isinstance(source, str) else source
-        H, W = self.image_size
-        center, scale = box_to_center_scale(bbox, W / H)
-        M = get_affine_transform(center, scale, 0.0, (H, W))
-        crop = cv2.warpAffine(image, M, (W, H), flags=cv2.INTER_LINEAR)[..., ::-1]   # RGB
-        crop = (crop.astype(np.float32) / 255.0 - self.mean) / self.std
-        return {"image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
-                "center": torch.as_tensor(center, dtype=torch.float32),
-                "scale": torch.as_tensor(scale, dtype=torch.float32),
-                "bbox_score": torch.tensor(score, dtype=torch.float32)}
-
-
-def predict_crops(model, items, ckpt, flip, amp, device, batch_size, workers, progress=False):
-    """Keypoints (K, 3) and score of each (source, bbox, score) item, in order."""
-    cfg = ckpt["model_config"]
-    loader = make_loader(CropDataset(items, cfg["image_size"], cfg["normalize"]), batch_size,
-                         workers, shuffle=False, pin_memory=device.type == "cuda")
-    pairs = [tuple(p) for p in ckpt["flip_pairs"]]
-    out = []
-    for _, keypoints, scores in predict_batches(model, loader, pairs, flip, amp, device,
-                                                progress, "photos"):
-        out += [(k, float(s)) for k, s in zip(keypoints, scores)]
-    return out
-
-
-def check_box(entry, where, width, height):
-    """A user box: {"bbox": [x, y, w, h], "score": s (optional)} with finite numbers, positive
-    size and some area inside the width x height image -> (bbox, score)."""
-    bbox, score = entry.get("bbox"), entry.get("score", 1.0)
-    numbers = isinstance(bbox, list) and len(bbox) == 4 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
-    if not numbers:
-        raise ValueError(f"{where}: 'bbox' must be [x, y, w, h], 4 finite numbers, got {bbox!r}")
-    if not (isinstance(score, (int, float)) and math.isfinite(score) and score >= 0):
-        raise ValueError(f"{where}: 'score' must be a finite number >= 0, got {score!r}")
-    x, y, w, h = (float(v) for v in bbox)
-    if w <= 0 or h <= 0:
-        raise ValueError(f"{where}: box width and height must be positive, got {bbox}")
-    if min(x + w, width) <= max(x, 0) or min(y + h, height) <= max(y, 0):
-        raise ValueError(f"{where}: box {bbox} lies outside the {width}x{height} image")
-    return [x, y, w, h], float(score)
-
-
-def read_box_list(path):
-    try:
-        with open(path) as f:
-            entries = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--boxes {path}: could not be read as json ({e})") from e
-    if not (isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries)):
-        raise ValueError(f"--boxes {path}: expected a non-empty json list of objects")
-    return entries
-
-
-def list_images(paths):
-    files = []
-    for p in paths:
-        if os.path.isdir(p):
-            files += sorted(os.path.join(p, f) for f in os.listdir(p)
-                            if f.lower().endswith(IMAGE_EXTENSIONS))
-        elif os.path.isfile(p):
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"--images: {p!r} is neither a file nor a directory")
-    if not files:
-        raise ValueError(f"--images {' '.join(paths)}: no image files found "
-                         f"({', '.join(IMAGE_EXTENSIONS)})")
-    return files
-
-
-def photo_boxes(path, photos):
-    """--boxes for photos -> {photo index: [(bbox, score), ...]}. An entry's file_name may be
-    the path as listed, its absolute path, or the bare file name when that is unambiguous."""
-    lookup = defaultdict(set)
-    for i, p in enumerate(photos):
-        name = p["file_name"]
-        for key in (name, os.path.abspath(name), os.path.basename(name)):
-            lookup[key].add(i)
-    boxes = defaultdict(list)
-    for n, entry in enumerate(read_box_list(path)):
-        name = entry.get("file_name")
-        where = f"--boxes {path}, entry {n} ({name!r})"
-        match = lookup.get(name, set()) if isinstance(name, str) else set()
-        if len(match) != 1:
-            raise ValueError(f"{where}: " + ("no such photo among --images" if not match else
-                             "the name matches several photos; give the path as listed"))
-        i = match.pop()
-        boxes[i].append(check_box(entry, where, photos[i]["width"], photos[i]["height"]))
-    return boxes
-
-
-def overlay_names(photos):
-    """vis/<stem>_pose.png, with the image id added where two photos share a stem."""
-    stems = [os.path.splitext(os.path.basename(p["file_name"]))[0] for p in photos]
-    repeated = {s for s in stems if stems.count(s) > 1}
-    return [os.path.join("vis", f"{s}_{p['id']}_pose.png" if s in repeated else f"{s}_pose.png")
-            for s, p in zip(stems, photos)]
-
-
-def read_photos(paths):
-    """The photos of --images -> [{"id", "file_name" (as listed), "width", "height"}]; each is
-    decoded once here, so a truncated or unreadable file stops the run before any output."""
-    photos = []
-    for i, path in enumerate(list_images(paths)):
-        image = read_image(path)[0]
-        photos.append({"id": i + 1, "file_name": path, "width": image.shape[1],
-                       "height": image.shape[0]})
-    return photos
-
-
-def photo_crops(photos, boxes):
-    """The crops to predict: [(path, bbox, score)] and the photo index of each. With --boxes
-    exactly the given boxes (a photo without one gets no pose), else each whole photo."""
-    items, owner = [], []
-    for i, p in enumerate(photos):
-        whole = [([0.0, 0.0, float(p["width"]), float(p["height"])], 1.0)]
-        for bbox, score in (boxes.get(i, []) if boxes is not None else whole):
-            items.append((p["file_name"], bbox, score))
-            owner.append(i)
-    return items, owner
-
-
-def coco_categories(ckpt):
-    """The one category of own-photo results, naming the keypoints and the (1-based) skeleton."""
-    return [{"id": 1, "name": "instance", "keypoints": list(ckpt["keypoint_names"]),
-             "skeleton": [[a + 1, b + 1] for a, b in ckpt["skeleton"]]}]
-
-
-def run_photos(model, ckpt, args, flip, device, out_dir):
-    """Own photos -> photo_results.json (COCO keypoint results: image_id, file_name,
-    category_id 1, bbox, flat keypoints, score), photo_images.json (COCO images + the category
-    with the keypoint names: COCO(photo_images.json).loadRes(photo_results.json) works) and
-    one overlay per photo in vis/."""
-    photos = read_photos(args.images)
-    boxes = photo_boxes(args.boxes, photos) if args.boxes else None
-    items, owner = photo_crops(photos, boxes)
-    predictions = predict_crops(model, items, ckpt, flip, args.amp, device, args.batch_size,
-                                args.workers, progress=True)
-    results = [{"image_id": photos[i]["id"], "file_name": photos[i]["file_name"],
-                "category_id": 1, "bbox": item[1], "keypoints": rounded_list(keypoints),
-                "score": score} for i, item, (keypoints, score) in zip(owner, items, predictions)]
-    for p, name in zip(photos, overlay_names(photos)):
-        p["overlay"] = name
-    write_json(os.path.join(out_dir, "photo_results.json"), results)
-    write_json(os.path.join(out_dir, "photo_images.json"),
-               {"images": photos, "categories": coco_categories(ckpt)}, indent=1)
-    write_photo_overlays(photos, results, out_dir, draw_context(ckpt, args.vis_names))
-    without = len(photos) - len(set(owner))
-    print(f"{len(results)} instances in {len(photos)} images"
-          + (f" ({without} without a box in --boxes: no pose)" if without else "")
-          + f" -> {os.path.join(out_dir, 'photo_results.json')} (COCO results; keypoint names "
-            f"in photo_images.json), overlays in {os.path.join(out_dir, 'vis')}")
-
-
-def write_photo_overlays(photos, results, out_dir, style):
-    os.makedirs(os.path.join(out_dir, "vis"), exist_ok=True)
-    for p in photos:
-        poses = [np.reshape(r["keypoints"], (-1, 3)) for r in results if r["image_id"] == p["id"]]
-        image = visualize.overlay(read_image(p["file_name"])[0], poses, style["skeleton"],
-                                  style["sides"], VIS_THRESHOLD, names=style["names"])
-        visualize.write_image(os.path.join(out_dir, p["overlay"]), image)
-
-
-def open_video(path):
-    """-> (capture, fps (30 when the file states none), width, height, frame count as the
-    container states it (0: unknown))."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--video {path}: no such file")
-    capture = cv2.VideoCapture(path)
-    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    if not capture.isOpened() or width <= 0 or height <= 0:
-        raise ValueError(f"--video {path}: OpenCV cannot decode this file (codec or format)")
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    return capture, fps if math.isfinite(fps) and fps > 0 else 30.0, width, height, max(count, 0)
-
-
-def video_boxes(path, width, height, count):
-    """--boxes for a video: [{"frame": i (0-based), "bbox": [x, y, w, h], "score": s}, ...]
-    -> {frame: [(bbox, score), ...]}; frames without an entry get no prediction."""
-    boxes = defaultdict(list)
-    for n, entry in enumerate(read_box_list(path)):
-        frame = entry.get("frame")
-        where = f"--boxes {path}, entry {n} (frame {frame!r})"
-        if not (isinstance(frame, int) and not isinstance(frame, bool) and frame >= 0
-                and (count == 0 or frame < count)):
-            raise ValueError(f"{where}: 'frame' must be an integer in [0, {count or 'frames'})")
-        boxes[frame].append(check_box(entry, where, width, height))
-    return boxes
-
-
-def frame_chunks(capture, size):
-    """Lists of (index, frame) of at most `size` frames, in order."""
-    chunk = []
-    for index in itertools.count():
-        ok, frame = capture.read()
-        if not ok:
-            break
-        chunk.append((index, frame))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def predict_frames(model, ckpt, chunk, boxes, flip, amp, device):
-    """Pose for a chunk of frames -> one list per frame of (bbox, keypoints (K, 3), score):
-    the frame's --boxes, or the whole frame when there are none."""
-    items, owner = [], []
-    for n, (index, frame) in enumerate(chunk):
-        whole = [([0.0, 0.0, float(frame.shape[1]), float(frame.shape[0])], 1.0)]
-        for bbox, score in (boxes.get(index, []) if boxes is not None else whole):
-            items.append((frame, bbox, score))
-            owner.append(n)
-    predictions = predict_crops(model, items, ckpt, flip, amp, device, len(chunk),
-                                workers=0) if items else []
-    per_frame = [[] for _ in chunk]
-    for n, (_, bbox, _), (keypoints, score) in zip(owner, items, predictions):
-        per_frame[n].append((bbox, keypoints, score))
-    return per_frame
-
-
-def run_video(model, ckpt, args, flip, device, out_dir):
-    """Pose on every frame: <stem>_pose.mp4 (same size and fps, mp4v, poses drawn) and
-    <stem>_keypoints.json (keypoint names once, then per frame its instances)."""
-    capture, fps, width, height, count = open_video(args.video)
-    boxes = video_boxes(args.boxes, width, height, count) if args.boxes else None
-    stem = os.path.join(out_dir, os.path.splitext(os.path.basename(args.video))[0])
-    writer = cv2.VideoWriter(stem + "_pose.mp4", cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                             (width, height))
-    if not writer.isOpened():
-        raise OSError(f"cannot write {stem}_pose.mp4 (no mp4v encoder in this OpenCV?)")
-    style, frames = draw_context(ckpt, args.vis_names), []
-    bar = tqdm(total=count or None, unit="frame", disable=not sys.stderr.isatty())
-    try:
-        for chunk in frame_chunks(capture, args.batch_size):
-            for (index, frame), poses in zip(chunk, predict_frames(model, ckpt, chunk, boxes,
-                                                                   flip, args.amp, device)):
-                frames.append({"frame": index, "instances": [
-                    {"bbox": bbox, "score": score, "keypoints": rounded_list(keypoints)}
-                    for bbox, keypoints, score in poses]})
-                writer.write(visualize.overlay(frame, [k for _, k, _ in poses], style["skeleton"],
-                                               style["sides"], VIS_THRESHOLD,
-                                               names=style["names"], legend=False))
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        writer.release()
-        capture.release()
-    write_json(stem + "_keypoints.json", {
-        "video": os.path.abspath(args.video), "fps": fps, "width": width, "height": height,
-        "frames": len(frames), "keypoint_names": list(ckpt["keypoint_names"]),
-        "skeleton": ckpt["skeleton"], "predictions": frames})
-    print(f"{len(frames)} frames -> {stem}_pose.mp4 and {stem}_keypoints.json")
-
-
-# ----------------------------------------------------------------------------- main
-def prepare_model(ckpt, device, compile_model):
-    """The checkpoint's model on `device`, channels_last (faster convolutions), eval mode."""
-    model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last).eval()
-    return torch.compile(model) if compile_model else model
-
-
 def settings_from_run(args, ckpt):
     """Flags left unset take the run's values (--batch-size, --amp: the val AP of the log is
     reproduced exactly); the flip test needs flip pairs. Returns whether to flip-test."""
@@ -907,8 +432,8 @@ def main(args):
     ckpt = load_checkpoint(args.checkpoint)
     flip = settings_from_run(args, ckpt)
     model = prepare_model(ckpt, device, args.compile)
-    out_dir = output_dir_of_rank0(args.output_dir or os.path.join(
-        os.path.dirname(os.path.abspath(args.checkpoint)), "eval"), rank)
+    out_dir = on_rank0(claim_output_dir, args.output_dir or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)), "eval"))
     report = None
     if mode == "dataset":
         report = run_dataset(model, ckpt, args, flip, device, rank, world, out_dir)

@@ -16,16 +16,6 @@ import torch
 import torch.nn.functional as F
 
 
-def default_loss_weights(backbone, method, use_pixel):
-    """The (alpha1, alpha2) of Eq. 10 for a backbone / method: the authors' semantic weight
-    0.0005 and pixel weight 0.4 for ResNet-50, 2.0 for ViT-B; 0 for a term the model does
-    not have (both for the SimpleBaseline, alpha2 with the pixel branch off).
-    Returns {'alpha1': ..., 'alpha2': ...}."""
-    if method == "baseline":
-        return {"alpha1": 0.0, "alpha2": 0.0}
-    return {"alpha1": 0.0005, "alpha2": (2.0 if "vit" in backbone else 0.4) if use_pixel else 0.0}
-
-
 def heatmap_mse(heatmaps, target, target_weight):
     """Mean over (B, K, h, w) of ((pred - gt) * weight)^2 (mmpose's JointsMSELoss with
     target weights). heatmaps, target (B, K, h, w); target_weight (B, K) -> scalar (fp32)."""

@@ -22,7 +22,7 @@ import time
 import cv2
 import numpy as np
 
-from dataset import AP10K_KEYPOINTS, AP10K_SKELETON
+from keypoints import AP10K_KEYPOINTS, AP10K_SKELETON
 
 # id, name, family, body colour (BGR), pattern, body half-width, leg length, head length,
 # tail length (all in body lengths).

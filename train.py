@@ -11,6 +11,7 @@ The run directory and the checkpoint's fields are described in checkpoint.py. `-
 is per process: the paper's total batch 128 is 8 GPUs x 16.
 """
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -20,69 +21,23 @@ import time
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
-from checkpoint import (existing_run_files, git_commit, init_from, load_checkpoint, lock_run_dir,
-                        make_checkpoint, model_only, remove_stale_temporaries, save_checkpoint)
-from clip_text import load_clip_state_dict
+from checkpoint import (git_commit, init_from, make_checkpoint, model_only, open_run, resolve_args,
+                        resume_state, save_checkpoint)
 from dataset import KeypointDataset, default_workers, make_loader
 from distributed import (HelpFormatter, all_reduce_sum, barrier, cleanup, init_distributed,
-                         is_main, print0, run_cli)
+                         input_size, is_main, n_ctx, number_list, positive, print0,
+                         run_cli)
 from evaluate import evaluate_dataset, format_report
-from losses import default_loss_weights, total_loss
-from model import AMP_DTYPES, BACKBONES, METHODS, autocast, build_model, default_config
-from model import load_imagenet_resnet
+from files import append_line, read_lines, write_json
+from keypoints import sigma_list
+from losses import total_loss
+from model import (AMP_DTYPES, BACKBONES, METHODS, autocast, build_model, default_config,
+                   read_weights)
 from visualize import plot_training_curves
 
-# flags that may differ from the run's own when resuming (applied and recorded in args.json)
-RESUME_CHANGEABLE = ("resume", "epochs", "workers", "eval_interval", "eval_batch_size",
-                     "device", "compile", "output_dir")
-PATH_FLAGS = ("train_ann", "val_ann", "images", "val_images", "clip_weights",
-              "imagenet_weights", "init_from", "output_dir")
-
-
 # ----------------------------------------------------------------------------- arguments
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def n_ctx(text):
-    """Context vectors of Eq. 2: at least 1, and room left in CLIP's 77 text positions for
-    SOT, a few name tokens and EOT."""
-    value = positive_int(text)
-    if value > 64:
-        raise argparse.ArgumentTypeError(f"{value} context vectors leave too few of CLIP's 77 "
-                                         f"text positions for the keypoint names (at most 64)")
-    return value
-
-
-def input_size(text):
-    """'256' -> [256, 256]; '256x192' -> [256, 192] (height x width), multiples of 32."""
-    try:
-        size = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        size = []
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) <= 0 or size[0] % 32 or size[1] % 32:
-        raise argparse.ArgumentTypeError(f"expected HEIGHT[xWIDTH], positive multiples of 32 "
-                                         f"(the backbone stride), got {text!r}")
-    return size
-
-
-def number_list(kind):
-    def parse(text):
-        try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, "
-                                             f"got {text!r}") from None
-        if not values or (kind is float and not all(np.isfinite(values))):
-            raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
-        return values
-    return parse
 
 
 def get_args_parser():
@@ -93,11 +48,11 @@ def get_args_parser():
     g.add_argument("--val-ann", help="COCO-format keypoint json for validation (required)")
     g.add_argument("--images", help="directory the json file_names are relative to (required)")
     g.add_argument("--val-images", help="image directory of --val-ann (default: --images)")
-    g.add_argument("--few-shot", type=positive_int, metavar="K",
+    g.add_argument("--few-shot", type=positive(int), metavar="K",
                    help="train on K images per species (Tables 2 and 4: 20); default: all")
     g.add_argument("--few-shot-seed", type=int, default=0,
                    help="seed of the few-shot draw; the chosen image ids are saved in the run")
-    g.add_argument("--sigmas", type=number_list(float),
+    g.add_argument("--sigmas", type=sigma_list,
                    help="comma-separated OKS sigmas, one per keypoint (default: the json's "
                         "'sigmas', else AP-10K's / COCO's, else 0.05 each with a warning)")
     g.add_argument("--flip-pairs", help="left/right pairs 'a,b;c,d' by name or 0-based index "
@@ -146,8 +101,8 @@ def get_args_parser():
     g.add_argument("--alpha2", type=float, help="weight of L_pixel (default 0.4 ResNet-50, "
                                                 "2.0 ViT-B)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, default=210, help="total epochs")
-    g.add_argument("--batch-size", type=positive_int, default=16, help="batch size per process")
+    g.add_argument("--epochs", type=positive(int), default=210, help="total epochs")
+    g.add_argument("--batch-size", type=positive(int), default=16, help="batch size per process")
     g.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
     g.add_argument("--backbone-lr-mult", type=float,
                    help="lr multiplier of the image encoder (default 0.1 ViT-B, else 1)")
@@ -167,9 +122,9 @@ def get_args_parser():
     g.add_argument("--resume", help="RUN/last.pt: continue that run at its next epoch, every "
                                     "flag from it; 'auto': RUN/last.pt of --output-dir if any")
     g.add_argument("--seed", type=int, default=0, help="seed of everything random")
-    g.add_argument("--eval-interval", type=positive_int, default=10,
+    g.add_argument("--eval-interval", type=positive(int), default=10,
                    help="validate every N epochs (and after the last epoch)")
-    g.add_argument("--eval-batch-size", type=positive_int, default=32,
+    g.add_argument("--eval-batch-size", type=positive(int), default=32,
                    help="batch size of validation")
     g.add_argument("--no-flip-test", dest="flip_test", action="store_false",
                    help="validate without the flip test")
@@ -177,104 +132,7 @@ def get_args_parser():
     return p
 
 
-def given_flags(parser, argv):
-    """The dests of the flags written on the command line (not left at their default)."""
-    dests = set()
-    for token in argv:
-        action = parser._option_string_actions.get(token.split("=")[0])
-        if action is not None:
-            dests.add(action.dest)
-    return dests
-
-
-def resolve_args(parser, argv):
-    """Parse argv; with --resume, the run's own flags are the base and the given ones must
-    agree with them (or be RESUME_CHANGEABLE). Paths become absolute."""
-    args = parser.parse_args(argv)
-    given = given_flags(parser, argv)
-    if args.resume == "auto":
-        last = os.path.join(args.output_dir, "last.pt")
-        args.resume = last if os.path.exists(last) else None
-        if args.resume:
-            print0(f"--resume auto: continuing {last}")
-    if args.resume:
-        ckpt = load_checkpoint(args.resume, need_training_state=True)
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        if "output_dir" in given and os.path.abspath(args.output_dir) != run_dir:
-            raise ValueError(f"--resume {args.resume} continues the run in {run_dir}; it cannot "
-                             f"write into --output-dir {args.output_dir} (drop that flag)")
-        stored = ckpt["args"]
-        differ = sorted(k for k in given if k not in RESUME_CHANGEABLE
-                        and absolute(k, getattr(args, k)) != stored.get(k))
-        if differ:
-            raise ValueError(f"--resume {args.resume}: " + ", ".join(
-                f"--{k.replace('_', '-')} {getattr(args, k)!r} differs from the run's "
-                f"{stored.get(k)!r}" for k in differ) + "; drop those flags (only "
-                f"{', '.join('--' + k.replace('_', '-') for k in RESUME_CHANGEABLE[1:])} "
-                f"may change on resume)")
-        keep = {k: getattr(args, k) for k in given if k in RESUME_CHANGEABLE}
-        args = argparse.Namespace(**{**vars(parser.parse_args([])), **stored, **keep,
-                                     "resume": os.path.abspath(args.resume),
-                                     "output_dir": run_dir})
-    missing = [f"--{k.replace('_', '-')}" for k in ("train_ann", "val_ann", "images")
-               if not getattr(args, k)]
-    if missing:
-        raise ValueError(f"{' and '.join(missing)} required (or --resume RUN/last.pt)")
-    for k in PATH_FLAGS:
-        setattr(args, k, absolute(k, getattr(args, k)))
-    return args
-
-
-def absolute(dest, value):
-    return os.path.abspath(value) if dest in PATH_FLAGS and value else value
-
-
-# ----------------------------------------------------------------------------- run directory
-def open_run(args, world):
-    """Rank 0: lock the run directory (one run per directory), refuse to start over an
-    existing run, clean stale temporary files. Returns the lock (keep it) or None."""
-    if not is_main():
-        return None
-    lock = lock_run_dir(args.output_dir)
-    found = existing_run_files(args.output_dir)
-    if found and not args.resume:
-        raise ValueError(f"--output-dir {args.output_dir} already holds a run ({', '.join(found)}):"
-                         f" continue it with --resume {os.path.join(args.output_dir, 'last.pt')} "
-                         f"(or --resume auto), or choose another --output-dir")
-    remove_stale_temporaries(args.output_dir)
-    return lock
-
-
-def write_args(args, commit, world, model_cfg):
-    with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-        json.dump({"args": vars(args), "git_commit": commit, "world_size": world,
-                   "model_config": model_cfg}, f, indent=1)
-
-
 # ----------------------------------------------------------------------------- data and model
-def read_weights(backbone, method, clip_weights, imagenet_weights, random_init, small):
-    """The pre-trained state dicts the backbone / method needs -> (clip_sd, imagenet_sd)."""
-    needs_clip = backbone.startswith("clip") or method == "promptpose"
-    needs_imagenet = backbone == "imagenet-rn50"
-    if random_init:
-        if clip_weights or imagenet_weights:
-            raise ValueError("--random-init contradicts --clip-weights / --imagenet-weights")
-        print0("NOTE: --random-init: every weight is random (no CLIP / ImageNet pre-training); "
-               "results are not comparable to the paper")
-        return None, None
-    if small:
-        raise ValueError("--small builds a reduced architecture that pre-trained weights do not "
-                         "fit: add --random-init")
-    missing = [flag for flag, needed, given in (
-        ("--clip-weights RN50.pt/ViT-B-16.pt", needs_clip, clip_weights),
-        ("--imagenet-weights resnet50.pth", needs_imagenet, imagenet_weights)) if needed and not given]
-    if missing:
-        raise ValueError(f"--backbone {backbone} --method {method} needs {' and '.join(missing)} "
-                         f"(or --random-init to train from scratch)")
-    return (load_clip_state_dict(clip_weights) if needs_clip else None,
-            load_imagenet_resnet(imagenet_weights) if needs_imagenet else None)
-
-
 def model_config(args):
     """default_config of the backbone / method with the flags that override a default."""
     overrides = {k: getattr(args, k) for k in ("normalize", "drop_path", "n_ctx", "ctx_init_std")
@@ -305,13 +163,30 @@ def build_data(args, cfg):
     return train_set, val_set
 
 
+def default_loss_weights(backbone, method, use_pixel):
+    """The (alpha1, alpha2) of Eq. 10: the authors' semantic weight 0.0005 and pixel weight 0.4
+    for ResNet-50, 2.0 for ViT-B; 0 for a term the model does not have (both for the
+    SimpleBaseline, alpha2 with the pixel branch off). Returns {'alpha1', 'alpha2'}."""
+    if method == "baseline":
+        return {"alpha1": 0.0, "alpha2": 0.0}
+    return {"alpha1": 0.0005, "alpha2": (2.0 if "vit" in backbone else 0.4) if use_pixel else 0.0}
+
+
 def loss_weights(args, cfg):
-    """(alpha1, alpha2) of Eq. 10: the defaults of losses.default_loss_weights, overridden by
-    --alpha1 / --alpha2 where the term exists (never for SimpleBaseline / --no-pixel)."""
+    """(alpha1, alpha2) of Eq. 10: default_loss_weights, overridden by --alpha1 / --alpha2
+    where the term exists (never for SimpleBaseline / --no-pixel)."""
     alphas = default_loss_weights(cfg["backbone"], cfg["method"], cfg.get("use_pixel", False))
     alpha1 = alphas["alpha1"] if args.alpha1 is None or cfg["method"] == "baseline" else args.alpha1
     alpha2 = alphas["alpha2"] if args.alpha2 is None or alphas["alpha2"] == 0 else args.alpha2
     return alpha1, alpha2
+
+
+def backbone_lr_mult(args):
+    """The image encoder's lr factor: --backbone-lr-mult, else 0.1 for ViT-B (the paper's
+    5e-5 for the ViT-Base backbone at lr 5e-4), else 1."""
+    if args.backbone_lr_mult is not None:
+        return args.backbone_lr_mult
+    return 0.1 if args.backbone == "clip-vitb16" else 1.0
 
 
 def build_train_model(args, cfg, weights, train_set, device, world):
@@ -352,14 +227,6 @@ def param_groups(model, lr, weight_decay, backbone_mult):
     return list(groups.values())
 
 
-def backbone_lr_mult(args):
-    """The image encoder's lr factor: --backbone-lr-mult, else 0.1 for ViT-B (the paper's
-    5e-5 for the ViT-Base backbone at lr 5e-4), else 1."""
-    if args.backbone_lr_mult is not None:
-        return args.backbone_lr_mult
-    return 0.1 if args.backbone == "clip-vitb16" else 1.0
-
-
 def build_optimizer(model, lr, weight_decay, backbone_mult):
     return torch.optim.AdamW(param_groups(model, lr, weight_decay, backbone_mult), lr=lr)
 
@@ -392,23 +259,6 @@ def build_schedule(args, model, train_set, device, rank, world):
         len(loader), args.warmup_iters, args.warmup_ratio, args.lr_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     return optimizer, scheduler, scaler, loader, sampler, generator
-
-
-def resume_state(path, model, optimizer, scheduler, scaler):
-    """Load a full checkpoint into the run's objects -> (next epoch, best AP)."""
-    ckpt = load_checkpoint(path, need_training_state=True)
-    changed = sorted(k for k in set(model.cfg) | set(ckpt["model_config"])
-                     if model.cfg.get(k) != ckpt["model_config"].get(k))
-    if changed:
-        raise ValueError(f"--resume {path} was trained with a different model "
-                         f"({', '.join(changed)} differ)")
-    model.load_state_dict(ckpt["model"], strict=True)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    print0(f"resumed {path}: continuing at epoch {ckpt['epoch'] + 1}, best AP "
-           f"{ckpt['best_ap']:.4f}")
-    return ckpt["epoch"] + 1, ckpt["best_ap"]
 
 
 def wrap_model(model, args, alphas, device, local_rank, world):
@@ -458,22 +308,43 @@ def check_finite(loss, terms, batch, epoch, lr):
             f"use --amp bf16 instead of fp16")
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, alphas, logit_scale,
-                    device, epoch):
-    """One pass over the loader (`model` may be wrapped by DDP / torch.compile). Returns the
-    mean of each loss term over the epoch's samples, reduced across processes as sums and
-    counts. The loss is checked for NaN / inf every 50 steps and at the end (a host sync)."""
-    model.train()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, pred, pixel, semantic
-    count = torch.zeros(1, dtype=torch.float64, device=device)
+@dataclasses.dataclass
+class Run:
+    """What the epoch loop works with; `main` builds it step by step."""
+    args: argparse.Namespace
+    model: torch.nn.Module        # checkpoints and validation use the model itself ...
+    train_model: torch.nn.Module  # ... training steps its DDP / torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loader: torch.utils.data.DataLoader
+    sampler: object               # DistributedSampler, or None for one process
+    generator: torch.Generator    # the loader's shuffling
+    alphas: tuple                 # (alpha1, alpha2) of Eq. 10
+    train_set: object
+    val_set: object
+    device: torch.device
+    rank: int
+    world: int
+    commit: str
+
+
+def train_one_epoch(run, epoch):
+    """One pass over the loader. Returns the mean of each loss term over the epoch's samples,
+    reduced across processes as sums and counts. The loss is checked for NaN / inf every 50
+    steps and at the end (a host sync)."""
+    args, loader = run.args, run.loader
+    run.train_model.train()
+    sums = torch.zeros(4, dtype=torch.float64, device=run.device)  # total, pred, pixel, semantic
+    count = torch.zeros(1, dtype=torch.float64, device=run.device)
     batches = loader
     if is_main() and sys.stderr.isatty():  # a progress bar on a terminal, clean lines in a log
-        from tqdm import tqdm
         batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, mininterval=5)
     for i, batch in enumerate(batches):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-        loss, terms = train_step(model, batch, optimizer, scheduler, scaler, args.amp,
-                                 args.clip_grad, alphas, logit_scale)
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()
+                 if torch.is_tensor(v)}
+        loss, terms = train_step(run.train_model, batch, run.optimizer, run.scheduler, run.scaler,
+                                 args.amp, args.clip_grad, run.alphas, run.model.logit_scale)
         if i % 50 == 0 or i == len(loader) - 1:
             check_finite(loss, terms, batch, epoch, args.lr)
         n = batch["image"].shape[0]
@@ -484,11 +355,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, args, alphas, l
     return dict(zip(["loss", "pred", "pixel", "semantic"], mean))
 
 
-def validate(model, val_set, args, device, rank, world):
+def validate(run):
     """Val metrics for the log ('val_AP', ..., 'val_PCK', 'val_RMSE_px'); rank 0 prints."""
-    _, report = evaluate_dataset(model, val_set, batch_size=args.eval_batch_size,
+    args = run.args
+    _, report = evaluate_dataset(run.model, run.val_set, batch_size=args.eval_batch_size,
                                  workers=args.workers, flip=args.flip_test and args.flip,
-                                 amp=args.amp, device=device, rank=rank, world=world,
+                                 amp=args.amp, device=run.device, rank=run.rank, world=run.world,
                                  progress=is_main() and sys.stderr.isatty())
     if report is None:
         return {}
@@ -497,15 +369,15 @@ def validate(model, val_set, args, device, rank, world):
             "val_PCK": report["pck"], "val_RMSE_px": report["rmse_px"]}
 
 
-def save_epoch(args, model, val_set, optimizer, scheduler, scaler, epoch, best_ap, commit,
-               is_best, last):
+def save_epoch(run, epoch, best_ap, is_best, last):
     """last.pt (full) every epoch; best.pt on a new best val AP and final.pt after the last
     epoch, both model-only. The data fields are the validation set's (what val AP used);
     with --no-flip no flip pairs are stored, so evaluation runs no flip test either."""
+    args, val_set = run.args, run.val_set
     data_info = {"flip_pairs": val_set.flip_pairs if args.flip else [],
                  "skeleton": val_set.skeleton, "sigmas": val_set.sigmas}
-    ckpt = make_checkpoint(model, data_info, vars(args), epoch, best_ap, commit,
-                           optimizer, scheduler, scaler)
+    ckpt = make_checkpoint(run.model, data_info, vars(args), epoch, best_ap, run.commit,
+                           run.optimizer, run.scheduler, run.scaler)
     save_checkpoint(os.path.join(args.output_dir, "last.pt"), ckpt)
     if is_best:
         save_checkpoint(os.path.join(args.output_dir, "best.pt"), model_only(ckpt))
@@ -513,42 +385,38 @@ def save_epoch(args, model, val_set, optimizer, scheduler, scaler, epoch, best_a
         save_checkpoint(os.path.join(args.output_dir, "final.pt"), model_only(ckpt))
 
 
-def log_epoch(args, record):
-    path = os.path.join(args.output_dir, "log.jsonl")
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def log_epoch(output_dir, record):
+    """Append the epoch's record to log.jsonl, redraw curves.png after a validation, print."""
+    path = os.path.join(output_dir, "log.jsonl")
+    append_line(path, record)
     if "val_AP" in record:
-        with open(path) as f:
-            plot_training_curves([json.loads(line) for line in f],
-                                 os.path.join(args.output_dir, "curves.png"))
+        plot_training_curves(read_lines(path), os.path.join(output_dir, "curves.png"))
     print0(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in record.items() if not k.startswith("val_") or k == "val_AP"))
 
 
-def fit(args, model, train_model, loader, sampler, generator, optimizer, scheduler, scaler,
-        alphas, train_set, val_set, start_epoch, best_ap, device, rank, world, commit):
+def fit(run, start_epoch, best_ap):
     """The epoch loop: train, validate every --eval-interval epochs, checkpoint, log."""
+    args = run.args
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         # the epoch number seeds everything random in it, so a resumed run repeats it exactly
-        seed_everything(args.seed + 1000 * epoch + rank)
-        generator.manual_seed(args.seed + epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        record = {"epoch": epoch, **train_one_epoch(
-            train_model, loader, optimizer, scheduler, scaler, args, alphas, model.logit_scale,
-            device, epoch), "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"],
-            "train_time_s": round(time.time() - t0, 2)}
+        seed_everything(args.seed + 1000 * epoch + run.rank)
+        run.generator.manual_seed(args.seed + epoch)
+        if run.sampler is not None:
+            run.sampler.set_epoch(epoch)
+        record = {"epoch": epoch, **train_one_epoch(run, epoch),
+                  "lr": run.optimizer.param_groups[0]["lr"] / run.optimizer.param_groups[0]["lr_mult"],
+                  "train_time_s": round(time.time() - t0, 2)}
         last = epoch == args.epochs - 1
         if (epoch + 1) % args.eval_interval == 0 or last:
-            record.update(validate(model, val_set, args, device, rank, world))
+            record.update(validate(run))
         if is_main():
             ap = record.get("val_AP")
             is_best = ap is not None and ap > best_ap
             best_ap = ap if is_best else best_ap
-            save_epoch(args, model, val_set, optimizer, scheduler, scaler, epoch, best_ap,
-                       commit, is_best, last)
-            log_epoch(args, record)
+            save_epoch(run, epoch, best_ap, is_best, last)
+            log_epoch(args.output_dir, record)
         barrier()
     return best_ap
 
@@ -559,10 +427,7 @@ def main(args):
     rank, local_rank, world, device = init_distributed(args.device)
     if args.workers is None:
         args.workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    lock = open_run(args, world)  # noqa: F841 (held for the life of the run)
-    commit = git_commit()
-    print0(f"git commit {commit}; {world} process(es) on {device}\n"
-           f"{json.dumps(vars(args), indent=1)}")
+    lock = open_run(args)  # noqa: F841 (held for the life of the run)
     seed_everything(args.seed + rank)  # the model's initialisation
     cfg = model_config(args)
     weights = read_weights(args.backbone, args.method, args.clip_weights, args.imagenet_weights,
@@ -574,15 +439,20 @@ def main(args):
     start_epoch, best_ap = 0, -1.0
     if args.resume:
         start_epoch, best_ap = resume_state(args.resume, model, optimizer, scheduler, scaler)
+    commit = git_commit()
+    print0(f"git commit {commit}; {world} process(es) on {device}\n"
+           f"{json.dumps(vars(args), indent=1)}")
     if is_main():
-        write_args(args, commit, world, model.cfg)
+        write_json(os.path.join(args.output_dir, "args.json"), {
+            "args": vars(args), "git_commit": commit, "world_size": world,
+            "model_config": model.cfg}, indent=1)
         if train_set.few_shot_image_ids is not None:
-            with open(os.path.join(args.output_dir, "few_shot_image_ids.json"), "w") as f:
-                json.dump(train_set.few_shot_image_ids, f)
+            write_json(os.path.join(args.output_dir, "few_shot_image_ids.json"),
+                       train_set.few_shot_image_ids)
     train_model = wrap_model(model, args, alphas, device, local_rank, world)
-    best_ap = fit(args, model, train_model, loader, sampler, generator, optimizer, scheduler,
-                  scaler, alphas, train_set, val_set, start_epoch, best_ap, device, rank, world,
-                  commit)
+    run = Run(args, model, train_model, optimizer, scheduler, scaler, loader, sampler, generator,
+              alphas, train_set, val_set, device, rank, world, commit)
+    best_ap = fit(run, start_epoch, best_ap)
     print0(f"done: {os.path.join(args.output_dir, 'final.pt')} is the last epoch (what the "
            f"paper reports); {os.path.join(args.output_dir, 'best.pt')} has the best val AP "
            f"{best_ap:.4f} (selected on val)")

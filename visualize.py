@@ -6,7 +6,7 @@
   similarity_figure    paper Fig. 2: the semantic matching matrix M (Eq. 7)
   plot_training_curves curves.png: loss terms and val metrics over epochs (log.jsonl records)
 
-Nothing here runs a model: evaluate.py computes S and M and hands them over as arrays.
+`paper_figures` runs the model on one crop for S and M; everything else draws arrays.
 Sides come from the flip pairs (a flip swaps exactly the left/right keypoints); which member
 of a pair is the left one is read from the names (`left_eye`, `L_Eye`, `eyeL`, ...).
 """
@@ -15,6 +15,11 @@ import os
 
 import cv2
 import numpy as np
+import torch
+
+from files import atomic_file
+from losses import sample_keypoint_features, similarity_matrix
+from transforms import NORMALIZATION
 
 SIDE_COLOURS = {"left": (0, 150, 255), "right": (255, 150, 30), "centre": (230, 60, 230)}  # BGR
 GROUND_TRUTH_COLOUR = (255, 255, 255)  # white with a dark halo: visible on any background
@@ -26,15 +31,16 @@ COLOURMAP = cv2.COLORMAP_VIRIDIS
 
 # ----------------------------------------------------------------------------- files, text
 def write_image(path, image):
-    """cv2.imwrite through a temporary file and os.replace (a reader never sees half a PNG);
-    a failed write is an OSError naming the path."""
-    stem, ext = os.path.splitext(path)
-    tmp = f"{stem}.tmp{os.getpid()}{ext}"
-    if not cv2.imwrite(tmp, image):
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise OSError(f"could not write image {path} (directory missing or not writable?)")
-    os.replace(tmp, path)
+    """An image file (format from the extension) written atomically; a failed write is an
+    OSError naming the path."""
+    ok, data = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
+    if not ok:
+        raise OSError(f"could not encode image {path}")
+    try:
+        with atomic_file(path) as f:
+            f.write(data.tobytes())
+    except OSError as e:
+        raise OSError(f"could not write image {path} ({e.strerror or e})") from None
 
 
 def text_size(text, scale, thickness=1):
@@ -63,21 +69,6 @@ def paste(canvas, image, x, y):
 
 
 # ----------------------------------------------------------------------------- poses
-def keypoint_sides(keypoint_names, flip_pairs):
-    """'left' / 'right' / 'centre' per keypoint. Keypoints in no flip pair are centre; in a
-    pair (a, b) the names' differing parts decide ('l...' vs 'r...': left_eye / right_eye,
-    L_Eye / R_Eye, eyeL / eyeR); when they do not, a counts as left."""
-    sides = ["centre"] * len(keypoint_names)
-    for a, b in flip_pairs:
-        x, y = keypoint_names[a].strip().lower(), keypoint_names[b].strip().lower()
-        p = len(os.path.commonprefix([x, y]))
-        s = len(os.path.commonprefix([x[p:][::-1], y[p:][::-1]]))
-        dx, dy = x[p:len(x) - s], y[p:len(y) - s]
-        a_left = not (dx.startswith("r") and dy.startswith("l"))
-        sides[a], sides[b] = ("left", "right") if a_left else ("right", "left")
-    return sides
-
-
 def limb_side(sides, a, b):
     """A limb is left (right) when an end is left (right) and none is on the other side."""
     ends = {sides[a], sides[b]} - {"centre"}
@@ -233,6 +224,32 @@ def side_by_side(left, right):
 
 
 # ----------------------------------------------------------------------------- paper figures
+def unnormalize(image, normalize):
+    """(3, H, W) normalised float tensor -> (H, W, 3) uint8 BGR for drawing."""
+    mean, std = NORMALIZATION[normalize]
+    rgb = image.permute(1, 2, 0).cpu().numpy() * np.asarray(std) + np.asarray(mean)
+    return np.ascontiguousarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)[..., ::-1])
+
+
+@torch.no_grad()
+def paper_figures(model, item, heatmap_size, names, normalize, device):
+    """Fig. 3 (pixel-level score maps S, Eq. 3) and Fig. 2 (semantic matching M, Eq. 7) of one
+    dataset item; None for a figure the model has no input for (SimpleBaseline, no labels)."""
+    crop = torch.as_tensor(item["image"])[None].to(device)                   # (1, 3, H, W)
+    out = model(crop, return_extras=True)
+    fig3 = fig2 = None
+    if "score_map" in out:
+        fig3 = score_map_figure(unnormalize(crop[0], normalize),
+                                          out["score_map"][0].float().cpu().numpy(), names)
+    visible = np.asarray(item["target_weight"]) > 0                          # (K,)
+    if "dense" in out and visible.any():
+        keypoints = torch.as_tensor(item["keypoints"])[None].to(device)     # (1, K, 2)
+        features = sample_keypoint_features(out["dense"].float(), keypoints, heatmap_size)
+        M = similarity_matrix(features, out["prompts"].float())[0]          # (K, K), Eq. 7
+        fig2 = similarity_figure(M.cpu().numpy(), names, visible)
+    return fig3, fig2
+
+
 def score_map_figure(crop, score_map, names, columns=6):
     """Paper Fig. 3: crop (H, W, 3) BGR; score_map (K, h0, w0) = S of Eq. 3 (cosine similarity
     of each prompt embedding with every visual embedding). One tile per keypoint: the crop

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from benchmark import markdown_table, ratio, write_results  # noqa: E402
+from benchmark import markdown_table, ratio, write_results
 
 # section title prefix -> the first cells of its rows (each row: a prefix of its first cell)
 EXPECTED = {

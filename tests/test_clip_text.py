@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 import random
-import sys
 import zipfile
 
 import open_clip
@@ -20,10 +19,9 @@ import torch.nn as nn
 import torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import clip_text  # noqa: E402
-from clip_text import (EOT_TOKEN, SOT_TOKEN, LayerNorm, MultiheadAttention, QuickGELU,  # noqa: E402
+import clip_text
+from clip_text import (EOT_TOKEN, SOT_TOKEN, LayerNorm, MultiheadAttention, QuickGELU,
                        TextEncoder, Transformer, load_clip_state_dict, tokenize)
 
 AP10K_NAMES = ["left_eye", "right_eye", "nose", "neck", "root_of_tail", "left_shoulder", "left_elbow",

@@ -2,9 +2,11 @@
 config.yaml in DeepLabCut's own layout, PNG frames drawn with cv2 in two videos, and
 CollectedData csv files with 3 header rows (single animal) or 4 (multi-animal), the frame
 index in one column or in three. The converted json is checked against the labels written
-here, then one epoch of training runs on it through train.py."""
+here; bad input of every kind must stop with one line naming the file, key or flag; the
+printed weight-free training command runs one epoch through train.py."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -14,14 +16,14 @@ import pytest
 from pycocotools.coco import COCO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from convert import read_yaml_subset  # noqa: E402
+from convert import read_dlc_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 N = float("nan")
 PARTS = ["snout", "leftear", "rightear", "tailbase"]
 
+# TrainingFraction 0.8: 0.2 of the frames go to val.json, as in a project without it.
 SINGLE_CONFIG = """\
     # Project definitions (do not edit)
 Task: openfield
@@ -66,7 +68,7 @@ colormap: rainbow
 
     # Training,Evaluation and Analysis configuration
 TrainingFraction:
-- 0.95
+- 0.8
 iteration: 0
 default_net_type: resnet_50
 default_augmenter: default
@@ -379,8 +381,9 @@ CSV1 = "labeled-data/video1/CollectedData_Tester.csv"
 CSV2 = "labeled-data/video2/CollectedData_Tester.csv"
 MULTI_KEYS = ("multianimalproject: true\nindividuals: [a, b]\n"
               "multianimalbodyparts: [snout, leftear, rightear, tailbase]")
-# case: (files (glob), text replaced (None: delete the files, b"": overwrite them), new text,
-#        what the one-line error must name)
+PARTS_BLOCK = "bodyparts:\n- snout\n- leftear\n- rightear\n- tailbase\n"
+# case: (files (glob), text replaced (None: delete the files, b"": overwrite them), new text
+#        (bytes: written as bytes, e.g. not UTF-8), what the one-line error must name)
 BAD_INPUT = {
     "no config": ("config.yaml", None, None, ["config.yaml not found"]),
     "no bodyparts": ("config.yaml", "bodyparts:", "parts:",
@@ -388,11 +391,34 @@ BAD_INPUT = {
     "no Task": ("config.yaml", "Task: openfield", "Task:", ["config.yaml", "required key 'Task'"]),
     "bad skeleton": ("config.yaml", "  - tailbase", "  - tail",
                      ["config.yaml", "'skeleton'", "'tail'"]),
+    "yaml syntax": ("config.yaml", "bodyparts:\n- snout", "bodyparts: [snout",
+                    ["config.yaml line 23: not valid YAML",
+                     "while parsing a flow sequence at line 17"]),
+    "yaml key twice": ("config.yaml", "Task: openfield", "Task: openfield\nTask: other",
+                       ["config.yaml line 3", "'Task' is written twice"]),
+    "bodyparts not a list": ("config.yaml", PARTS_BLOCK, "bodyparts:\n  snout: 1\n",
+                             ["config.yaml", "'bodyparts' must be a list of names"]),
+    "bodypart read as a number": ("config.yaml", "- tailbase\n", "- 12\n",
+                                  ["config.yaml", "'bodyparts'", "found 12 in it"]),
+    "multianimalproject": ("config.yaml", "multianimalproject: false", "multianimalproject: 2",
+                           ["config.yaml", "'multianimalproject' must be true or false"]),
+    "TrainingFraction": ("config.yaml", "- 0.8\n", "- 1.5\n",
+                         ["config.yaml", "'TrainingFraction'", "[1.5]"]),
+    "config not UTF-8": ("config.yaml", "Tester", b"Test\xe9r",
+                         ["config.yaml line 3", "not UTF-8"]),
     "no csv": ("labeled-data/*/*.csv", None, None, ["no labels found"]),
     "csv body parts": (CSV2, "leftear,leftear", "left_ear,left_ear",
                        [CSV2, "'bodyparts'", "missing ['leftear']", "extra ['left_ear']"]),
     "csv header": (CSV1, "coords,", "coordinates,", [CSV1, "scorer/bodyparts/coords"]),
+    "csv header row short": (CSV1, ",tailbase,tailbase\n", "\n", [CSV1, "missing ['tailbase']"]),
+    "csv column twice": (CSV1, "snout,snout,leftear,leftear", "snout,snout,snout,snout",
+                         [CSV1, "columns 2 and 4 are both snout x"]),
+    "csv not UTF-8": (CSV1, "snout", b"sn\xf6ut", [f"{CSV1} line 2", "not UTF-8"]),
     "not a number": (CSV1, "20.0,15.5", "20.0,abc", [f"{CSV1} line 4", "(snout y)", "'abc'"]),
+    "same frame, other labels": (CSV1, "labeled-data/video1/img001.png",
+                                 "./labeled-data/video1/img000.png",
+                                 [f"{CSV1} line 5", "video1/img000.png", "labeled differently",
+                                  f"{CSV1} line 4"]),
     "missing image": ("labeled-data/video2/img014.png", None, None,
                       [f"{CSV2} line 8", "img014.png not found"]),
     "unreadable image": ("labeled-data/video1/img002.png", b"", b"not a png",
@@ -402,6 +428,13 @@ BAD_INPUT = {
 }
 
 
+def assert_one_line_error(proc, *words):
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_input_is_one_clear_line(case, tmp_path):
     project = make_single_project(tmp_path)
@@ -409,35 +442,128 @@ def test_bad_input_is_one_clear_line(case, tmp_path):
     for path in project.glob(pattern):
         if old is None:
             path.unlink()
-        elif old == b"":
-            path.write_bytes(new)
+        elif isinstance(new, bytes):
+            data = path.read_bytes()
+            path.write_bytes(data.replace(old.encode(), new, 1) if old else new)
         else:
             path.write_text(path.read_text().replace(old, new, 1))
     proc = convert(project, tmp_path / "out", check=False)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
-    for word in words:
-        assert word in proc.stderr, proc.stderr
+    assert_one_line_error(proc, *words)
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_flags_and_existing_output(single, tmp_path):
     project, out, _ = single
     for args, word in ((["--val-fraction", "1.5"], "--val-fraction"),
-                       (["--margin", "-1"], "--margin")):
+                       (["--val-fraction", "1"], "--val-fraction"),
+                       (["--val-fraction", "-0.1"], "--val-fraction"),
+                       (["--val-fraction", "nan"], "--val-fraction"),
+                       (["--val-fraction", "inf"], "--val-fraction"),
+                       (["--margin", "-1"], "--margin"),
+                       (["--margin", "nan"], "--margin"),
+                       (["--margin", "inf"], "--margin"),
+                       (["--seed", "-1"], "--seed")):
         proc = convert(project, tmp_path / "x", *args, check=False)
-        assert proc.returncode == 1 and proc.stderr.startswith("error: ") and word in proc.stderr
+        assert_one_line_error(proc, word)
+    assert not (tmp_path / "x").exists()
     proc = convert(project, out, check=False)                  # never overwrites a conversion
-    assert proc.returncode == 1 and "already holds train.json, val.json, images" in proc.stderr
+    assert_one_line_error(proc, "already holds train.json, val.json, images")
 
 
-def test_yaml_subset_reader(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text(
+def test_out_dir_that_cannot_be_written(single, tmp_path):
+    project, _, _ = single
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    assert_one_line_error(convert(project, a_file, check=False), f"OUT_DIR {a_file} is a file")
+    # A folder that cannot be created. Tests run as root here, where a chmod 0o555 folder
+    # stays writable, so a path under a file stands in for a read-only location.
+    under = a_file / "sub"
+    assert_one_line_error(convert(project, under, check=False), f"cannot write {under}",
+                          "choose another OUT_DIR")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if not os.access(locked, os.W_OK):          # not root: the folder is read-only
+            assert_one_line_error(convert(project, locked / "out", check=False),
+                                  f"cannot write {locked / 'out'}", "Permission denied")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_paths_that_are_not_files(tmp_path):
+    project = make_single_project(tmp_path)
+    (project / "labeled-data" / "video1" / "CollectedData_x.csv").mkdir()
+    assert_one_line_error(convert(project, tmp_path / "out", check=False),
+                          "video1/CollectedData_x.csv is not a file", "rename or move")
+    (project / "labeled-data" / "video1" / "CollectedData_x.csv").rmdir()
+    (project / "labeled-data" / "video1" / "img003.png").unlink()
+    (project / "labeled-data" / "video1" / "img003.png").mkdir()
+    assert_one_line_error(convert(project, tmp_path / "out", check=False),
+                          f"{CSV1} line 7", "img003.png is not a file")
+    (project / "config.yaml").unlink()
+    (project / "config.yaml").mkdir()
+    assert_one_line_error(convert(project, tmp_path / "out", check=False),
+                          "config.yaml is not a file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicated_csv_column_is_refused(tmp_path):
+    """A second snout x/y pair appended to every row must not replace the first one."""
+    project = make_single_project(tmp_path)
+    path = project / CSV1
+    rows = path.read_text().splitlines()
+    extra = [",Tester,Tester", ",snout,snout", ",x,y"] + [",1.0,2.0"] * (len(rows) - 3)
+    path.write_text("\n".join(r + e for r, e in zip(rows, extra)) + "\n")
+    assert_one_line_error(convert(project, tmp_path / "out", check=False),
+                          CSV1, "columns 2 and 10 are both snout x")
+
+
+def test_same_frame_spelled_twice_is_one_image(single, tmp_path):
+    """`./labeled-data/...`, a Windows path and the 3-column index name the frames of the
+    1-column csv again, with the same labels: still 11 images, each once."""
+    project = make_single_project(tmp_path)
+    w, h, frames = SINGLE_LABELS["video1"]
+    with open(project / CSV1, "a") as f:
+        for index in ("./labeled-data/video1/img000.png", "labeled-data\\video1\\img001.png"):
+            name = index.replace("\\", "/").split("/")[-1]
+            f.write(",".join([index] + [cell(v) for v in frames[name].ravel()]) + "\n")
+    header = [["scorer", "", ""] + ["Tester"] * 8,
+              ["bodyparts", "", ""] + [p for p in PARTS for _ in "xy"],
+              ["coords", "", ""] + ["x", "y"] * 4]
+    write_csv(project / "labeled-data" / "video1" / "CollectedData_Other.csv", header,
+              [["labeled-data", "video1", "img002.png"]
+               + [cell(v) for v in frames["img002.png"].ravel()]])
+    proc = convert(project, tmp_path / "out")
+    assert "3 row(s) repeat a frame with the same labels: kept once" in proc.stdout
+    _, images, anns = load(tmp_path / "out")
+    _, images_once, anns_once = load(single[1])
+    assert images == images_once and anns == anns_once
+
+
+def test_val_fraction_from_training_fraction(single, multi, tmp_path):
+    # The single-animal config has TrainingFraction [0.8], the multi-animal one none.
+    assert "val fraction 0.2 (1 - TrainingFraction 0.8 of config.yaml)" in single[2].stdout
+    assert "val fraction 0.2 (default: config.yaml has no TrainingFraction)" in multi[2].stdout
+    project = make_single_project(tmp_path)
+    config = project / "config.yaml"
+    config.write_text(config.read_text().replace("- 0.8\n", "- 0.5\n- 0.9\n"))
+    proc = convert(project, tmp_path / "half")
+    assert "val fraction 0.5 (1 - TrainingFraction 0.5 of config.yaml)" in proc.stdout
+    assert len(json.loads((tmp_path / "half" / "val.json").read_text())["images"]) == 6
+    proc = convert(project, tmp_path / "flag", "--val-fraction", "0")   # the flag wins
+    assert "val fraction 0 (--val-fraction)" in proc.stdout
+    assert len(json.loads((tmp_path / "flag" / "val.json").read_text())["images"]) == 1
+
+
+def test_config_yaml_read_with_pyyaml(tmp_path):
+    """Quoted names (with '#', commas, quotes), comments, flow and block lists, a wrapped flow
+    list and DeepLabCut's `? key` video_sets all reach the body parts and skeleton intact."""
+    (tmp_path / "config.yaml").write_text(
         "    # comment\n"
         "Task: 'my task # not a comment'\n"
         "scorer: Tester's lab   # a comment\n"
-        "identity:\n"
+        "multianimalproject:\n"
         "video_sets:\n"
         "  ? /videos/a.avi\n"
         "  : crop: 0, 640, 0, 480\n"
@@ -445,36 +571,38 @@ def test_yaml_subset_reader(tmp_path):
         "  - nose\n"
         "  - 'left ear'\n"
         "  - \"right, ear\"\n"
-        "uniquebodyparts: [mouse's nose, 'it''s']\n"
+        "  - mouse's tail\n"
         "skeleton: [[nose, 'left ear'],\n"
         "  [nose, \"right, ear\"]]\n"
-        "individuals:\n"
-        "- - a\n"
-        "  - b\n"
-        "- [c, d]\n"
-        "-\n"
-        "  - e\n"
-        "  - f\n")
-    keys = {"Task", "scorer", "identity", "bodyparts", "uniquebodyparts", "skeleton",
-            "individuals", "missing"}
-    assert read_yaml_subset(str(path), keys) == {
-        "Task": "my task # not a comment", "scorer": "Tester's lab", "identity": None,
-        "bodyparts": ["nose", "left ear", "right, ear"], "uniquebodyparts": ["mouse's nose", "it's"],
-        "skeleton": [["nose", "left ear"], ["nose", "right, ear"]],
-        "individuals": [["a", "b"], ["c", "d"], ["e", "f"]]}
-    path.write_text("bodyparts:\n  nose: 1\n")
-    with pytest.raises(ValueError, match="line 2"):
-        read_yaml_subset(str(path), {"bodyparts"})
+        "TrainingFraction: [0.95]\n")
+    cfg = read_dlc_config(str(tmp_path))
+    assert cfg["task"] == "my task # not a comment" and cfg["scorer"] == "Tester's lab"
+    assert not cfg["multi"] and cfg["keypoints"] == ["nose", "left ear", "right, ear",
+                                                     "mouse's tail"]
+    assert cfg["skeleton"] == [[0, 1], [0, 2]] and cfg["train_fraction"] == 0.95
 
 
-def test_train_one_epoch_on_converted_project(single, tmp_path):
-    _, out, _ = single
+def test_printed_commands_run(single, tmp_path):
+    """Both printed commands parse (paths shell-quoted: OUT_DIR has a space); the weight-free
+    one trains one epoch through train.py."""
+    project, _, _ = single
+    out = tmp_path / "my coco"
+    proc = convert(project, out)
+    lines = [line.strip() for line in proc.stdout.splitlines() if "train.py" in line]
+    try_it, real = [shlex.split(line) for line in lines]
+    assert try_it[:3] == real[:3] == ["torchrun", "--nproc_per_node=1", "train.py"]
+    for argv in (try_it, real):
+        assert argv[argv.index("--train-ann") + 1] == str(out / "train.json")
+        assert argv[argv.index("--images") + 1] == str(out / "images")
+    assert "--random-init" in try_it and "--clip-weights" not in try_it
+    assert real[real.index("--clip-weights") + 1] == "RN50.pt"
+    assert "ViT-B-16.pt" in proc.stdout and "README gives their download URLs" in proc.stdout
+    # 9 training instances: a batch of 16 would leave train.py nothing to train on
+    assert try_it[try_it.index("--batch-size") + 1] == real[real.index("--batch-size") + 1] == "9"
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "train.py", "--train-ann", str(out / "train.json"), "--val-ann",
-         str(out / "val.json"), "--images", str(out / "images"), "--output-dir", str(run),
-         "--small", "--random-init", "--input-size", "64", "--epochs", "1", "--batch-size", "2",
-         "--workers", "0", "--eval-interval", "1"],
+        [sys.executable, *try_it[2:], "--output-dir", str(run), "--input-size", "64",
+         "--epochs", "1", "--workers", "0", "--eval-interval", "1"],
         cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (run / "last.pt").is_file()

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import re
-import sys
 
 import cv2
 import numpy as np
@@ -15,19 +14,20 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import dataset as D  # noqa: E402
+import dataset as D
+import keypoints as KP
+import transforms as T
 
-K = len(D.AP10K_KEYPOINTS)
+K = len(KP.AP10K_KEYPOINTS)
 COLOURS = [(int(c[0]), int(c[1]), int(c[2])) for c in
            np.random.default_rng(5).integers(40, 256, (K, 3))]  # BGR, one per keypoint
 
 
 # ---------------------------------------------------------------- test data
 
-def category(cid=1, name="dog", family="Canidae", keypoints=D.AP10K_KEYPOINTS):
+def category(cid=1, name="dog", family="Canidae", keypoints=KP.AP10K_KEYPOINTS):
     return {"supercategory": family, "id": cid, "name": name, "keypoints": list(keypoints),
-            "skeleton": D.AP10K_SKELETON}
+            "skeleton": KP.AP10K_SKELETON}
 
 
 def keypoints_for(box, rng, labeled=K):
@@ -83,7 +83,7 @@ def one_instance_dataset(tmp_path, w=320, h=240, box=(60, 40, 160, 120), ext="pn
 
 def denormalise(item_image, normalize="imagenet"):
     """(3, H, W) normalised RGB -> (H, W, 3) BGR float in 0..255."""
-    mean, std = D.NORMALIZATION[normalize]
+    mean, std = T.NORMALIZATION[normalize]
     rgb = item_image.transpose(1, 2, 0) * np.array(std) * 255 + np.array(mean) * 255
     return rgb[:, :, ::-1]
 
@@ -95,15 +95,15 @@ def test_affine_points_round_trip_under_rotation_and_scale():
     for _ in range(20):
         center, scale = rng.uniform(50, 500, 2), rng.uniform(20, 400, 2)
         rot = rng.uniform(-80, 80)
-        M = D.get_affine_transform(center, scale, rot, (192, 256))
-        Minv = D.get_affine_transform(center, scale, rot, (192, 256), inv=True)
+        M = T.get_affine_transform(center, scale, rot, (192, 256))
+        Minv = T.get_affine_transform(center, scale, rot, (192, 256), inv=True)
         pts = rng.uniform(0, 600, (30, 2))
-        np.testing.assert_allclose(D.affine_points(D.affine_points(pts, M), Minv), pts, atol=1e-8)
-        np.testing.assert_allclose(D.affine_points(center[None], M), [[128, 96]], atol=1e-8)
+        np.testing.assert_allclose(T.affine_points(T.affine_points(pts, M), Minv), pts, atol=1e-8)
+        np.testing.assert_allclose(T.affine_points(center[None], M), [[128, 96]], atol=1e-8)
     # rotation sense: +90 deg turns the image counter-clockwise, like cv2.getRotationMatrix2D
-    M = D.get_affine_transform((100, 100), (256, 256), 90, (256, 256))
+    M = T.get_affine_transform((100, 100), (256, 256), 90, (256, 256))
     R = cv2.getRotationMatrix2D((100.0, 100.0), 90, 1.0)
-    np.testing.assert_allclose(D.affine_points([[150, 100]], M) - 128, D.affine_points([[150, 100]], R) - 100,
+    np.testing.assert_allclose(T.affine_points([[150, 100]], M) - 128, T.affine_points([[150, 100]], R) - 100,
                                atol=1e-8)
 
 
@@ -116,13 +116,13 @@ def test_affine_image_round_trip_crop_then_back():
     p = np.array([231.3, 147.8])
     image = image * 0.3 + 600 * np.exp(-((xx - p[0]) ** 2 + (yy - p[1]) ** 2) / (2 * 3.0 ** 2))
     center, scale, rot = np.array([210.0, 160.0]), np.array([150.0, 150.0]), 35.0
-    M = D.get_affine_transform(center, scale, rot, (256, 256))
+    M = T.get_affine_transform(center, scale, rot, (256, 256))
     crop = cv2.warpAffine(image, M, (256, 256), flags=cv2.INTER_LINEAR)
     blob = np.clip(crop - crop.max() * 0.5, 0, None)
     cy, cx = np.mgrid[0:256, 0:256]
     centroid = np.array([(blob * cx).sum(), (blob * cy).sum()]) / blob.sum()
-    np.testing.assert_allclose(centroid, D.affine_points(p[None], M)[0], atol=0.15)
-    Minv = D.get_affine_transform(center, scale, rot, (256, 256), inv=True)
+    np.testing.assert_allclose(centroid, T.affine_points(p[None], M)[0], atol=0.15)
+    Minv = T.get_affine_transform(center, scale, rot, (256, 256), inv=True)
     back = cv2.warpAffine(crop, Minv, (w, h), flags=cv2.INTER_LINEAR)
     covered = cv2.warpAffine(np.ones((256, 256), np.float32), Minv, (w, h), flags=cv2.INTER_NEAREST)
     inner = cv2.erode(covered, np.ones((5, 5))) > 0
@@ -132,10 +132,10 @@ def test_affine_image_round_trip_crop_then_back():
 
 
 def test_box_to_center_scale_fills_aspect_and_pads():
-    c, s = D.box_to_center_scale([10, 20, 100, 40], aspect_ratio=1.0)
+    c, s = T.box_to_center_scale([10, 20, 100, 40], aspect_ratio=1.0)
     np.testing.assert_allclose(c, [60, 40])
     np.testing.assert_allclose(s, [125, 125])
-    c, s = D.box_to_center_scale([0, 0, 30, 90], aspect_ratio=0.75)
+    c, s = T.box_to_center_scale([0, 0, 30, 90], aspect_ratio=0.75)
     np.testing.assert_allclose(s, [67.5 * 1.25, 90 * 1.25])
 
 
@@ -143,12 +143,12 @@ def test_box_to_center_scale_fills_aspect_and_pads():
 
 def test_flip_back_twice_is_identity_and_permutation_is_an_involution():
     rng = np.random.default_rng(2)
-    perm = D.flip_permutation(K, D.AP10K_FLIP_PAIRS)
+    perm = T.flip_permutation(K, KP.AP10K_FLIP_PAIRS)
     assert np.array_equal(perm[perm], np.arange(K)) and perm[0] == 1 and perm[2] == 2
     hm = rng.random((2, K, 5, 6))
-    once = D.flip_back_heatmaps(hm, D.AP10K_FLIP_PAIRS, shift=False)
+    once = T.flip_back_heatmaps(hm, KP.AP10K_FLIP_PAIRS, shift=False)
     np.testing.assert_allclose(once[:, 0, :, 0], hm[:, 1, :, -1])  # left eye <- mirrored right eye
-    np.testing.assert_allclose(D.flip_back_heatmaps(once, D.AP10K_FLIP_PAIRS, shift=False), hm)
+    np.testing.assert_allclose(T.flip_back_heatmaps(once, KP.AP10K_FLIP_PAIRS, shift=False), hm)
 
 
 @pytest.mark.parametrize("size", [(256, 256), (256, 192)])
@@ -160,7 +160,7 @@ def test_dataset_flip_sample_matches_mirrored_crop(tmp_path, size):
     plain, flipped = ds.make_sample(0, rot_deg=20), ds.make_sample(0, rot_deg=20, flip=True)
     assert plain["image"].shape == (3, H, W)
     np.testing.assert_allclose(flipped["image"], plain["image"][:, :, ::-1], atol=1e-4)
-    perm = D.flip_permutation(K, ds.flip_pairs)
+    perm = T.flip_permutation(K, ds.flip_pairs)
     x_in, fx_in = plain["keypoints"] * 4, flipped["keypoints"] * 4
     np.testing.assert_allclose(fx_in[:, 0], W - 1 - x_in[perm, 0], atol=1e-4)
     np.testing.assert_allclose(fx_in[:, 1], x_in[perm, 1], atol=1e-4)
@@ -192,18 +192,18 @@ MOUSE = ["snout", "leftear", "rightear", "shoulder", "spine1", "tailbase", "tail
 
 
 def test_flip_pairs_from_real_name_sets():
-    assert D.derive_flip_pairs(D.AP10K_KEYPOINTS) == D.AP10K_FLIP_PAIRS
-    assert D.derive_flip_pairs(D.COCO_KEYPOINTS) == D.COCO_FLIP_PAIRS
+    assert KP.derive_flip_pairs(KP.AP10K_KEYPOINTS) == KP.AP10K_FLIP_PAIRS
+    assert KP.derive_flip_pairs(KP.COCO_KEYPOINTS) == KP.COCO_FLIP_PAIRS
     # Animal-Pose (mmpose's meta-information pairs)
-    assert D.derive_flip_pairs(ANIMAL_POSE) == [(0, 1), (2, 3), (8, 9), (10, 11), (12, 13), (14, 15),
+    assert KP.derive_flip_pairs(ANIMAL_POSE) == [(0, 1), (2, 3), (8, 9), (10, 11), (12, 13), (14, 15),
                                                 (16, 17), (18, 19)]
-    assert D.derive_flip_pairs(HORSE10) == []  # Near/Off: nearer/farther side, a flip keeps them
+    assert KP.derive_flip_pairs(HORSE10) == []  # Near/Off: nearer/farther side, a flip keeps them
     assert FLY[6] == "forelegR1" and FLY[18] == "forelegL1" and len(FLY) == 32
-    assert D.derive_flip_pairs(FLY) == [(1, 2)] + [(6 + i, 18 + i) for i in range(12)] + [(30, 31)]
+    assert KP.derive_flip_pairs(FLY) == [(1, 2)] + [(6 + i, 18 + i) for i in range(12)] + [(30, 31)]
     assert LOCUST[8] == "forelegL1" and LOCUST[23] == "forelegR1" and len(LOCUST) == 35
-    assert D.derive_flip_pairs(LOCUST) == [(5 + i, 20 + i) for i in range(15)]
-    assert D.derive_flip_pairs(ZEBRA) == [(3, 4), (5, 6)]
-    assert D.derive_flip_pairs(MOUSE) == [(1, 2)]
+    assert KP.derive_flip_pairs(LOCUST) == [(5 + i, 20 + i) for i in range(15)]
+    assert KP.derive_flip_pairs(ZEBRA) == [(3, 4), (5, 6)]
+    assert KP.derive_flip_pairs(MOUSE) == [(1, 2)]
 
 
 @pytest.mark.parametrize("names", [
@@ -214,8 +214,8 @@ def test_flip_pairs_from_real_name_sets():
     ["nose", "frontleftpaw", "frontrightpaw"], ["nose", "pawleft", "pawright"], ["nose", "LEar", "REar"],
 ])
 def test_flip_pairs_every_convention(names):
-    assert D.derive_flip_pairs(names) == [(1, 2)]
-    assert D.derive_flip_pairs(names[::-1]) == [(0, 1)]  # order does not matter
+    assert KP.derive_flip_pairs(names) == [(1, 2)]
+    assert KP.derive_flip_pairs(names[::-1]) == [(0, 1)]  # order does not matter
 
 
 @pytest.mark.parametrize("names", [
@@ -225,30 +225,30 @@ def test_flip_pairs_every_convention(names):
     HORSE10,
 ])
 def test_flip_pairs_no_false_pairs_and_no_false_errors(names):
-    assert D.derive_flip_pairs(names) == []
+    assert KP.derive_flip_pairs(names) == []
 
 
 def test_flip_pairs_sided_name_without_partner_explains_what_to_do():
     with pytest.raises(ValueError, match=r"\['earL'\] look left/right-sided.*flip_pairs.*--flip-pairs.*--no-flip"):
-        D.derive_flip_pairs(["eyeL", "eyeR", "earL", "nose"])
-    assert D.derive_flip_pairs(["eyeL", "eyeR", "earL", "nose"], require_partners=False) == [(0, 1)]
+        KP.derive_flip_pairs(["eyeL", "eyeR", "earL", "nose"])
+    assert KP.derive_flip_pairs(["eyeL", "eyeR", "earL", "nose"], require_partners=False) == [(0, 1)]
     for names in (["tail", "TailL"], ["L1x", "nose"], ["nose", "left_eye"]):  # a lone side word
         with pytest.raises(ValueError, match="look left/right-sided"):
-            D.derive_flip_pairs(names)
+            KP.derive_flip_pairs(names)
     with pytest.raises(ValueError, match="read as the same name"):
-        D.derive_flip_pairs(["left_eye", "Left Eye", "right_eye"])
+        KP.derive_flip_pairs(["left_eye", "Left Eye", "right_eye"])
 
 
 def test_parse_flip_pairs():
     names = ["nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear"]
-    assert D.parse_flip_pairs("1,2;3,4", names) == [(1, 2), (3, 4)]
-    assert D.parse_flip_pairs(" R_Ear , L_Ear ; 1,R_Eye ", names) == [(1, 2), (3, 4)]
-    assert D.parse_flip_pairs("", names) == []
+    assert KP.parse_flip_pairs("1,2;3,4", names) == [(1, 2), (3, 4)]
+    assert KP.parse_flip_pairs(" R_Ear , L_Ear ; 1,R_Eye ", names) == [(1, 2), (3, 4)]
+    assert KP.parse_flip_pairs("", names) == []
     for spec, msg in [("1,2,3", "exactly two"), ("1,1", "repeats a keypoint"), ("1,2;2,3", "repeats a keypoint"),
                       ("1,9", r"'?9'? is neither .* 0\.\.4"), ("L_Eye,eye_r", "'eye_r' is neither"),
                       ("-1,2", "neither")]:
         with pytest.raises(ValueError, match=f"--flip-pairs: .*{msg}"):
-            D.parse_flip_pairs(spec, names)
+            KP.parse_flip_pairs(spec, names)
 
 
 def sided_json(tmp_path, names, **category_fields):
@@ -287,7 +287,7 @@ def test_prompt_texts_and_sigmas_from_json(tmp_path):
     ds, _ = one_instance_dataset(tmp_path / "ap10k")
     assert ds.prompt_texts[4] == "tail root" and ds.keypoint_names[4] == "root_of_tail"
     assert [p for i, p in enumerate(ds.prompt_texts) if i != 4] == \
-        [n.replace("_", " ") for i, n in enumerate(D.AP10K_KEYPOINTS) if i != 4]
+        [n.replace("_", " ") for i, n in enumerate(KP.AP10K_KEYPOINTS) if i != 4]
     names = ["beak", "left_wing", "right_wing", "tail_tip"]
     prompts = ["bird beak", "left wing", "right wing", "tail feathers"]
     ann_file, img_dir = sided_json(tmp_path / "a", names, keypoint_prompts=prompts, sigmas=[0.02, 0.03, 0.03, 0.04])
@@ -297,9 +297,9 @@ def test_prompt_texts_and_sigmas_from_json(tmp_path):
     assert ds.sigmas.dtype == np.float64
     ds = D.KeypointDataset(ann_file, img_dir, train=True, sigmas=[0.1, 0.2, 0.2, 0.3])  # the argument wins
     np.testing.assert_array_equal(ds.sigmas, [0.1, 0.2, 0.2, 0.3])
-    assert D.prompt_texts_for(D.AP10K_KEYPOINTS) == D.AP10K_PROMPTS
-    assert D.prompt_texts_for(names) == ["beak", "left wing", "right wing", "tail tip"]
-    assert D.prompt_texts_for(D.COCO_KEYPOINTS)[3] == "left ear"
+    assert KP.prompt_texts_for(KP.AP10K_KEYPOINTS) == KP.AP10K_PROMPTS
+    assert KP.prompt_texts_for(names) == ["beak", "left wing", "right wing", "tail tip"]
+    assert KP.prompt_texts_for(KP.COCO_KEYPOINTS)[3] == "left ear"
     ann_file, img_dir = sided_json(tmp_path / "b", names, sigmas=[0.02] * 4)
     assert D.KeypointDataset(ann_file, img_dir, train=True).prompt_texts == ["beak", "left wing", "right wing",
                                                                              "tail tip"]
@@ -328,7 +328,7 @@ def test_unknown_keypoint_set_derives_pairs_and_warns_about_sigmas(tmp_path):
     ds = D.KeypointDataset(ann_file, img_dir, train=True, sigmas=[0.03, 0.07, 0.07, 0.09])
     np.testing.assert_allclose(ds.sigmas, [0.03, 0.07, 0.07, 0.09])
     assert ds[0]["target_weight"][3] == 0
-    with pytest.raises(ValueError, match="sigmas has shape"):
+    with pytest.raises(ValueError, match="sigmas given"):
         D.KeypointDataset(ann_file, img_dir, train=True, sigmas=[0.1, 0.1])
 
 
@@ -336,7 +336,7 @@ def test_unknown_keypoint_set_derives_pairs_and_warns_about_sigmas(tmp_path):
 
 def test_encode_heatmaps_hand_computed_values():
     """Centre rounded to the nearest heatmap pixel, 13 x 13 window, exp(-d^2 / 8) inside."""
-    target, weight = D.encode_heatmaps(np.array([[10.4, 20.6], [30.5, 40.49]]), np.ones(2), (64, 48))
+    target, weight = T.encode_heatmaps(np.array([[10.4, 20.6], [30.5, 40.49]]), np.ones(2), (64, 48))
     assert target.shape == (2, 64, 48) and target.dtype == np.float32 and weight.tolist() == [1, 1]
     t = target[0]                                     # centre (x, y) = (10, 21)
     assert t[21, 10] == 1.0 and t.max() == 1.0
@@ -356,7 +356,7 @@ def test_encode_heatmaps_weights_at_the_border():
                     [20, -6.0], [20, -7.0], [20, h - 1 + 6], [20, h - 1 + 7],  # top, bottom
                     [20, 30], [20, 30]])
     labeled = np.array([1] * 12 + [0])
-    target, weight = D.encode_heatmaps(pts, labeled, (h, w))
+    target, weight = T.encode_heatmaps(pts, labeled, (h, w))
     np.testing.assert_array_equal(weight, [1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0])
     np.testing.assert_allclose(target[0, 30, :2], np.exp(-np.array([25, 36]) / 8), rtol=1e-6)  # centre -5
     assert (target[0] > 0).sum() == 2 * 13
@@ -370,8 +370,8 @@ def test_heatmap_encode_decode_round_trip():
     """Decoding the encoder's targets gives back the rounded centre: within half a heatmap pixel."""
     rng = np.random.default_rng(4)
     pts = rng.uniform(0, 63, (500, 2))
-    target, _ = D.encode_heatmaps(pts, np.ones(500), (64, 64))
-    coords, maxvals = D.decode_heatmaps(target[None])
+    target, _ = T.encode_heatmaps(pts, np.ones(500), (64, 64))
+    coords, maxvals = T.decode_heatmaps(target[None])
     np.testing.assert_array_equal(coords[0], np.floor(pts + 0.5))   # symmetric peak: no quarter shift
     assert np.abs(coords[0] - pts).max() <= 0.5 and (maxvals == 1).all()
 
@@ -381,7 +381,7 @@ def test_decode_quarter_pixel_shift_and_edges():
     hm[0, 0, 4, 4], hm[0, 0, 4, 5], hm[0, 0, 3, 4] = 1.0, 0.5, 0.2   # right and up neighbours higher
     hm[0, 1, 0, 1], hm[0, 1, 0, 0] = 1.0, 0.3                          # column 1 still gets its shift
     hm[0, 2, 7, 7] = 1.0                                               # corner: no neighbour pair
-    coords, maxvals = D.decode_heatmaps(hm)
+    coords, maxvals = T.decode_heatmaps(hm)
     np.testing.assert_allclose(coords[0], [[4.25, 3.75], [0.75, 0.0], [7.0, 7.0]])
     np.testing.assert_allclose(maxvals[0], [1, 1, 1])
 
@@ -390,11 +390,11 @@ def test_heatmap_to_image_equals_inverse_affine():
     rng = np.random.default_rng(6)
     coords = rng.uniform(0, 64, (3, K, 2))
     center, scale = rng.uniform(100, 300, (3, 2)), rng.uniform(50, 200, (3, 2))
-    out = D.heatmap_to_image(coords, center, scale, (48, 64))   # (h, w)
+    out = T.heatmap_to_image(coords, center, scale, (48, 64))   # (h, w)
     for n in range(3):
-        ref = D.affine_points(coords[n], D.get_affine_transform(center[n], scale[n], 0, (48, 64), inv=True))
+        ref = T.affine_points(coords[n], T.get_affine_transform(center[n], scale[n], 0, (48, 64), inv=True))
         np.testing.assert_allclose(out[n], ref, atol=1e-9)
-    np.testing.assert_allclose(D.heatmap_to_image([[[64, 48]]], [[0, 0]], [[128, 96]], (48, 64)), [[[64, 48]]])
+    np.testing.assert_allclose(T.heatmap_to_image([[[64, 48]]], [[0, 0]], [[128, 96]], (48, 64)), [[[64, 48]]])
 
 
 @pytest.mark.parametrize("size", [(256, 256), (256, 192)])
@@ -403,8 +403,8 @@ def test_image_keypoints_through_targets_and_back(tmp_path, size):
     ds, kps = one_instance_dataset(tmp_path, image_size=size, heatmap_size=(size[0] // 4, size[1] // 4))
     item = ds[0]
     assert item["target"].shape == (K, size[0] // 4, size[1] // 4)
-    coords, _ = D.decode_heatmaps(item["target"][None])
-    back = D.heatmap_to_image(coords, item["center"][None], item["scale"][None], ds.heatmap_size)[0]
+    coords, _ = T.decode_heatmaps(item["target"][None])
+    back = T.heatmap_to_image(coords, item["center"][None], item["scale"][None], ds.heatmap_size)[0]
     px_per_hm = item["scale"][0] / ds.heatmap_size[1]
     np.testing.assert_allclose(item["scale"][1] / ds.heatmap_size[0], px_per_hm, rtol=1e-6)  # same stride
     assert np.abs(back - kps[:, :2]).max() <= 0.5 * px_per_hm + 1e-3
@@ -413,11 +413,11 @@ def test_image_keypoints_through_targets_and_back(tmp_path, size):
 def test_flip_test_shift_brings_flipped_heatmaps_back():
     x_in = np.array([[100.0, 80.0], [37.0, 201.0]])  # keypoints 0 and 1 (a flip pair) in a 256 crop
     flipped_in = np.stack([255 - x_in[::-1, 0], x_in[::-1, 1]], 1)  # mirror x, swap the pair
-    target, _ = D.encode_heatmaps(flipped_in / 4, np.ones(2), (64, 64))
-    back = D.flip_back_heatmaps(target[None], [(0, 1)], shift=True)
-    coords, _ = D.decode_heatmaps(back)
+    target, _ = T.encode_heatmaps(flipped_in / 4, np.ones(2), (64, 64))
+    back = T.flip_back_heatmaps(target[None], [(0, 1)], shift=True)
+    coords, _ = T.decode_heatmaps(back)
     assert np.abs(coords[0] - x_in / 4).max() <= 0.5
-    no_shift, _ = D.decode_heatmaps(D.flip_back_heatmaps(target[None], [(0, 1)], shift=False))
+    no_shift, _ = T.decode_heatmaps(T.flip_back_heatmaps(target[None], [(0, 1)], shift=False))
     assert np.abs(coords[0, :, 0] - x_in[:, 0] / 4).mean() < np.abs(no_shift[0, :, 0] - x_in[:, 0] / 4).mean()
 
 
@@ -441,16 +441,16 @@ def test_item_keys_dtypes_and_default_collate(tmp_path):
     np.testing.assert_allclose(denormalise(item["image"], "clip")[128, 128], 90, atol=1)  # background
     batch = next(iter(D.make_loader(torch.utils.data.ConcatDataset([ds, ds]), 2, 0, shuffle=False)))
     assert batch["image"].shape == (2, 3, 256, 256) and batch["ann_id"].tolist() == [7, 7]
-    assert ds.keypoint_names == D.AP10K_KEYPOINTS and ds.num_keypoints == K
-    assert ds.skeleton[0] == [0, 1] and ds.flip_pairs == D.AP10K_FLIP_PAIRS
-    np.testing.assert_allclose(ds.sigmas, D.AP10K_SIGMAS)
-    assert (ds.mean, ds.std) == D.NORMALIZATION["clip"] and ds.image_size == (256, 256)
+    assert ds.keypoint_names == KP.AP10K_KEYPOINTS and ds.num_keypoints == K
+    assert ds.skeleton[0] == [0, 1] and ds.flip_pairs == KP.AP10K_FLIP_PAIRS
+    np.testing.assert_allclose(ds.sigmas, KP.AP10K_SIGMAS)
+    assert (ds.mean, ds.std) == T.NORMALIZATION["clip"] and ds.image_size == (256, 256)
     assert os.path.isabs(ds.ann_file) and os.path.isabs(ds.image_dir)
 
 
 def test_normalization_and_sizes_are_checked(tmp_path):
     ds, _ = one_instance_dataset(tmp_path)            # default: ImageNet mean / std
-    assert (ds.mean, ds.std) == D.NORMALIZATION["imagenet"]
+    assert (ds.mean, ds.std) == T.NORMALIZATION["imagenet"]
     np.testing.assert_allclose(denormalise(ds[0]["image"], "imagenet")[128, 128], 90, atol=1)
     for kwargs, msg in [(dict(normalize="openai"), "normalize must be one of"),
                         (dict(image_size=(256,)), r"image_size must be \(H, W\)"),
@@ -475,7 +475,7 @@ def test_training_augmentation_is_seeded_and_varies(tmp_path):
 def test_box_jitter_rate_and_range():
     rng = np.random.default_rng(0)
     center, wh = np.array([100.0, 50.0]), np.array([80.0, 40.0])
-    moves = np.array([D.jitter_box_center(center, wh, rng) - center for _ in range(20000)])
+    moves = np.array([T.jitter_box_center(center, wh, rng) - center for _ in range(20000)])
     moved = (moves != 0).any(1)
     assert 0.29 < moved.mean() < 0.31                                  # probability 0.3
     rel = moves[moved] / wh                                            # in box widths / heights
@@ -501,7 +501,7 @@ def test_augmentation_parameters_follow_method(tmp_path):
     assert 0.47 < np.mean([d[3] for d in draws]) < 0.53      # flip
     rec["keypoints"][:, 2] = 2                                 # 17 labeled: half-body with p = 0.3
     kp = rec["keypoints"]
-    halves = [kp[D.AP10K_UPPER_BODY, :2].mean(0), kp[[4] + list(range(10, 17)), :2].mean(0)]
+    halves = [kp[KP.AP10K_UPPER_BODY, :2].mean(0), kp[[4] + list(range(10, 17)), :2].mean(0)]
     half = np.mean([any(np.allclose(ds.random_augmentation(rec, rng)[0], c) for c in halves) for _ in range(4000)])
     assert 0.27 < half < 0.33
 
@@ -509,7 +509,7 @@ def test_augmentation_parameters_follow_method(tmp_path):
 def test_half_body_groups_are_ap10k_meta_and_coin_is_fair(tmp_path):
     """AP-10K's published groups: upper 0-3, 5-9; lower 4, 10-16 (right_front_paw in the lower body)."""
     ds, _ = one_instance_dataset(tmp_path)
-    assert ds.upper_body_ids == D.AP10K_UPPER_BODY
+    assert ds.upper_body_ids == KP.AP10K_UPPER_BODY
     kps = np.zeros((K, 3))
     kps[:, 0], kps[:, 1], kps[:, 2] = 2.0 ** np.arange(K), 3.0 * np.arange(K), 2  # every subset: its own mean
     rng = np.random.default_rng(0)
@@ -517,7 +517,7 @@ def test_half_body_groups_are_ap10k_meta_and_coin_is_fair(tmp_path):
     lower_mean = kps[[4, 10, 11, 12, 13, 14, 15, 16], :2].mean(0)
     upper = 0
     for _ in range(4000):
-        center, scale = D.half_body_box(kps, kps[:, 2] > 0, ds.upper_body_ids, 1.0, rng)
+        center, scale = T.half_body_box(kps, kps[:, 2] > 0, ds.upper_body_ids, 1.0, rng)
         is_upper = np.allclose(center, upper_mean)
         assert is_upper or np.allclose(center, lower_mean)
         upper += is_upper
@@ -546,7 +546,7 @@ def test_reduced_jpeg_decode_matches_full_decode(tmp_path):
     item = ds[0]
     assert ds.records[0]["scale"][0] / 256 >= 2  # the reduced path is taken
     full = cv2.warpAffine(cv2.imread(os.path.join(img_dir, "big.jpg")),
-                          D.get_affine_transform(item["center"], item["scale"], 0, (256, 256)), (256, 256),
+                          T.get_affine_transform(item["center"], item["scale"], 0, (256, 256)), (256, 256),
                           flags=cv2.INTER_LINEAR)
     crop = denormalise(item["image"])
     assert np.abs(crop - full).mean() < 4

@@ -2,9 +2,7 @@
 load, the prompt learner (Eq. 2), the authors' layer definitions and inits, shapes,
 gradients, cache, switches."""
 import json
-import math
 import os
-import sys
 
 import open_clip
 import pytest
@@ -13,13 +11,12 @@ import torch.nn.functional as F
 import torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from clip_text import MultiheadAttention, TextEncoder, load_clip_state_dict, tokenize  # noqa: E402
-from model import (FULL_VISION, ContextDecoder, PromptLearner, PromptPose, autocast,  # noqa: E402
-                   build_clip_visual, build_model, build_visual, clip_visual_config,
-                   default_config, load_imagenet_resnet, num_deconv_layers,
-                   resize_positional_tables, resnet_config)
+from clip_text import MultiheadAttention, TextEncoder, load_clip_state_dict, tokenize
+from backbones import (FULL_VISION, build_clip_visual, build_visual, clip_visual_config,
+                       load_imagenet_resnet, resize_positional_tables, resnet_config)
+from model import (ContextDecoder, PoseModel, PromptLearner, autocast, build_model,
+                   default_config, num_deconv_layers)
 
 NAMES = ["left_eye", "right_eye", "nose", "neck", "root_of_tail", "left_shoulder", "left_elbow",
          "left_front_paw", "right_shoulder", "right_elbow", "right_front_paw", "left_hip",
@@ -344,7 +341,7 @@ def test_ablation_switches(use_pixel, use_prompt_encoder, use_cross_attn):
 def test_baseline_has_only_backbone_and_head():
     model = small_model(method="baseline")
     assert {n for n, _ in model.named_children()} == {"visual", "keypoint_head"}
-    assert isinstance(model, PromptPose) and model.prompt_learner is None
+    assert isinstance(model, PoseModel) and model.prompt_learner is None
     assert model.logit_scale is None and model.gamma is None
     assert model.keypoint_head.deconv_layers[0].in_channels == 512
     assert set(model.train()(torch.randn(2, 3, 64, 64))) == {"heatmaps"}

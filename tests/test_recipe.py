@@ -8,18 +8,16 @@ what the code built, so neither the table nor the commands can drift from the co
 import os
 import re
 import shlex
-import sys
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import evaluate  # noqa: E402
-import train  # noqa: E402
-from dataset import AP10K_KEYPOINTS, prompt_texts_for  # noqa: E402
-from model import build_model  # noqa: E402
+import evaluate
+import train
+from keypoints import AP10K_KEYPOINTS, prompt_texts_for
+from model import build_model
 
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 

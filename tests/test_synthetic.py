@@ -7,9 +7,9 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import dataset as D  # noqa: E402
-import synthetic  # noqa: E402
+import dataset as D
+import keypoints as KP
+import synthetic
 
 
 def read_tree(root):
@@ -37,7 +37,7 @@ def test_json_has_ap10k_structure(tmp_path):
     families = {c["supercategory"] for c in train["categories"]}
     assert len(train["categories"]) >= 6 and len(families) >= 3
     for c in train["categories"]:
-        assert c["keypoints"] == D.AP10K_KEYPOINTS and c["skeleton"] == D.AP10K_SKELETON
+        assert c["keypoints"] == KP.AP10K_KEYPOINTS and c["skeleton"] == KP.AP10K_SKELETON
     image_ids = [im["id"] for im in train["images"] + val["images"]]
     ann_ids = [a["id"] for a in train["annotations"] + val["annotations"]]
     assert len(set(image_ids)) == 50 and len(set(ann_ids)) == len(ann_ids)
@@ -62,7 +62,7 @@ def test_json_has_ap10k_structure(tmp_path):
     for im in images.values():
         assert "background" in im and os.path.exists(os.path.join(tmp_path, "data", im["file_name"]))
     ds = D.KeypointDataset(train_json, os.path.join(tmp_path, "data"), train=True)
-    assert ds.flip_pairs == D.AP10K_FLIP_PAIRS and len(ds) == len(train["annotations"])
+    assert ds.flip_pairs == KP.AP10K_FLIP_PAIRS and len(ds) == len(train["annotations"])
     item = ds.make_sample(0)  # the ground-truth box, no augmentation
     assert item["target_weight"].sum() == (np.array(train["annotations"][0]["keypoints"][2::3]) > 0).sum()
 

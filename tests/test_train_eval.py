@@ -16,10 +16,9 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from synthetic import generate  # noqa: E402
+from checkpoint import load_checkpoint, save_checkpoint
+from synthetic import generate
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 

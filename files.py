@@ -1,0 +1,131 @@
+"""Every file a run or an evaluation reads or writes goes through here.
+
+Writes are atomic: a temporary file beside the target (created new, never through a link),
+flushed, fsynced and renamed over the target, so a crash or a kill at any moment leaves the
+old file or the new one, never a torn one; a failed write removes its temporary file and
+names the path. Logs are appended one whole line per write and read back tolerantly.
+Reads name the file and what was expected when they fail.
+"""
+import contextlib
+import itertools
+import json
+import math
+import os
+import warnings
+
+# What an evaluation writes: a directory holding any of these is never written into again.
+EVAL_OUTPUTS = ("metrics.json", "results.json", "photo_results.json", "photo_images.json", "vis")
+EVAL_OUTPUT_SUFFIXES = ("_pose.mp4", "_keypoints.json", "_keypoints.csv", "_trajectories.png")
+CLAIM_FILE = ".evaluation"
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode="wb"):
+    """`with atomic_file(path) as f: ...` writes `path` completely or not at all."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # replaces a link itself, never writes through it
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def json_safe(value):
+    """Non-finite floats -> None, recursively, so the file is valid JSON (no NaN tokens)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path, data, indent=None):
+    try:
+        with atomic_file(path, "w") as f:
+            json.dump(json_safe(data), f, indent=indent, allow_nan=False)
+    except OSError as e:
+        raise OSError(f"cannot write {path} ({e.strerror or e})") from None
+
+
+def read_json(path, what="file"):
+    """json.load with errors that name the file (and the line, for malformed json)."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed json at line {e.lineno} column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text; save the {what} as UTF-8 json") from None
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def append_line(path, record):
+    """Append one json record as one line with a single write (never through a link)."""
+    data = (json.dumps(json_safe(record), allow_nan=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_lines(path):
+    """The json records of a log written by append_line. A torn last line (a write cut by a
+    kill) is dropped with a warning; a bad line elsewhere is an error naming the line."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    records = []
+    for n, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines) - 1:
+                raise ValueError(f"{path}: line {n + 1} is not a json record; remove it") from None
+            warnings.warn(f"{path}: dropped its torn last line (a write cut short)")
+    return records
+
+
+def torch_load(path, expected):
+    """torch.load(weights_only=True) of a file, or an error naming it and what was `expected`."""
+    import torch  # here, so that convert.py reads and writes files without torch
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{os.fspath(path)} not found (expected {expected})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # garbage makes the unpicklers raise almost anything
+        raise ValueError(f"cannot read {os.fspath(path)} (truncated or not a torch file?); "
+                         f"expected {expected}: {type(e).__name__}: {str(e)[:300]}") from e
+
+
+def claim_output_dir(base):
+    """`base`, or base-2, base-3, ...: the first that is new, or holds no evaluation outputs
+    and is claimed by creating its CLAIM_FILE exclusively (two evaluations started together
+    never share a directory). Returns the absolute path."""
+    base = os.path.abspath(base)
+    for n in itertools.count(1):
+        path = base if n == 1 else f"{base}-{n}"
+        try:
+            os.makedirs(path, exist_ok=True)
+            if not os.path.isdir(path) or any(f in EVAL_OUTPUTS or f.endswith(EVAL_OUTPUT_SUFFIXES)
+                                               for f in os.listdir(path)):
+                continue
+            os.close(os.open(os.path.join(path, CLAIM_FILE), os.O_CREAT | os.O_EXCL, 0o644))
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise OSError(f"cannot create the output directory {path} ({e.strerror}); "
+                          f"choose another --output-dir") from None

@@ -1,0 +1,260 @@
+"""Keypoint sets and what they carry: names, prompt texts (Eq. 2), left/right pairs, OKS sigmas.
+
+The known sets (AP-10K, COCO) carry all of it. For other data each item comes from, first that
+applies: the caller (a flag), the json category (`keypoint_prompts`, `flip_pairs`, `sigmas`),
+the known set with exactly these names, else a default: the names with '_' -> ' ' as prompt
+texts, pairs read from the names (`side_key`, the one reading of left/right, used by the flip
+augmentation and by the figures' colours), sigma 0.05 with a warning.
+"""
+import argparse
+import re
+import warnings
+
+import numpy as np
+
+AP10K_KEYPOINTS = [
+    "left_eye", "right_eye", "nose", "neck", "root_of_tail",
+    "left_shoulder", "left_elbow", "left_front_paw", "right_shoulder", "right_elbow",
+    "right_front_paw", "left_hip", "left_knee", "left_back_paw", "right_hip", "right_knee",
+    "right_back_paw"]
+
+# The authors' prompt words (their `class_names`): the names with '_' -> ' ', but 'tail root'.
+AP10K_PROMPTS = [
+    "left eye", "right eye", "nose", "neck", "tail root",
+    "left shoulder", "left elbow", "left front paw", "right shoulder", "right elbow",
+    "right front paw", "left hip", "left knee", "left back paw", "right hip", "right knee",
+    "right back paw"]
+
+AP10K_FLIP_PAIRS = [(0, 1), (5, 8), (6, 9), (7, 10), (11, 14), (12, 15), (13, 16)]
+
+AP10K_SIGMAS = np.array([.025, .025, .026, .035, .035, .079, .072, .062, .079, .072, .062,
+                         .107, .087, .089, .107, .087, .089])
+
+# Half-body groups of AP-10K's published meta-information, as the authors ran them. R_F_Paw
+# (right_front_paw, index 10) is in the LOWER body there although L_F_Paw (7) is upper --
+# probably a typo upstream, kept so that training matches the published numbers.
+AP10K_UPPER_BODY = [0, 1, 2, 3, 5, 6, 7, 8, 9]
+
+# AP-10K skeleton as written in its json (1-based keypoint indices).
+AP10K_SKELETON = [[1, 2], [1, 3], [2, 3], [3, 4], [4, 5], [4, 6], [6, 7], [7, 8], [4, 9],
+                  [9, 10], [10, 11], [5, 12], [12, 13], [13, 14], [5, 15], [15, 16], [16, 17]]
+
+COCO_KEYPOINTS = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
+    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]
+
+COCO_FLIP_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
+
+COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07,
+                        .87, .87, .89, .89]) / 10.0
+
+COCO_UPPER_BODY = list(range(11))
+
+# What a dataset with exactly these keypoint names gets unless the json or the caller says
+# otherwise (prompts None: the names with '_' -> ' ').
+KNOWN_KEYPOINT_SETS = [
+    dict(names=AP10K_KEYPOINTS, prompts=AP10K_PROMPTS, flip_pairs=AP10K_FLIP_PAIRS,
+         sigmas=AP10K_SIGMAS, upper_body=AP10K_UPPER_BODY),
+    dict(names=COCO_KEYPOINTS, prompts=None, flip_pairs=COCO_FLIP_PAIRS,
+         sigmas=COCO_SIGMAS, upper_body=COCO_UPPER_BODY),
+]
+
+DEFAULT_SIGMA = 0.05  # OKS sigma for keypoints of an unknown dataset when none are given
+
+
+def default_prompt_texts(keypoint_names):
+    """The text of each keypoint's prompt when the data gives none: 'left_eye' -> 'left eye'."""
+    return [name.replace("_", " ").strip() for name in keypoint_names]
+
+
+def prompt_texts_for(keypoint_names, keypoint_prompts=None):
+    """The text of each keypoint for its prompt (Eq. 2): the json's `keypoint_prompts` if
+    given, the authors' words for AP-10K ('tail root' for root_of_tail), else the names with
+    '_' -> ' '."""
+    if keypoint_prompts is not None:
+        return list(keypoint_prompts)
+    known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == list(keypoint_names)), {})
+    return list(known.get("prompts") or default_prompt_texts(keypoint_names))
+
+
+# A name is cut into words at separators, lower->upper case changes and letter<->digit
+# changes: "forelegL1" -> foreleg L 1, "L_EarBase" -> L Ear Base, "Lip" -> Lip.
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+|[^\W\d_]+")
+
+_SIDE = {"left": "<L>", "right": "<R>", "l": "<L>", "r": "<R>"}
+
+_MIRROR = {"<L>": "<R>", "<R>": "<L>"}
+
+PAIRS_HELP = ('give the pairs in the json category ("flip_pairs": [[i, j], ...], 0-based '
+              'indices or names; [] if no name is sided), or with --flip-pairs "i,j;k,l", or '
+              'turn flipping off with --no-flip')
+
+
+def side_key(name):
+    """A keypoint name -> (words with side markers '<L>'/'<R>', how sure: 'word', 'inside' or None).
+
+    'word': a whole word left/right/L/R in any case ("L_Eye", "eyeR", "forelegL1",
+    "Eye_Left") or a word starting with left/right ("leftear"). 'inside': left/right inside a
+    word ("frontleftpaw", "earright"; also "bright", hence only paired, never an error).
+    Near/Off (Horse-10: nearer / farther from the camera) are not sides: a flip keeps them.
+    """
+    words, sure = [], None
+    for word in _WORD.findall(name):
+        low = word.lower()
+        start = re.fullmatch(r"(left|right)([a-z]+)", low)
+        if low in _SIDE:
+            words, sure = words + [_SIDE[low]], "word"
+        elif start:
+            words, sure = words + [_SIDE[start[1]], start[2]], "word"
+        else:
+            words.append(low)
+    if sure:
+        return tuple(words), sure
+    inside = [_SIDE.get(p, p) for w in words for p in re.split(r"(left|right)", w) if p]
+    if any(p in _MIRROR for p in inside):
+        return tuple(inside), "inside"
+    return tuple(words), None
+
+
+def derive_flip_pairs(keypoint_names, require_partners=True):
+    """Left/right pairs (i, j), i < j, sorted: names that are each other's mirror by side_key.
+
+    require_partners: a name with a whole-word side ('word') and no partner raises ValueError (its
+    flip would teach the wrong side); otherwise such names stay unpaired.
+    """
+    keys = [side_key(n) for n in keypoint_names]
+    index = {}
+    for i, (key, sure) in enumerate(keys):
+        if sure and key in index:
+            raise ValueError(f"keypoint names {keypoint_names[index[key]]!r} and "
+                             f"{keypoint_names[i]!r} read as the same name; rename one")
+        if sure:
+            index[key] = i
+    pairs, unpaired = [], []
+    for i, (key, sure) in enumerate(keys):
+        j = index.get(tuple(_MIRROR.get(t, t) for t in key)) if sure else None
+        if j is not None and i < j:
+            pairs.append((i, j))
+        elif j is None and sure == "word":
+            unpaired.append(keypoint_names[i])
+    if unpaired and require_partners:
+        raise ValueError(f"keypoint name(s) {unpaired} look left/right-sided but have no "
+                         f"partner on the other side; {PAIRS_HELP}")
+    return sorted(pairs)
+
+
+def check_flip_pairs(pairs, keypoint_names, where):
+    """Validate pairs of 0-based indices or names (compared after trimming whitespace) ->
+    sorted [(i, j)] with i < j; ValueError naming `where` (a file and field, or a flag)."""
+    names = [n.strip() for n in keypoint_names]
+    out, used = [], set()
+    if not isinstance(pairs, (list, tuple)):
+        raise ValueError(f"{where}: flip pairs must be a list of [i, j] pairs, got {pairs!r}")
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError(f"{where}: each flip pair needs exactly two keypoints, got {pair!r}")
+        ids = []
+        for v in pair:
+            if isinstance(v, str) and v.strip() in names:
+                ids.append(names.index(v.strip()))
+            elif isinstance(v, (int, np.integer)) and not isinstance(v, bool) \
+                    and 0 <= v < len(names):
+                ids.append(int(v))
+            else:
+                raise ValueError(f"{where}: {v!r} is neither a keypoint name nor a 0-based index "
+                                 f"0..{len(names) - 1}; the keypoints are {list(keypoint_names)}")
+        if ids[0] == ids[1] or used & set(ids):
+            raise ValueError(f"{where}: pair {pair!r} repeats a keypoint (each keypoint may be in "
+                             "one pair, with another keypoint)")
+        used |= set(ids)
+        out.append(tuple(sorted(ids)))
+    return sorted(out)
+
+
+def parse_flip_pairs(spec, keypoint_names):
+    """The value of `--flip-pairs`, "a,b;c,d", each a keypoint name or a 0-based index
+    (an all-digit item is an index), -> sorted [(i, j)]. "" gives no pairs."""
+    pairs = []
+    for item in spec.split(";"):
+        if item.strip():
+            parts = [p.strip() for p in item.split(",")]
+            pairs.append([int(p) if p.isdigit() else p for p in parts])
+    return check_flip_pairs(pairs, keypoint_names, "--flip-pairs")
+
+
+def keypoint_sides(keypoint_names, flip_pairs):
+    """'left' / 'right' / 'centre' per keypoint (the figures' colours): keypoints in no flip
+    pair are centre; in a pair (a, b) side_key says which is left; when it cannot, a is."""
+    sides = ["centre"] * len(keypoint_names)
+    for a, b in flip_pairs:
+        a_right = "<R>" in side_key(keypoint_names[a])[0] or "<L>" in side_key(keypoint_names[b])[0]
+        sides[a], sides[b] = ("right", "left") if a_right else ("left", "right")
+    return sides
+
+
+def check_sigmas(sigmas, num_keypoints, where):
+    """OKS sigmas, a list of numbers (json) or "0.1,0.2,..." (a flag) -> float64 (K,) of finite
+    positive numbers, K = num_keypoints (None: any); else a ValueError naming `where`."""
+    if isinstance(sigmas, str):
+        sigmas = [s for s in sigmas.split(",") if s.strip()]
+        try:
+            sigmas = [float(s) for s in sigmas]
+        except ValueError:
+            raise ValueError(f"{where}: sigmas must be comma-separated numbers, got {sigmas}") from None
+    if not isinstance(sigmas, (list, tuple, np.ndarray)) or not all(
+            isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) for v in sigmas):
+        raise ValueError(f"{where}: sigmas must be a list of numbers, one per keypoint, got {sigmas!r}")
+    array = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    if num_keypoints is not None and array.shape != (num_keypoints,):
+        raise ValueError(f"{where}: {array.size} sigmas given, the data has {num_keypoints} "
+                         "keypoints (one sigma per keypoint)")
+    if not (array.size and np.isfinite(array).all() and (array > 0).all()):
+        raise ValueError(f"{where}: sigmas must be finite and > 0, got {array.tolist()}")
+    return array
+
+
+def sigma_list(text):
+    """argparse type of --sigmas: comma-separated positive numbers (counted against the data later)."""
+    try:
+        return check_sigmas(text, None, "--sigmas").tolist()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+
+def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=True):
+    """prompt texts, flip pairs, OKS sigmas and the upper body for a keypoint set.
+
+    Each comes from (first that applies): the caller's argument, the json's category field,
+    the known set (AP-10K, COCO) with exactly these names, else the default: prompts = names
+    with '_' -> ' ', pairs derived from the names (an error when a side has no partner,
+    unless flip is False), sigma 0.05 with a warning. No half-body for unknown sets.
+    """
+    names = keypoint_set["names"]
+    known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == names), {})
+    prompts = prompt_texts_for(names, keypoint_set["prompts"])
+    if isinstance(flip_pairs, str):
+        pairs = parse_flip_pairs(flip_pairs, names)
+    elif flip_pairs is not None:
+        pairs = check_flip_pairs(flip_pairs, names, "flip_pairs")
+    elif keypoint_set["flip_pairs"] is not None:
+        pairs = keypoint_set["flip_pairs"]
+    elif known:
+        pairs = list(known["flip_pairs"])
+    else:
+        try:
+            pairs = derive_flip_pairs(names, require_partners=flip)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    if sigmas is not None:
+        sigmas = check_sigmas(sigmas, len(names), path)
+    elif keypoint_set["sigmas"] is not None:
+        sigmas = keypoint_set["sigmas"]
+    elif known:
+        sigmas = known["sigmas"].copy()
+    else:
+        sigmas = np.full(len(names), DEFAULT_SIGMA)
+        warnings.warn(f"{path}: unknown keypoint set, using OKS sigma {DEFAULT_SIGMA} for every "
+                      "keypoint; give 'sigmas' in the json category or --sigmas for meaningful AP")
+    return dict(prompt_texts=prompts, flip_pairs=pairs, sigmas=sigmas,
+                upper_body=known.get("upper_body"))

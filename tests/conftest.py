@@ -1,0 +1,5 @@
+"""Tests import the project's top-level modules as the entry points do."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
