@@ -2,22 +2,15 @@
 
     python convert.py dlc PROJECT_DIR OUT_DIR [--val-fraction F] [--seed 0] [--copy] [--margin 20]
 
-`dlc` reads a DeepLabCut project: Task, body parts, skeleton and TrainingFraction of its
-`config.yaml`, and every `labeled-data/*/CollectedData_*.csv` (header rows scorer / bodyparts /
-coords, multi-animal scorer / individuals / bodyparts / coords; the frame index in one column
-`labeled-data/video1/img001.png` or in three `labeled-data, video1, img001.png`). It writes
-OUT_DIR/train.json and OUT_DIR/val.json (COCO keypoints, one category named after Task) and
-OUT_DIR/images/<video>/<frame> (symbolic links, or copies). The rules are in the README:
-points copied unchanged (DeepLabCut and dataset.py both put pixel centres at integer
-coordinates), one instance per individual with a labeled point, unique body parts left out,
-a frame is its normalised path, frames without labels left out, the split is over frames.
-Every problem stops with one line naming the file, line, key or flag (`error: ...`, status 1).
+`dlc` reads a DeepLabCut project (config.yaml, every labeled-data/*/CollectedData_*.csv) and
+writes OUT_DIR/{train,val}.json and OUT_DIR/images/<video>/<frame>, by the README's rules.
+Points are copied unchanged: DeepLabCut and dataset.py both put pixel centres at integer
+coordinates. Every problem stops with one line naming the file, line, key or flag.
 """
 import argparse
 import csv
 import glob
 import io
-import json
 import math
 import os
 import posixpath
@@ -28,6 +21,8 @@ import sys
 import cv2
 import numpy as np
 import yaml
+
+from files import write_json
 
 DEFAULT_VAL_FRACTION = 0.2      # when config.yaml has no TrainingFraction
 
@@ -65,10 +60,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(path):
-    """A YAML file whose top level is a mapping -> dict (yaml.safe_load, duplicate keys refused)."""
-    text = read_text(path)
+    """A YAML file whose top level is a mapping -> dict."""
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+        raw = yaml.load(read_text(path), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
         where = f"{path} line {mark.line + 1}" if mark else path
@@ -86,10 +80,10 @@ def read_yaml(path):
 def _names(raw, key, path, required=True):
     """raw[key] as a list of distinct body part / individual names, or a clear error."""
     value = raw.get(key)
-    if value is None:
-        if required:
-            raise ValueError(f"{path}: required key '{key}' is missing (or empty)")
+    if value is None and not required:
         return []
+    if value is None:
+        raise ValueError(f"{path}: required key '{key}' is missing (or empty)")
     if not isinstance(value, list):
         raise ValueError(f"{path}: '{key}' must be a list of names, found {value!r}")
     odd = [v for v in value if not isinstance(v, str)]
@@ -111,10 +105,9 @@ def read_dlc_config(project_dir):
         raise FileNotFoundError(f"{path} {found}: PROJECT_DIR must be a DeepLabCut project "
                                 "folder (the one holding config.yaml and labeled-data/)")
     raw = read_yaml(path)
-    task = raw.get("Task")
+    task, multi = raw.get("Task"), raw.get("multianimalproject")
     if task is None or task == "" or isinstance(task, (list, dict)):
         raise ValueError(f"{path}: required key 'Task' is missing (or empty)")
-    multi = raw.get("multianimalproject")
     if not (multi is None or isinstance(multi, bool)):
         raise ValueError(f"{path}: 'multianimalproject' must be true or false, found {multi!r}")
     if multi:
@@ -126,8 +119,7 @@ def read_dlc_config(project_dir):
     fraction = raw.get("TrainingFraction")     # DeepLabCut's share of frames for training
     if isinstance(fraction, list) and fraction:
         fraction = fraction[0]
-    if fraction is not None and (isinstance(fraction, bool) or not isinstance(
-            fraction, (int, float)) or not 0 < fraction <= 1):
+    if fraction is not None and (type(fraction) not in (int, float) or not 0 < fraction <= 1):
         raise ValueError(f"{path}: 'TrainingFraction' must be a list of fractions in (0, 1], "
                          f"found {raw['TrainingFraction']!r}")
     skeleton, notes = [], []
@@ -150,48 +142,40 @@ def read_dlc_config(project_dir):
             "skeleton": skeleton, "train_fraction": fraction, "notes": notes}
 
 
-def _csv_header(rows, path, multi):
-    """Header rows of a CollectedData csv -> (individuals row or None, bodyparts row, coords
-    row, number of index columns), the rows padded to one width."""
-    expected = ["scorer", "individuals", "bodyparts", "coords"] if multi else \
+def _csv_columns(rows, path, cfg):
+    """Header rows of a CollectedData csv -> ({(individual, body part): (x column, y column)},
+    number of index columns), checked against config.yaml. Single-animal individual: None."""
+    names = ["scorer", "individuals", "bodyparts", "coords"] if cfg["multi"] else \
         ["scorer", "bodyparts", "coords"]
-    found = [r[0].strip() if r else "" for r in rows[:len(expected)]]
-    if found != expected:
-        kind = "a multi-animal" if multi else "a single-animal"
-        raise ValueError(f"{path}: expected the header rows {'/'.join(expected)} of {kind} "
+    found = [r[0].strip() if r else "" for r in rows[:len(names)]]
+    if found != names:
+        kind = "a multi-animal" if cfg["multi"] else "a single-animal"
+        raise ValueError(f"{path}: expected the header rows {'/'.join(names)} of {kind} "
                          f"project (config.yaml), found {'/'.join(found)}")
-    width = max(len(r) for r in rows[:len(expected)])
-    header = [r + [""] * (width - len(r)) for r in rows[:len(expected)]]
-    coords = header[-1]
-    first = next((j for j in range(1, width) if coords[j].strip()), None)
-    if first is None:
+    width = max(len(r) for r in rows[:len(names)])
+    header = [[c.strip() for c in r] + [""] * (width - len(r)) for r in rows[:len(names)]]
+    individual, part, coord = header[1] if cfg["multi"] else [None] * width, header[-2], header[-1]
+    n_index = next((j for j in range(1, width) if coord[j]), None)
+    if n_index is None:
         raise ValueError(f"{path}: the coords row names no x / y column")
-    return (header[1] if multi else None), header[-2], coords, first
-
-
-def _csv_columns(path, header, cfg):
-    """{(individual, body part): (x column, y column)} of a csv, checked against config.yaml."""
-    individuals_row, bodyparts_row, coords_row, n_index = header
     columns = {}
-    for j in range(n_index, len(coords_row)):
-        who = individuals_row[j].strip() if individuals_row is not None else None
-        part, coord = bodyparts_row[j].strip(), coords_row[j].strip()
-        if not part and not coord:
+    for j in range(n_index, width):
+        if not part[j] and not coord[j]:
             continue                  # a trailing empty column
-        if coord not in ("x", "y"):
-            raise ValueError(f"{path}: column {j + 1} has coords {coord!r}, expected x or y")
-        xy = columns.setdefault((who, part), {})
-        if coord in xy:               # two columns for one value: neither may silently win
-            of = "" if who is None else f"{who} "
-            raise ValueError(f"{path}: columns {xy[coord] + 1} and {j + 1} are both {of}{part} "
-                             f"{coord}: delete one of them")
-        xy[coord] = j
+        if coord[j] not in ("x", "y"):
+            raise ValueError(f"{path}: column {j + 1} has coords {coord[j]!r}, expected x or y")
+        xy = columns.setdefault((individual[j], part[j]), {})
+        if coord[j] in xy:            # two columns for one value: neither may silently win
+            of = "" if individual[j] is None else f"{individual[j]} "
+            raise ValueError(f"{path}: columns {xy[coord[j]] + 1} and {j + 1} are both "
+                             f"{of}{part[j]} {coord[j]}: delete one of them")
+        xy[coord[j]] = j
     found = {}
-    for (who, part), xy in columns.items():
+    for (who, name), xy in columns.items():
         if len(xy) != 2:
-            raise ValueError(f"{path}: body part {part!r} needs one x and one y column")
-        found.setdefault(who, set()).add(part)
-    for who, parts in found.items():
+            raise ValueError(f"{path}: body part {name!r} needs one x and one y column")
+        found.setdefault(who, set()).add(name)
+    for who, names in found.items():
         if cfg["multi"] and who == "single":
             wanted, key = set(cfg["unique"]), "uniquebodyparts"
         elif who in cfg["individuals"]:
@@ -200,10 +184,10 @@ def _csv_columns(path, header, cfg):
         else:
             raise ValueError(f"{path}: individual {who!r} is not in config.yaml 'individuals' "
                              f"{cfg['individuals']}")
-        if parts != wanted:
+        if names != wanted:
             of = "" if who is None else f" of {who}"
             raise ValueError(f"{path}: body parts{of} do not match config.yaml '{key}': "
-                             f"missing {sorted(wanted - parts)}, extra {sorted(parts - wanted)}")
+                             f"missing {sorted(wanted - names)}, extra {sorted(names - wanted)}")
     return {k: (v["x"], v["y"]) for k, v in columns.items()}, n_index
 
 
@@ -215,8 +199,8 @@ def _coordinate(row, j, where):
     try:
         value = float(cell)
     except ValueError:
-        value = float("inf")
-    if not np.isfinite(value):
+        value = math.inf
+    if not math.isfinite(value):
         raise ValueError(f"{where}: {cell!r} is not a coordinate (leave the cell empty for a "
                          "point that is not labeled)")
     return value
@@ -230,10 +214,9 @@ def read_dlc_csv(path, cfg):
         rows = list(reader)
     except csv.Error as e:
         raise ValueError(f"{path} line {reader.line_num}: not a valid csv file ({e})") from None
-    header = _csv_header(rows, path, cfg["multi"])
-    columns, n_index = _csv_columns(path, header, cfg)
-    frames = []
-    for line, row in enumerate(rows[4 if cfg["multi"] else 3:], 5 if cfg["multi"] else 4):
+    columns, n_index = _csv_columns(rows, path, cfg)
+    frames, n_header = [], 4 if cfg["multi"] else 3
+    for line, row in enumerate(rows[n_header:], n_header + 1):
         if not any(c.strip() for c in row):
             continue
         where = f"{path} line {line}"
@@ -243,74 +226,24 @@ def read_dlc_csv(path, cfg):
         # one spelling per frame: `./labeled-data/v/a.png`, `labeled-data\v\a.png` and the
         # cells `labeled-data, v, a.png` are all `labeled-data/v/a.png`
         image = posixpath.normpath(index)
-        instances, unique = {}, 0
-        for who in cfg["individuals"]:
-            if any(k[0] == who for k in columns):
-                instances[who] = np.array([[_coordinate(row, j, f"{where} ({part} {c})")
-                                            for j, c in zip(columns[(who, part)], "xy")]
-                                           for part in cfg["keypoints"]])       # (K, 2)
-        for part in cfg["unique"]:
-            if ("single", part) in columns:
-                xy = [_coordinate(row, j, f"{where} ({part})") for j in columns[("single", part)]]
-                unique += int(not np.isnan(xy).any())
+        instances = {who: np.array([[_coordinate(row, j, f"{where} ({part} {c})")
+                                     for j, c in zip(columns[(who, part)], "xy")]
+                                    for part in cfg["keypoints"]])                  # (K, 2)
+                     for who in cfg["individuals"] if any(k[0] == who for k in columns)}
+        unique = sum(not np.isnan([_coordinate(row, j, f"{where} ({part})")
+                                   for j in columns[("single", part)]]).any()
+                     for part in cfg["unique"] if ("single", part) in columns)
         frames.append({"image": image, "where": where, "instances": instances, "unique": unique})
     return frames
-
-
-def image_size(path, where):
-    """(height, width) of an image file, read from the file itself."""
-    if not os.path.isfile(path):
-        found = "is not a file" if os.path.exists(path) else "not found"
-        raise FileNotFoundError(f"{where}: image {path} {found}")
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"{where}: cannot read image {path} (not an image, or corrupt)")
-    return image.shape[:2]
-
-
-def coco_instance(xy, width, height, margin):
-    """One individual's keypoints (K, 2), NaN = missing -> (COCO fields or None, n_outside).
-
-    Points outside the image become unlabeled (counted in n_outside); None when no point is
-    left. Fields: keypoints [x, y, v] * K, num_keypoints, bbox = extent + margin clipped to
-    the image [x, y, w, h], area = w * h, iscrowd 0.
-    """
-    inside = ((xy[:, 0] >= -0.5) & (xy[:, 0] <= width - 0.5) &
-              (xy[:, 1] >= -0.5) & (xy[:, 1] <= height - 0.5))          # NaN compares False
-    labeled = ~np.isnan(xy).any(axis=1) & inside                        # (K,)
-    n_outside = int((~np.isnan(xy).any(axis=1) & ~inside).sum())
-    if not labeled.any():
-        return None, n_outside
-    keypoints = []
-    for (x, y), v in zip(xy, labeled):
-        keypoints += [float(x), float(y), 2] if v else [0.0, 0.0, 0]
-    x0, y0 = np.maximum(xy[labeled].min(axis=0) - margin, 0.0)
-    x1, y1 = np.minimum(xy[labeled].max(axis=0) + margin, [width, height])
-    w, h = float(x1 - x0), float(y1 - y0)
-    return {"keypoints": keypoints, "num_keypoints": int(labeled.sum()),
-            "bbox": [float(x0), float(y0), w, h], "area": w * h, "iscrowd": 0}, n_outside
-
-
-def split_frames(n, val_fraction, seed):
-    """Seeded split of n frames -> (train indices, val indices), both sorted.
-
-    val gets round(val_fraction * n) frames (val_fraction in [0, 1)), but at least one and at
-    most n - 1.
-    """
-    if n < 2:
-        raise ValueError(f"found {n} labeled frame(s); a train/val split needs at least 2")
-    n_val = min(max(int(round(val_fraction * n)), 1), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
 def read_dlc_labels(project_dir, cfg):
     """Every labeled-data/*/CollectedData_*.csv -> (frames sorted by image path, csv paths,
     number of rows that repeat a frame with the same labels)."""
-    pattern = os.path.join(glob.escape(project_dir), "labeled-data", "*", "CollectedData_*.csv")
-    paths = sorted(glob.glob(pattern))
+    parts = ("labeled-data", "*", "CollectedData_*.csv")
+    paths = sorted(glob.glob(os.path.join(glob.escape(project_dir), *parts)))
     if not paths:
-        where = os.path.join(project_dir, "labeled-data", "*", "CollectedData_*.csv")
+        where = os.path.join(project_dir, *parts)
         raise FileNotFoundError(f"no labels found ({where}): label frames in DeepLabCut first "
                                 "(it saves the csv next to the .h5)")
     frames, repeats = {}, 0
@@ -332,30 +265,68 @@ def read_dlc_labels(project_dir, cfg):
             repeats += 1
     return [frames[k] for k in sorted(frames)], paths, repeats
 
+# ---------------------------------------------------------------- COCO files
+
+def image_size(path, where):
+    """(height, width) of an image file, read from the file itself."""
+    if not os.path.isfile(path):
+        found = "is not a file" if os.path.exists(path) else "not found"
+        raise FileNotFoundError(f"{where}: image {path} {found}")
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{where}: cannot read image {path} (not an image, or corrupt)")
+    return image.shape[:2]
+
+
+def coco_instance(xy, width, height, margin):
+    """One individual's keypoints (K, 2), NaN = missing -> (COCO fields or None, n_outside).
+
+    Points outside the image become unlabeled; None when no point is left. bbox = the labeled
+    points' extent + margin, clipped to the image."""
+    inside = ((xy[:, 0] >= -0.5) & (xy[:, 0] <= width - 0.5) &
+              (xy[:, 1] >= -0.5) & (xy[:, 1] <= height - 0.5))          # NaN compares False
+    present = ~np.isnan(xy).any(axis=1)                                 # (K,)
+    labeled, n_outside = present & inside, int((present & ~inside).sum())
+    if not labeled.any():
+        return None, n_outside
+    keypoints = []
+    for (x, y), v in zip(xy, labeled):
+        keypoints += [float(x), float(y), 2] if v else [0.0, 0.0, 0]
+    x0, y0 = np.maximum(xy[labeled].min(axis=0) - margin, 0.0)
+    x1, y1 = np.minimum(xy[labeled].max(axis=0) + margin, [width, height])
+    w, h = float(x1 - x0), float(y1 - y0)
+    return {"keypoints": keypoints, "num_keypoints": int(labeled.sum()),
+            "bbox": [float(x0), float(y0), w, h], "area": w * h, "iscrowd": 0}, n_outside
+
+
+def split_frames(n, val_fraction, seed):
+    """Seeded split of n frames -> sorted (train, val) indices; val gets round(val_fraction * n)
+    frames, but at least one and at most n - 1."""
+    if n < 2:
+        raise ValueError(f"found {n} labeled frame(s); a train/val split needs at least 2")
+    n_val = min(max(int(round(val_fraction * n)), 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
 
 def build_coco(project_dir, frames, margin):
     """Frames -> (images [{file_name, width, height, source}], annotations per image, counts).
-
-    Frames without a labeled point are left out (their image is not read).
-    """
+    Frames without a labeled point are left out (their image is not read)."""
     root = os.path.join(project_dir, "labeled-data")
     images, annotations = [], []
     counts = {"empty": 0, "outside": 0, "unique": sum(f["unique"] for f in frames)}
     for frame in frames:
-        if all(np.isnan(xy).any(axis=1).all() for xy in frame["instances"].values()):
-            counts["empty"] += 1
-            continue
-        source = os.path.normpath(os.path.join(project_dir, frame["image"]))
-        file_name = os.path.relpath(source, root).replace(os.sep, "/")
-        if file_name.startswith("../"):
-            raise ValueError(f"{frame['where']}: image {frame['image']} is not inside {root}")
-        height, width = image_size(source, frame["where"])
         instances = []
-        for xy in frame["instances"].values():
-            ann, outside = coco_instance(xy, width, height, margin)
-            counts["outside"] += outside
-            if ann is not None:
-                instances.append(ann)
+        if not all(np.isnan(xy).any(axis=1).all() for xy in frame["instances"].values()):
+            source = os.path.normpath(os.path.join(project_dir, frame["image"]))
+            file_name = os.path.relpath(source, root).replace(os.sep, "/")
+            if file_name.startswith("../"):
+                raise ValueError(f"{frame['where']}: image {frame['image']} is not inside {root}")
+            height, width = image_size(source, frame["where"])
+            for xy in frame["instances"].values():
+                ann, outside = coco_instance(xy, width, height, margin)
+                counts["outside"] += outside
+                instances += [ann] if ann is not None else []
         if not instances:
             counts["empty"] += 1
             continue
@@ -363,15 +334,6 @@ def build_coco(project_dir, frames, margin):
                        "source": source})
         annotations.append(instances)
     return images, annotations, counts
-
-
-def coco_file(images, annotations, indices, category, info):
-    """The COCO keypoint dict of the frames `indices` (ids were assigned over all frames)."""
-    return {"info": info,
-            "images": [{k: images[i][k] for k in ("id", "file_name", "width", "height")}
-                       for i in indices],
-            "annotations": [a for i in indices for a in annotations[i]],
-            "categories": [category]}
 
 
 def place_images(images, image_dir, copy):
@@ -388,11 +350,12 @@ def place_images(images, image_dir, copy):
             raise ValueError(f"cannot link {target} -> {image['source']} ({e.strerror}); "
                              "use --copy on file systems without symbolic links") from None
 
-
 # ---------------------------------------------------------------- flags, OUT_DIR, entry point
 
-def check_options(val_fraction, seed, margin):
-    """Refuse flag values that would give wrong boxes or splits (NaN fails every comparison)."""
+def check_options(out_dir, val_fraction, seed, margin):
+    """Refuse flag values that would give wrong boxes or splits (NaN fails every comparison),
+    and an OUT_DIR that is a file or holds a conversion (one that cannot be written into is
+    refused by convert_dlc's makedirs, before any file is written)."""
     if not (math.isfinite(margin) and margin >= 0):
         raise ValueError(f"--margin must be a finite number of pixels >= 0, got {margin}")
     if val_fraction is not None and not 0 <= val_fraction < 1:
@@ -401,11 +364,6 @@ def check_options(val_fraction, seed, margin):
     if seed < 0:
         raise ValueError(f"--seed must be >= 0 (numpy's generators take no negative seed), "
                          f"got {seed}")
-
-
-def check_out_dir(out_dir):
-    """Refuse an OUT_DIR that is a file or holds a conversion. (One that cannot be created or
-    written into is refused by convert_dlc when its makedirs fails, before any file is written.)"""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"OUT_DIR {out_dir} is a file: give a new or empty folder")
     existing = [p for p in ("train.json", "val.json", "images")
@@ -417,8 +375,7 @@ def check_out_dir(out_dir):
 
 def convert_dlc(project_dir, out_dir, val_fraction=None, seed=0, copy=False, margin=20.0):
     """DeepLabCut project -> OUT_DIR/{train,val}.json and OUT_DIR/images; returns a summary."""
-    check_options(val_fraction, seed, margin)
-    check_out_dir(out_dir)
+    check_options(out_dir, val_fraction, seed, margin)
     cfg = read_dlc_config(project_dir)
     fraction = cfg["train_fraction"]
     source = ("--val-fraction" if val_fraction is not None else
@@ -428,7 +385,6 @@ def convert_dlc(project_dir, out_dir, val_fraction=None, seed=0, copy=False, mar
         val_fraction = DEFAULT_VAL_FRACTION if fraction is None else round(1 - fraction, 10)
     frames, csvs, repeats = read_dlc_labels(project_dir, cfg)
     images, annotations, counts = build_coco(project_dir, frames, margin)
-    train, val = split_frames(len(images), val_fraction, seed)
     ann_id = 0
     for i, image in enumerate(images):   # ids follow the sorted file names, across both splits
         image["id"] = i + 1
@@ -440,17 +396,21 @@ def convert_dlc(project_dir, out_dir, val_fraction=None, seed=0, copy=False, mar
                 "skeleton": [[a + 1, b + 1] for a, b in cfg["skeleton"]]}  # 1-based, as COCO
     info = {"description": f"DeepLabCut project '{cfg['task']}' converted by convert.py",
             "project": os.path.abspath(project_dir), "val_fraction": val_fraction, "seed": seed}
-    files = {name: coco_file(images, annotations, indices, category, {**info, "split": name})
+    train, val = split_frames(len(images), val_fraction, seed)
+    files = {name: {"info": {**info, "split": name},
+                    "images": [{k: images[i][k] for k in ("id", "file_name", "width", "height")}
+                               for i in indices],
+                    "annotations": [a for i in indices for a in annotations[i]],
+                    "categories": [category]}
              for name, indices in (("train", train), ("val", val))}
     try:         # a path under a file, a read-only folder or mount, a full disk
         os.makedirs(out_dir, exist_ok=True)
         place_images(images, os.path.join(out_dir, "images"), copy)
         for name, data in files.items():
-            with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-                json.dump(data, f)
-    except OSError as e:
-        raise ValueError(f"cannot write {e.filename or out_dir}: {e.strerror} (choose another "
-                         "OUT_DIR)") from None
+            write_json(os.path.join(out_dir, f"{name}.json"), data)
+    except OSError as e:             # write_json's own error already names the file
+        what = f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e)
+        raise ValueError(f"{what} (choose another OUT_DIR)") from None
     splits = {name: (len(d["images"]), len(d["annotations"]),
                      sum(a["num_keypoints"] for a in d["annotations"]))
               for name, d in files.items()}

@@ -24,7 +24,7 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from files import read_json
+from files import finite_number, finite_numbers, integer_id, read_json
 from keypoints import check_flip_pairs, check_sigmas, keypoint_metadata
 from transforms import NORMALIZATION, TopDownTransform, box_to_center_scale
 
@@ -38,91 +38,75 @@ def load_coco_json(path):
     return data
 
 
-def finite_numbers(values, count, where, field):
-    """`values` must be a list of `count` finite numbers (int/float, not strings) -> float64
-    array; else one ValueError line naming `where` and the field."""
-    if not isinstance(values, list) or len(values) != count:
-        got = f"{len(values)} values" if isinstance(values, list) else repr(values)
-        raise ValueError(f"{where}: '{field}' must be a list of {count} numbers, got {got}")
-    if not set(map(type, values)) <= {int, float}:
-        i = next(i for i, v in enumerate(values) if type(v) not in (int, float))
-        raise ValueError(f"{where}: '{field}'[{i}] is {values[i]!r}, not a number")
-    array = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(array).all():
-        i = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise ValueError(f"{where}: '{field}'[{i}] is {values[i]}, not a finite number")
-    return array
+def unique_ids(items, kind, path):
+    """Every image / annotation is an object with an integer id, and no id is repeated."""
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}: {kind} #{n} is not an object")
+        extra = f" (image id {item.get('image_id')!r})" if kind == "annotation" else ""
+        integer_id(item, "id", f"{path}: {kind} #{n}{extra}")
+    dup = sorted(i for i, n in Counter(item["id"] for item in items).items() if n > 1)
+    if dup:
+        raise ValueError(f"{path}: duplicate {kind} id(s) {dup[:10]}")
 
 
-def finite_number(value, where, field, minimum=None):
-    """One finite number (>= minimum if given) or a ValueError naming `where` and the field."""
-    if type(value) not in (int, float) or not np.isfinite(value):
-        raise ValueError(f"{where}: '{field}' is {value!r}, not a finite number")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{where}: '{field}' is {value}, must be >= {minimum}")
-    return float(value)
-
-
-def integer_id(item, key, where):
-    """item[key] as an integer id, or a ValueError naming `where` (missing, or not an integer)."""
-    if key not in item:
-        raise ValueError(f"{where} has no '{key}'")
-    if type(item[key]) is not int:
-        raise ValueError(f"{where}: '{key}' is {item[key]!r}, not an integer")
-    return item[key]
-
-
-def check_images(data, path):
-    """Image entries: integer unique ids, file_name, finite width/height >= 0 (0: instances skipped)."""
-    for n, im in enumerate(data["images"]):
-        if not isinstance(im, dict):
-            raise ValueError(f"{path}: image #{n} is not an object")
-        where = f"{path}: image id {integer_id(im, 'id', f'{path}: image #{n}')}"
+def check_coco(data, path, keypoint_category_ids, num_keypoints):
+    """One pass over the images and annotations: unique integer ids; images with a file_name
+    and finite width / height >= 0 (0: their instances are skipped); annotations of a known
+    image and category, and for keypoint categories 3K finite keypoint numbers and a finite
+    bbox. Fills what COCOeval reads where the file leaves it out: area (bbox w * h), iscrowd
+    (0), num_keypoints (the labeled count). A scored instance with a box needs area > 0."""
+    unique_ids(data["images"], "image", path)
+    unique_ids(data["annotations"], "annotation", path)
+    for im in data["images"]:
+        where = f"{path}: image id {im['id']}"
         if not isinstance(im.get("file_name"), str) or not im["file_name"]:
             raise ValueError(f"{where} needs a 'file_name'")
         for field in ("width", "height"):
             finite_number(im.get(field), where, field, minimum=0)
-    ids = Counter(im["id"] for im in data["images"])
-    dup = sorted(i for i, n in ids.items() if n > 1)
-    if dup:
-        raise ValueError(f"{path}: duplicate image id(s) {dup[:10]}")
-
-
-def check_annotations(data, path, keypoint_category_ids, num_keypoints):
-    """Annotations: integer unique ids, known image/category; for keypoint categories 3K finite
-    keypoint numbers, a 4-number finite bbox, finite area >= 0. Fills what COCOeval needs and
-    the file may leave out: area (= bbox w * h), iscrowd (0), num_keypoints (labeled count)."""
     images = {im["id"] for im in data["images"]}
     categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
-    for n, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            raise ValueError(f"{path}: annotation #{n} is not an object")
-        ann_id = integer_id(ann, "id", f"{path}: annotation #{n} (image id {ann.get('image_id')!r})")
-        where = f"{path}: annotation id {ann_id}"
-        if ann.get("image_id") not in images:
-            raise ValueError(f"{where} refers to unknown image id {ann.get('image_id')!r}")
-        if ann.get("category_id") not in categories:
-            raise ValueError(f"{where} refers to unknown category id {ann.get('category_id')!r}")
+    for ann in data["annotations"]:
+        where = f"{path}: annotation id {ann['id']}"
+        for key, known in (("image_id", images), ("category_id", categories)):
+            if ann.get(key) not in known:
+                raise ValueError(f"{where} refers to unknown {key[:-3]} id {ann.get(key)!r}")
         if ann["category_id"] not in keypoint_category_ids:
             continue
         kps = ann.get("keypoints")
         if not isinstance(kps, list) or len(kps) != 3 * num_keypoints:
-            n_values = len(kps) if isinstance(kps, list) else 0
-            raise ValueError(f"{where} has {n_values} keypoint values, expected {3 * num_keypoints} "
-                             f"({num_keypoints} keypoints x [x, y, v])")
+            raise ValueError(f"{where} has {len(kps) if isinstance(kps, list) else 0} keypoint values, "
+                             f"expected {3 * num_keypoints} ({num_keypoints} keypoints x [x, y, v])")
         labeled = int((finite_numbers(kps, len(kps), where, "keypoints")[2::3] > 0).sum())
         if not isinstance(ann.get("bbox"), list) or len(ann["bbox"]) != 4:
             raise ValueError(f"{where} has no 4-number bbox [x, y, w, h]")
         x, y, w, h = finite_numbers(ann["bbox"], 4, where, "bbox")
         ann["area"] = finite_number(ann.get("area", float(w * h)), where, "area", minimum=0)
         ann.setdefault("iscrowd", 0)
-        finite_number(ann["iscrowd"], where, "iscrowd")
         ann.setdefault("num_keypoints", labeled)
-        finite_number(ann["num_keypoints"], where, "num_keypoints", minimum=0)
-    ids = Counter(ann["id"] for ann in data["annotations"])
-    dup = sorted(i for i, n in ids.items() if n > 1)
-    if dup:
-        raise ValueError(f"{path}: duplicate annotation id(s) {dup[:10]}")
+        for field in ("iscrowd", "num_keypoints"):
+            finite_number(ann[field], where, field, minimum=0)
+        if ann["area"] == 0 < min(w, h) and ann["num_keypoints"] > 0 and not ann["iscrowd"]:
+            raise ValueError(f"{where}: 'area' is 0, and OKS divides by it (AP 0 for this instance)"
+                             f": give the instance's area, or leave 'area' out to use the box's w * h")
+
+
+def read_skeleton(skeleton, num_keypoints, path):
+    """The limbs (0-based pairs) of a category's skeleton, 1-based as COCO writes it. A
+    0-based one (an index 0 and none above K - 1, as mmpose's Animal Kingdom file) is used as
+    it is, and said; an unusable one is dropped with a warning: the skeleton only draws."""
+    K, pairs = num_keypoints, skeleton or []
+    valid = isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 and all(
+        type(v) is int for v in p) for p in pairs)
+    values = [v for p in pairs for v in p] if valid else []
+    if valid and (not values or (min(values) >= 1 and max(values) <= K)):
+        return [[a - 1, b - 1] for a, b in pairs]
+    if valid and min(values) == 0 and max(values) <= K - 1:
+        warnings.warn(f"{path}: the skeleton is 0-based (it uses index 0); read as such")
+        return [list(p) for p in pairs]
+    warnings.warn(f"{path}: skeleton {str(skeleton)[:80]} is not pairs of keypoint indices in "
+                  f"1..{K} (COCO skeletons are 1-based); dropped (it only draws figures)")
+    return []
 
 
 def category_field(cats, field, path):
@@ -152,12 +136,10 @@ def read_keypoint_set(data, path):
         raise ValueError(f"{path}: category {cats[0]['id']} 'keypoints' must be distinct non-empty "
                          f"names, got {names}")
     K = len(names)
-    skeleton = cats[0].get("skeleton") or []
-    for pair in skeleton:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(type(v) is int and 1 <= v <= K
-                                                                  for v in pair)):
-            raise ValueError(f"{path}: skeleton pair {pair!r} is not two keypoint indices in "
-                             f"1..{K} (COCO skeletons are 1-based)")
+    spaced = [n for n in names if n != n.strip()]
+    if spaced:
+        warnings.warn(f"{path}: keypoint name(s) {spaced} have surrounding spaces; stripped for "
+                      "the prompts and the left/right pairs (the names stay as the file has them)")
     prompts = category_field(cats, "keypoint_prompts", path)
     if prompts is not None and not (isinstance(prompts, list) and len(prompts) == K and all(
             isinstance(p, str) and p.strip() for p in prompts)):
@@ -166,7 +148,7 @@ def read_keypoint_set(data, path):
     sigmas = category_field(cats, "sigmas", path)
     return dict(
         names=list(names), category_ids={c["id"] for c in cats},
-        skeleton=[[a - 1, b - 1] for a, b in skeleton],
+        skeleton=read_skeleton(cats[0].get("skeleton"), K, path),
         prompts=[p.strip() for p in prompts] if prompts is not None else None,
         flip_pairs=None if pairs is None else check_flip_pairs(pairs, names, f"{path}: 'flip_pairs'"),
         sigmas=None if sigmas is None else check_sigmas(
@@ -229,6 +211,17 @@ def clip_box(bbox, width, height):
     return [x1, y1, min(x + w, float(width)) - x1, min(y + h, float(height)) - y1]
 
 
+def instance_box(bbox, width, height):
+    """The box a ground-truth instance is cropped from, as the authors' loaders make it
+    (mmpose's COCO-style datasets, AP-10K's included): the far corner one pixel in, x2 = x + w - 1,
+    clipped to the pixels [0, width - 1] (mmpose adds w - 1 to the clipped x1 instead, which
+    shifts a box that starts left of the image; the two agree for every box inside it)."""
+    x, y, w, h = [float(v) for v in bbox]
+    x1, y1 = max(x, 0.0), max(y, 0.0)
+    x2, y2 = min(x + w - 1, width - 1.0), min(y + h - 1, height - 1.0)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
 def skip_reason(ann, image, keypoint_category_ids, train):
     """Why an annotation gives no sample, or None. COCOeval ignores crowd instances and
     `num_keypoints` 0 by itself; the other reasons make an instance unpredictable."""
@@ -240,7 +233,7 @@ def skip_reason(ann, image, keypoint_category_ids, train):
         return "image size 0"
     if not (np.asarray(ann["keypoints"][2::3]) > 0).any():
         return "no labeled keypoint"
-    _, _, w, h = clip_box(ann["bbox"], image["width"], image["height"])
+    _, _, w, h = instance_box(ann["bbox"], image["width"], image["height"])
     if w <= 0 or h <= 0:
         return "zero-area box"
     if not train and ann["num_keypoints"] == 0:
@@ -278,17 +271,17 @@ def ground_truth_records(coco, image_dir, keypoint_category_ids, num_keypoints, 
             if scored_by_cocoeval(ann, keypoint_category_ids):
                 unpredictable.append(ann_id)
             continue
-        box = clip_box(ann["bbox"], image["width"], image["height"])
-        clipped += box != [float(v) for v in ann["bbox"]]
+        box = instance_box(ann["bbox"], image["width"], image["height"])
+        clipped += clip_box(ann["bbox"], image["width"], image["height"]) != list(map(float, ann["bbox"]))
         keypoints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(num_keypoints, 3)
         records.append(make_record(image, image_dir, box, aspect_ratio, ann_id=int(ann_id),
                                    category_id=int(ann["category_id"]), keypoints=keypoints,
-                                   bbox_score=1.0))
+                                   bbox_score=1.0, detection=False))
     return records, skipped, clipped, unpredictable
 
 
 def detection_records(boxes, coco, image_dir, keypoint_category_ids, num_keypoints, aspect_ratio):
-    """One evaluation record per detection (ann_id -1, bbox_score = its score) -> (records,
+    """One evaluation record per detection (detection True, bbox_score = its score) -> (records,
     skipped Counter, boxes clipped). Detections must name a keypoint category (load_detections
     maps them)."""
     records, skipped, clipped = [], Counter(), 0
@@ -305,7 +298,7 @@ def detection_records(boxes, coco, image_dir, keypoint_category_ids, num_keypoin
         clipped += box != det["bbox"]
         records.append(make_record(image, image_dir, box, aspect_ratio, ann_id=-1,
                                    category_id=det["category_id"], bbox_score=det["score"],
-                                   keypoints=np.zeros((num_keypoints, 3))))
+                                   keypoints=np.zeros((num_keypoints, 3)), detection=True))
     return records, skipped, clipped
 
 
@@ -372,28 +365,17 @@ def skip_line(name, mode, kept, skipped, clipped, removed=0, few_shot=None, unit
 
 class KeypointDataset(Dataset):
     """Top-down instances of a COCO-format keypoint file: one sample per ground-truth box
-    (training, evaluation) or per detected box (evaluation with `boxes`).
-
-    Training skips crowd instances, instances without a labeled keypoint, boxes with no area
-    inside the image and images of size 0, and applies box jitter, half-body, scale, rotation
-    and flip augmentation in one bilinear warp (flip=False: no flip). Evaluation keeps every
-    instance COCOeval scores and applies none. Every ground-truth instance that COCOeval
-    would score but that cannot be predicted (box with no area inside the image, image size
-    0, no labeled keypoint while num_keypoints > 0) is removed from `coco` as well as from the
-    records, so a perfect model scores AP 1.0; crowd instances and num_keypoints 0 stay in
-    `coco` (COCOeval ignores them), annotations of categories without keypoints are removed.
-    `skip_summary` (one line) counts every case. Errors name the json / image file and the
-    annotation id.
-
-    image_size, heatmap_size: (H, W). normalize: a key of NORMALIZATION. sigmas, flip_pairs
-    (a list of index or name pairs, or a --flip-pairs string): override the json / known set
-    (see keypoint_metadata). few_shot: images per species (training only). boxes: detections
-    [{"image_id", "category_id", "bbox", "score"}] already filtered by score (evaluation only).
-    """
+    (training, evaluation) or per detected box (evaluation with `boxes`: detections already
+    filtered by score). Training skips crowd instances, instances without a labeled keypoint,
+    boxes with no area in the image and images of size 0, and augments (flip=False: no flip).
+    Evaluation keeps every instance COCOeval scores; one it would score but cannot be
+    predicted is also removed from `coco`, so that ground truth in gives AP 1.0 out.
+    `skip_summary` (one line) counts every case. image_size, heatmap_size: (H, W); sigmas,
+    flip_pairs (pairs, or a --flip-pairs string) override the json / known set."""
 
     def __init__(self, ann_file, image_dir, train, image_size=(256, 256), heatmap_size=(64, 64),
                  normalize="imagenet", few_shot=None, few_shot_seed=0, sigmas=None,
-                 flip_pairs=None, flip=True, boxes=None):
+                 flip_pairs=None, flip=True, boxes=None, reduced_decode=False):
         if few_shot is not None and (not train or type(few_shot) is not int or few_shot < 1):
             raise ValueError(f"few_shot must be a positive number of images per species, for "
                              f"training only; got {few_shot!r} (train={train})")
@@ -403,11 +385,10 @@ class KeypointDataset(Dataset):
         self.train, self.normalize, self.flip = train, normalize, flip
         data = load_coco_json(self.ann_file)                       # json -> validated records
         keypoint_set = read_keypoint_set(data, self.ann_file)
-        check_images(data, self.ann_file)
-        check_annotations(data, self.ann_file, keypoint_set["category_ids"], len(keypoint_set["names"]))
+        check_coco(data, self.ann_file, keypoint_set["category_ids"], len(keypoint_set["names"]))
         self._set_keypoint_set(keypoint_set, sigmas, flip_pairs, flip)
         self.transform = TopDownTransform(image_size, heatmap_size, normalize, self.flip_pairs,
-                                          self.upper_body_ids, flip)   # record -> sample
+                                          self.upper_body_ids, flip, reduced_decode)
         self.image_size, self.heatmap_size = self.transform.image_size, self.transform.heatmap_size
         self.mean, self.std = NORMALIZATION[normalize]
         self.coco = index_coco(data)
@@ -475,10 +456,6 @@ class KeypointDataset(Dataset):
             self._rng, self._rng_key = np.random.default_rng(key), key
         return self._rng
 
-    def random_augmentation(self, rec, rng):
-        """Training augmentation (center, scale, rot_deg, flip) for one record."""
-        return self.transform.random_augmentation(rec, rng)
-
     def make_sample(self, index, center=None, scale=None, rot_deg=0.0, flip=False):
         """Sample `index` with explicit augmentation (defaults: its box, no rotation or flip)."""
         rec = self.records[index]
@@ -487,7 +464,7 @@ class KeypointDataset(Dataset):
 
     def __getitem__(self, index):
         if self.train:
-            augmentation = self.random_augmentation(self.records[index], self._get_rng())
+            augmentation = self.transform.random_augmentation(self.records[index], self._get_rng())
             return self.make_sample(index, *augmentation)
         return self.make_sample(index)
 

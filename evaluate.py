@@ -29,8 +29,8 @@ from pycocotools.cocoeval import COCOeval
 
 import visualize
 from checkpoint import load_checkpoint
-from dataset import (KeypointDataset, clip_box, default_workers, load_coco_json, load_detections,
-                     make_loader, read_keypoint_set)
+from dataset import (KeypointDataset, clip_box, default_workers, index_coco, load_coco_json,
+                     load_detections, make_loader, read_keypoint_set)
 from distributed import (HelpFormatter, all_gather_list, cleanup, finite_float, init_distributed,
                          non_negative_int, on_rank0, positive, print0, run_cli)
 from files import claim_output_dir, write_json
@@ -111,7 +111,7 @@ def check_flag_combination(args):
 def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
                     progress=False):
     """Every box of a KeypointDataset -> one prediction each, COCO results format plus
-    'ann_id' (-1 for detections), 'center' and 'scale' (the crop), in dataset order. Rank r
+    'ann_id' (None for detections), 'center' and 'scale' (the crop), in dataset order. Rank r
     predicts indices r, r + world, ...; the lists are gathered, so every rank gets all."""
     indices = list(range(rank, len(dataset), world))
     loader = make_loader(torch.utils.data.Subset(dataset, indices), batch_size, workers,
@@ -122,7 +122,8 @@ def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, r
         for i in range(len(scores)):
             results.append({
                 "index": indices[len(results)], "image_id": int(batch["image_id"][i]),
-                "category_id": int(batch["category_id"][i]), "ann_id": int(batch["ann_id"][i]),
+                "category_id": int(batch["category_id"][i]),
+                "ann_id": None if batch["detection"][i] else int(batch["ann_id"][i]),
                 "keypoints": rounded_list(keypoints[i]),
                 "score": float(scores[i]),
                 "center": rounded_list(batch["center"][i]),
@@ -176,6 +177,9 @@ def coco_keypoint_eval(coco_gt, results, sigmas):
     if not results:
         raise ValueError("no predictions to evaluate (no boxes: empty dataset, or every "
                          "detection below --det-score-threshold?)")
+    if min(coco_gt.anns, default=1) <= 0:  # pycocotools reads a ground-truth id 0 as "unmatched"
+        coco_gt = index_coco(dict(coco_gt.dataset, annotations=[
+            dict(a, id=n + 1) for n, a in enumerate(coco_gt.dataset["annotations"])]))
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, "keypoints")
@@ -210,8 +214,8 @@ def group_table(coco_gt, per_category):
 def matched_keypoints(results, coco):
     """Predictions made from ground-truth boxes next to their instance: pred (N, K, 2),
     gt (N, K, 2), labeled (N, K) bool (v > 0), box (N, 2) = (w, h) of the instance's box
-    clipped to the image. Predictions from detections (ann_id -1) have no instance."""
-    rows = [r for r in results if r["ann_id"] >= 0]
+    clipped to the image. Predictions from detections (ann_id None) have no instance."""
+    rows = [r for r in results if r["ann_id"] is not None]
     anns = [coco.anns[r["ann_id"]] for r in rows]
     K = len(results[0]["keypoints"]) // 3 if results else 0
     pred = np.array([r["keypoints"] for r in rows], np.float64).reshape(len(rows), K, 3)
@@ -328,12 +332,12 @@ def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names
         batch = torch.utils.data.default_collate([item])
         heatmaps = predict_heatmaps(model, batch["image"].to(device), dataset.flip_pairs, flip, amp)
         pred = keypoints_from_heatmaps(heatmaps, batch["center"].numpy(), batch["scale"].numpy())[0]
-        image_id, ann_id = int(item["image_id"]), int(item["ann_id"])
+        image_id, ann_id = int(item["image_id"]), None if item["detection"] else int(item["ann_id"])
         info = dataset.coco.imgs[image_id]
         image = read_image(os.path.join(dataset.image_dir, info["file_name"]))[0]
-        ann_ids = [ann_id] if ann_id >= 0 else dataset.coco.getAnnIds(imgIds=[image_id])
+        ann_ids = [ann_id] if ann_id is not None else dataset.coco.getAnnIds(imgIds=[image_id])
         truth = [np.reshape(dataset.coco.anns[a]["keypoints"], (-1, 3)) for a in ann_ids]
-        box = ann_id if ann_id >= 0 else f"det{index}"
+        box = ann_id if ann_id is not None else f"det{index}"
         stem = os.path.join(out_dir, "vis", f"{image_id}_{box}")
         visualize.write_image(stem + "_overlay.png", visualize.overlay(
             image, [pred], style["skeleton"], style["sides"], VIS_THRESHOLD, truth, style["names"]))
@@ -376,7 +380,8 @@ def evaluation_dataset(ckpt, ann, image_dir, sigmas, det_boxes=None, det_score_t
         dataset = KeypointDataset(ann, image_dir, train=False, image_size=cfg["image_size"],
                                   heatmap_size=cfg["heatmap_size"], normalize=cfg["normalize"],
                                   sigmas=run_sigmas(ckpt, sigmas), flip_pairs=ckpt["flip_pairs"],
-                                  boxes=boxes)
+                                  boxes=boxes,
+                                  reduced_decode=run_args.get("reduced_jpeg_decode", False))
     except ValueError:  # the checkpoint's pairs / sigmas do not fit: say why, if that is why
         names = read_keypoint_set(load_coco_json(ann), ann)["names"]
         check_keypoints_match(ckpt["keypoint_names"], names, ann)

@@ -4,7 +4,7 @@ Writes are atomic: a temporary file beside the target (created new, never throug
 flushed, fsynced and renamed over the target, so a crash or a kill at any moment leaves the
 old file or the new one, never a torn one; a failed write removes its temporary file and
 names the path. Logs are appended one whole line per write and read back tolerantly.
-Reads name the file and what was expected when they fail.
+Reads, and the checks of json fields, name the file and what was expected when they fail.
 """
 import contextlib
 import itertools
@@ -12,6 +12,8 @@ import json
 import math
 import os
 import warnings
+
+import numpy as np
 
 # What an evaluation writes: a directory holding any of these is never written into again.
 EVAL_OUTPUTS = ("metrics.json", "results.json", "photo_results.json", "photo_images.json", "vis")
@@ -68,6 +70,40 @@ def read_json(path, what="file"):
         raise ValueError(f"{path}: not UTF-8 text; save the {what} as UTF-8 json") from None
     except OSError as e:
         raise FileNotFoundError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def finite_numbers(values, count, where, field):
+    """`values` must be a list of `count` finite numbers (int/float, not strings) -> float64
+    array; else one ValueError line naming `where` and the field."""
+    if not isinstance(values, list) or len(values) != count:
+        got = f"{len(values)} values" if isinstance(values, list) else repr(values)
+        raise ValueError(f"{where}: '{field}' must be a list of {count} numbers, got {got}")
+    if not set(map(type, values)) <= {int, float}:
+        i = next(i for i, v in enumerate(values) if type(v) not in (int, float))
+        raise ValueError(f"{where}: '{field}'[{i}] is {values[i]!r}, not a number")
+    array = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(array).all():
+        i = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise ValueError(f"{where}: '{field}'[{i}] is {values[i]}, not a finite number")
+    return array
+
+
+def finite_number(value, where, field, minimum=None):
+    """One finite number (>= minimum if given) or a ValueError naming `where` and the field."""
+    if type(value) not in (int, float) or not np.isfinite(value):
+        raise ValueError(f"{where}: '{field}' is {value!r}, not a finite number")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{where}: '{field}' is {value}, must be >= {minimum}")
+    return float(value)
+
+
+def integer_id(item, key, where):
+    """item[key] as an integer id, or a ValueError naming `where` (missing, or not an integer)."""
+    if key not in item:
+        raise ValueError(f"{where} has no '{key}'")
+    if type(item[key]) is not int:
+        raise ValueError(f"{where}: '{key}' is {item[key]!r}, not an integer")
+    return item[key]
 
 
 def append_line(path, record):

@@ -222,6 +222,19 @@ def sigma_list(text):
         raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
+def check_distinct_prompts(names, prompts, where):
+    """Two keypoints whose prompt texts read the same to CLIP's tokenizer (it lowercases and
+    folds spaces) could not be told apart by L_semantic or the score maps: refuse them."""
+    seen = {}
+    for name, text in zip(names, prompts):
+        key = " ".join(text.lower().split())
+        if key in seen:
+            raise ValueError(f"{where}: keypoints {seen[key]!r} and {name!r} have the same prompt "
+                             f"text {key!r} to the text encoder: rename one, or give distinct "
+                             f"'keypoint_prompts' in the json category")
+        seen[key] = name
+
+
 def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=True):
     """prompt texts, flip pairs, OKS sigmas and the upper body for a keypoint set.
 
@@ -233,6 +246,7 @@ def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=Tru
     names = keypoint_set["names"]
     known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == names), {})
     prompts = prompt_texts_for(names, keypoint_set["prompts"])
+    check_distinct_prompts(names, prompts, path)
     if isinstance(flip_pairs, str):
         pairs = parse_flip_pairs(flip_pairs, names)
     elif flip_pairs is not None:

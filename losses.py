@@ -65,9 +65,9 @@ def symmetric_cross_entropy(logits, visible):
 
     logits (B, K, K) (M times the inverse temperature), visible (B, K) bool; M_label = arange.
     Per sample, with its V visible keypoints, the (V, V) sub-matrix is used: an invisible
-    keypoint is neither a row nor a column; the loss is the mean over the V rows and columns.
-    Averaged over samples with at least one visible keypoint; 0 (still attached to the graph)
-    when there are none.
+    keypoint is neither a row nor a column (the paper's softmax). The mean is over all B x K
+    entries, an invisible one counting 0 (the authors' normalisation); 0, still attached to
+    the graph, when nothing is visible.
     """
     visible = visible.bool()
     pair = visible[:, :, None] & visible[:, None, :]  # (B, K, K): both keypoints visible
@@ -75,10 +75,7 @@ def symmetric_cross_entropy(logits, visible):
     ce_rows = -M.log_softmax(dim=2).diagonal(dim1=1, dim2=2)  # (B, K): CE(M, label) per row
     ce_cols = -M.log_softmax(dim=1).diagonal(dim1=1, dim2=2)  # (B, K): CE(M^T, label) per column
     per_keypoint = torch.where(visible, 0.5 * (ce_rows + ce_cols), torch.zeros_like(ce_rows))
-    count = visible.sum(dim=1)  # (B,)
-    per_sample = per_keypoint.sum(dim=1) / count.clamp(min=1)  # (B,)
-    has_visible = count > 0
-    return (per_sample * has_visible).sum() / has_visible.sum().clamp(min=1)
+    return per_keypoint.mean()
 
 
 def semantic_loss(dense, prompts, keypoints, visible, logit_scale, heatmap_size):
@@ -86,13 +83,13 @@ def semantic_loss(dense, prompts, keypoints, visible, logit_scale, heatmap_size)
 
     dense (B, C, h0, w0) projected features; prompts (B, K, C) enhanced prompt embeddings;
     keypoints (B, K, 2) heatmap pixels; visible (B, K) bool; logit_scale scalar (log of the
-    inverse temperature, CLIP-style: scale = exp(logit_scale) clamped at 100); heatmap_size (h, w).
-    Computed in fp32.
+    inverse temperature: scale = exp(logit_scale), not clamped, as the authors' code);
+    heatmap_size (h, w). Computed in fp32.
     """
     visible = visible.bool()
     keypoints = keypoints.masked_fill(~visible[..., None], 0)  # unlabeled may hold NaN / junk
     features = sample_keypoint_features(dense.float(), keypoints, heatmap_size)  # (B, K, C), Eq. 6
-    scale = logit_scale.float().exp().clamp(max=100)
+    scale = logit_scale.float().exp()
     M = scale * similarity_matrix(features, prompts.float())  # (B, K, K), Eq. 7
     return symmetric_cross_entropy(M, visible)  # Eq. 8
 

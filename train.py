@@ -59,6 +59,9 @@ def get_args_parser():
                                         "(default: the json's 'flip_pairs', else from the names)")
     g.add_argument("--no-flip", dest="flip", action="store_false",
                    help="no flip augmentation and no flip test (data without left/right)")
+    g.add_argument("--reduced-jpeg-decode", action="store_true",
+                   help="decode a JPEG at 1/2-1/8 size when its box is 2x-8x the input: faster "
+                        "loading, slightly different crops (default: full resolution, as the authors)")
     g.add_argument("--workers", type=int, help="data loader processes per process "
                                                "(default: the CPUs per process, at most 8)")
     g = p.add_argument_group("model")
@@ -148,7 +151,7 @@ def build_data(args, cfg):
     """Training and validation sets at the model's (H, W) sizes and normalisation."""
     common = dict(image_size=cfg["image_size"], heatmap_size=cfg["heatmap_size"],
                   normalize=cfg["normalize"], sigmas=args.sigmas, flip=args.flip,
-                  flip_pairs=args.flip_pairs)
+                  flip_pairs=args.flip_pairs, reduced_decode=args.reduced_jpeg_decode)
     train_set = KeypointDataset(args.train_ann, args.images, train=True, few_shot=args.few_shot,
                                 few_shot_seed=args.few_shot_seed, **common)
     val_set = KeypointDataset(args.val_ann, args.val_images or args.images, train=False,
@@ -210,15 +213,15 @@ def build_train_model(args, cfg, weights, train_set, device, world):
 
 # ----------------------------------------------------------------------------- optimisation
 def param_groups(model, lr, weight_decay, backbone_mult):
-    """AdamW groups: no weight decay on norms, biases, embeddings, context vectors and the
-    temperature (every tensor with < 2 dims or a name saying so); the image encoder
-    (`visual.*`) at lr x backbone_mult; the frozen text encoder is not trained at all."""
+    """AdamW groups as the authors' optimiser makes them (mmcv's paramwise_cfg takes the first
+    key that is a substring of a name, and 'norm' is the only decay key reached): no weight
+    decay on tensors whose name holds 'norm' (the context decoder's norm1-3), decay on every
+    other; the image encoder (`visual.*`) at lr x backbone_mult; the text encoder is frozen."""
     groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = (param.ndim < 2 or name.endswith(".bias") or "embedding" in name
-                    or name.endswith("prompt_learner.ctx") or name == "logit_scale")
+        no_decay = "norm" in name
         mult = backbone_mult if name.startswith("visual.") else 1.0
         group = groups.setdefault((no_decay, mult), {
             "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * mult,

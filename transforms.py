@@ -11,6 +11,8 @@ Conventions of every function below:
 `TopDownTransform` turns a record (an image file and a box) into the network input and the
 targets, with the training augmentation of the authors' recipe (the constants below).
 """
+import warnings
+
 import cv2
 import numpy as np
 
@@ -139,8 +141,9 @@ def encode_heatmaps(keypoints_hm, labeled, heatmap_size, sigma=TARGET_SIGMA):
 def decode_heatmaps(heatmaps):
     """heatmaps (N, K, h, w) -> coords (N, K, 2) in heatmap pixels, maxvals (N, K).
 
-    Argmax, then a quarter-pixel step toward the higher neighbour on each axis (where both
-    neighbours exist; SimpleBaseline required 1 < x < w - 1, which skipped column 1).
+    Argmax, then a quarter-pixel step toward the higher neighbour on each axis, only where
+    1 < x < w - 1 and 1 < y < h - 1 together: the authors' rule (mmpose), under which the
+    published AP was computed (it leaves columns / rows 0, 1 and the last one unshifted).
     """
     N, K, h, w = heatmaps.shape
     flat = heatmaps.reshape(N, K, h * w)
@@ -152,8 +155,9 @@ def decode_heatmaps(heatmaps):
         pos = np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)
         return np.take_along_axis(flat, pos[..., None], 2)[..., 0]
 
-    dx = np.where((x > 0) & (x < w - 1), np.sign(at(x + 1, y) - at(x - 1, y)), 0) * 0.25
-    dy = np.where((y > 0) & (y < h - 1), np.sign(at(x, y + 1) - at(x, y - 1)), 0) * 0.25
+    inside = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1)
+    dx = np.where(inside, np.sign(at(x + 1, y) - at(x - 1, y)), 0) * 0.25
+    dy = np.where(inside, np.sign(at(x, y + 1) - at(x, y - 1)), 0) * 0.25
     coords = np.stack([x + dx, y + dy], axis=-1).astype(np.float32)  # (N, K, 2)
     return coords, maxvals
 
@@ -221,14 +225,14 @@ def jpeg_is_truncated(data):
     return sos < 0 or data.find(b"\xff\xd9", sos) < 0
 
 
-def read_image(path, reduce=1, context=""):
+def read_image(path, reduce=1, context="", orientation=True):
     """Decode an image file -> (uint8 BGR (H, W, 3), reduction used).
 
-    Grey, RGBA (alpha dropped), palette and 16-bit images are converted to 8-bit colour.
-    reduce in (1, 2, 4, 8) decodes a JPEG at 1/reduce size with libjpeg's DCT scaling (other
-    formats always decode at full size); reduced pixel x covers original pixels
-    [r x, r x + r - 1], so its centre is r x + (r - 1) / 2. EXIF orientation is ignored:
-    annotations refer to the stored pixels (the caller checks the size against the json).
+    Grey, RGBA (alpha dropped), palette and 16-bit images are converted to 8-bit colour. The
+    EXIF orientation is applied, as the authors' decoder does (orientation=False: the stored
+    pixels). reduce in (1, 2, 4, 8) decodes a JPEG at 1/reduce size with libjpeg's DCT scaling
+    (other formats always decode at full size); reduced pixel x covers original pixels
+    [r x, r x + r - 1], so its centre is r x + (r - 1) / 2.
     """
     try:
         with open(path, "rb") as f:
@@ -243,7 +247,8 @@ def read_image(path, reduce=1, context=""):
     reduce = reduce if is_jpeg else 1
     flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
              8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    flags |= 0 if orientation else cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None:
         raise ValueError(f"cannot decode image {path}{context} ({len(data)} bytes)")
     return image, reduce
@@ -253,7 +258,8 @@ class TopDownTransform:
     """Record -> network input and targets: one bilinear warp of the (augmented) box onto the
     (H, W) input, normalisation, and Gaussian targets at the (h, w) heatmap."""
 
-    def __init__(self, image_size, heatmap_size, normalize, flip_pairs, upper_body, flip):
+    def __init__(self, image_size, heatmap_size, normalize, flip_pairs, upper_body, flip,
+                 reduced_decode=False):
         if normalize not in NORMALIZATION:
             raise ValueError(f"normalize must be one of {sorted(NORMALIZATION)}, got {normalize!r}")
         for name, size in (("image_size", image_size), ("heatmap_size", heatmap_size)):
@@ -266,6 +272,8 @@ class TopDownTransform:
         self._scale = (1.0 / (np.array(std) * 255)).astype(np.float32)  # RGB: (x / 255 - mean) / std
         self._offset = (np.array(mean) / np.array(std)).astype(np.float32)
         self.flip_pairs, self.upper_body, self.flip = flip_pairs, upper_body, flip
+        self.reduced_decode = reduced_decode
+        self.stored_frame = set()  # images whose json size is that of the unrotated pixels
 
     def random_augmentation(self, rec, rng):
         """Training augmentation (center, scale, rot_deg, flip) for one record, in mmpose's order:
@@ -286,14 +294,25 @@ class TopDownTransform:
     def warp_image(self, rec, M, scale, context):
         """The record's image through the (3, 3) affine M -> (3, H, W) normalised RGB float32.
 
-        JPEGs are decoded at 1/2, 1/4 or 1/8 resolution when the crop still gets at least one
-        source pixel per output pixel."""
+        At full resolution, EXIF orientation applied, as the authors decode. reduced_decode:
+        a JPEG at 1/2, 1/4 or 1/8 resolution when the crop still gets at least one source
+        pixel per output pixel (faster; changes the input). A json size that only the
+        unrotated pixels have means the labels are in that frame: it is used, and said."""
         H, W = self.image_size
-        reduce = max([r for r in (1, 2, 4, 8) if r <= min(scale[0] / W, scale[1] / H)] or [1])
-        source, reduce = read_image(rec["path"], reduce, context)
-        expect = (-(-rec["image_height"] // reduce), -(-rec["image_width"] // reduce))  # ceil
+        reduce = 1 if not self.reduced_decode else \
+            max([r for r in (1, 2, 4, 8) if r <= min(scale[0] / W, scale[1] / H)] or [1])
+        path, json_size = rec["path"], (rec["image_height"], rec["image_width"])
+        expect = tuple(-(-v // reduce) for v in json_size)  # ceil: libjpeg's reduced size
+        source, reduce = read_image(path, reduce, context, path not in self.stored_frame)
+        if source.shape[:2] != expect and path not in self.stored_frame:
+            stored = read_image(path, reduce, context, orientation=False)[0]
+            if stored.shape[:2] == expect:
+                warnings.warn(f"image {path}: the json gives the size of its stored pixels, not of "
+                              f"the EXIF-rotated picture: the labels are taken in the stored frame")
+                self.stored_frame.add(path)
+                source = stored
         if source.shape[:2] != expect:
-            raise ValueError(f"image {rec['path']} is {source.shape[1]}x{source.shape[0]} at 1/{reduce} "
+            raise ValueError(f"image {path} is {source.shape[1]}x{source.shape[0]} at 1/{reduce} "
                              f"but the json says {rec['image_width']}x{rec['image_height']}{context}")
         S = np.array([[reduce, 0, (reduce - 1) / 2], [0, reduce, (reduce - 1) / 2], [0, 0, 1.0]])  # reduced -> full px
         return self.crop(source, M @ S)
@@ -335,5 +354,5 @@ class TopDownTransform:
             "keypoints": xy_hm,                                        # (K, 2) heatmap px; 0 where unlabeled
             "image_id": rec["image_id"], "ann_id": rec["ann_id"], "category_id": rec["category_id"],
             "center": center.astype(np.float32), "scale": scale.astype(np.float32),
-            "bbox_score": np.float32(rec["bbox_score"]),
+            "bbox_score": np.float32(rec["bbox_score"]), "detection": rec["detection"],
         }

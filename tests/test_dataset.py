@@ -272,7 +272,7 @@ def test_dataset_flip_pairs_json_flag_and_no_flip(tmp_path):
     assert ds.flip_pairs == [(1, 2)]
     ds = D.KeypointDataset(ann_file, img_dir, train=True, flip=False)  # no flip: no error, no flipping
     assert ds.flip_pairs == [(1, 2)]
-    assert not any(ds.random_augmentation(ds.records[0], np.random.default_rng(0))[3] for _ in range(200))
+    assert not any(ds.transform.random_augmentation(ds.records[0], np.random.default_rng(0))[3] for _ in range(200))
     ds.flip_pairs = [(0, 3)]                        # assigning re-validates and reaches the transform
     assert ds.transform.flip_pairs == [(0, 3)]
     ann_file, img_dir = sided_json(tmp_path / "j", names, sigmas=[0.05] * 4, flip_pairs=[[1, 2], ["earL", "nose"]])
@@ -377,13 +377,17 @@ def test_heatmap_encode_decode_round_trip():
 
 
 def test_decode_quarter_pixel_shift_and_edges():
-    hm = np.zeros((1, 3, 8, 8), np.float32)
+    """The authors' rule: the shift only where 1 < x < w - 1 and 1 < y < h - 1 together."""
+    hm = np.zeros((1, 5, 8, 8), np.float32)
     hm[0, 0, 4, 4], hm[0, 0, 4, 5], hm[0, 0, 3, 4] = 1.0, 0.5, 0.2   # right and up neighbours higher
-    hm[0, 1, 0, 1], hm[0, 1, 0, 0] = 1.0, 0.3                          # column 1 still gets its shift
+    hm[0, 1, 4, 1], hm[0, 1, 4, 0] = 1.0, 0.3                          # column 1: no shift
     hm[0, 2, 7, 7] = 1.0                                               # corner: no neighbour pair
+    hm[0, 3, 1, 4], hm[0, 3, 1, 5] = 1.0, 0.5                          # row 1: no shift on x either
+    hm[0, 4, 2, 2], hm[0, 4, 2, 1], hm[0, 4, 3, 2] = 1.0, 0.5, 0.5     # (2, 2): both axes shift
     coords, maxvals = T.decode_heatmaps(hm)
-    np.testing.assert_allclose(coords[0], [[4.25, 3.75], [0.75, 0.0], [7.0, 7.0]])
-    np.testing.assert_allclose(maxvals[0], [1, 1, 1])
+    np.testing.assert_allclose(coords[0], [[4.25, 3.75], [1.0, 4.0], [7.0, 7.0], [4.0, 1.0],
+                                           [1.75, 2.25]])
+    np.testing.assert_allclose(maxvals[0], [1, 1, 1, 1, 1])
 
 
 def test_heatmap_to_image_equals_inverse_affine():
@@ -423,7 +427,7 @@ def test_flip_test_shift_brings_flipped_heatmaps_back():
 
 # ---------------------------------------------------------------- items and augmentation
 
-ITEM_KEYS = {"image", "target", "target_weight", "keypoints", "image_id", "ann_id", "category_id", "center",
+ITEM_KEYS = {"image", "target", "target_weight", "keypoints", "image_id", "ann_id", "category_id", "center", "detection",
              "scale", "bbox_score"}
 
 
@@ -490,7 +494,7 @@ def test_augmentation_parameters_follow_method(tmp_path):
     rng = np.random.default_rng(0)
     rec["keypoints"] = rec["keypoints"].copy()
     rec["keypoints"][8:, 2] = 0  # 8 labeled keypoints: no half-body
-    draws = [ds.random_augmentation(rec, rng) for _ in range(4000)]
+    draws = [ds.transform.random_augmentation(rec, rng) for _ in range(4000)]
     factor = np.array([d[1][0] / rec["scale"][0] for d in draws])
     rot = np.array([d[2] for d in draws])
     shift = np.array([d[0] - rec["center"] for d in draws]) / rec["box"][2:]
@@ -502,7 +506,7 @@ def test_augmentation_parameters_follow_method(tmp_path):
     rec["keypoints"][:, 2] = 2                                 # 17 labeled: half-body with p = 0.3
     kp = rec["keypoints"]
     halves = [kp[KP.AP10K_UPPER_BODY, :2].mean(0), kp[[4] + list(range(10, 17)), :2].mean(0)]
-    half = np.mean([any(np.allclose(ds.random_augmentation(rec, rng)[0], c) for c in halves) for _ in range(4000)])
+    half = np.mean([any(np.allclose(ds.transform.random_augmentation(rec, rng)[0], c) for c in halves) for _ in range(4000)])
     assert 0.27 < half < 0.33
 
 
@@ -534,7 +538,9 @@ def test_workers_get_different_augmentation(tmp_path):
 
 
 def test_reduced_jpeg_decode_matches_full_decode(tmp_path):
-    """A big box on a 1024x768 JPEG is decoded at reduced size; crop and keypoints still agree."""
+    """A big box on a 1024x768 JPEG: by default the crop is one bilinear warp of the image at full
+    resolution (the authors'); with reduced_decode the JPEG is decoded at reduced size, and crop
+    and keypoints still agree with it."""
     rng = np.random.default_rng(8)
     box = (100, 80, 800, 600)
     kps = keypoints_for(box, rng)
@@ -542,17 +548,54 @@ def test_reduced_jpeg_decode_matches_full_decode(tmp_path):
     for k, (x, y, _) in enumerate(kps):
         cv2.circle(img, (int(round(x * 16)), int(round(y * 16))), 6 * 16, COLOURS[k], -1, cv2.LINE_AA, 4)
     ann_file, img_dir = write_dataset(tmp_path, [(1, "big.jpg", 1024, 768, img)], [annotation(3, 1, box, kps)])
-    ds = D.KeypointDataset(ann_file, img_dir, train=False)
+    full_res = D.KeypointDataset(ann_file, img_dir, train=False)[0]
+    ds = D.KeypointDataset(ann_file, img_dir, train=False, reduced_decode=True)
     item = ds[0]
     assert ds.records[0]["scale"][0] / 256 >= 2  # the reduced path is taken
     full = cv2.warpAffine(cv2.imread(os.path.join(img_dir, "big.jpg")),
                           T.get_affine_transform(item["center"], item["scale"], 0, (256, 256)), (256, 256),
                           flags=cv2.INTER_LINEAR)
+    assert np.abs(denormalise(full_res["image"]) - full).mean() < 0.6   # rounding only
     crop = denormalise(item["image"])
     assert np.abs(crop - full).mean() < 4
     for k in range(K):  # each keypoint still lies on its own dot
         x, y = np.round(item["keypoints"][k] * 4).astype(int)
         np.testing.assert_allclose(crop[y, x], COLOURS[k], atol=25)
+
+
+def test_exif_orientation_is_applied_and_the_json_size_decides_the_frame(tmp_path):
+    """A JPEG stored 120x80 with EXIF orientation 6 (rotate 90 degrees clockwise to display) is a
+    80x120 picture: with the displayed size in the json the labels are read in that frame; with
+    the stored size in the json the stored frame is used, with a warning naming the file."""
+    from PIL import Image
+    stored = np.full((80, 120, 3), 90, np.uint8)
+    cv2.circle(stored, (100, 20), 6, (0, 0, 255), -1)     # BGR red dot at stored (x, y) = (100, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored[..., ::-1]).save(tmp_path / "rot.jpg", quality=95, exif=exif.tobytes())
+    displayed = cv2.imread(str(tmp_path / "rot.jpg"))
+    assert displayed.shape == (120, 80, 3)
+    ys, xs = np.nonzero(displayed[..., 2] > 200)
+    dot = (xs.mean(), ys.mean())                         # (59, 100) in the displayed picture
+    for (w, h), point in (((80, 120), dot), ((120, 80), (100, 20))):
+        kps = np.zeros((K, 3))
+        kps[0] = (*point, 2)
+        box = (0, 0, w, h)
+        img_dir = tmp_path / f"{w}"
+        img_dir.mkdir()
+        (img_dir / "rot.jpg").write_bytes((tmp_path / "rot.jpg").read_bytes())
+        path = img_dir / "ann.json"
+        path.write_text(json.dumps({"images": [{"id": 1, "file_name": "rot.jpg", "width": w, "height": h}],
+                                    "annotations": [annotation(1, 1, box, kps)], "categories": [category()]}))
+        ds = D.KeypointDataset(str(path), str(img_dir), train=False)
+        if w == 120:
+            with pytest.warns(UserWarning, match=r"rot\.jpg: the json gives the size of its stored pixels"):
+                item = ds[0]
+        else:
+            item = ds[0]
+        crop = denormalise(item["image"])
+        x, y = np.round(item["keypoints"][0] * 4).astype(int)
+        assert crop[y, x, 2] > 180 and crop[y, x, 0] < 90, crop[y, x]   # BGR: the red dot
 
 
 # ---------------------------------------------------------------- bad input
@@ -661,7 +704,7 @@ def test_boxes_clipped_zero_area_skipped_and_summarised(tmp_path):
     kps = keypoints_for((10, 10, 60, 40), rng)
     none_labeled = kps.copy()
     none_labeled[:, 2] = 0
-    anns = [annotation(1, 1, (-20, -10, 80, 60), kps),          # partly outside: clipped to [0, 0, 60, 50]
+    anns = [annotation(1, 1, (-20, -10, 80, 60), kps),          # partly outside: [0, 0, 59, 49]
             annotation(2, 1, (30, 20, 0, 30), kps),             # zero width
             annotation(3, 1, (150, 20, 30, 30), kps),           # entirely outside the 100x80 image
             annotation(4, 1, (10, 10, 60, 40), none_labeled),   # nothing labeled
@@ -670,8 +713,11 @@ def test_boxes_clipped_zero_area_skipped_and_summarised(tmp_path):
     ann_file, img_dir = simple_json(tmp_path, anns=anns)
     train = D.KeypointDataset(ann_file, img_dir, train=True)
     assert [r["ann_id"] for r in train.records] == [1, 6]
-    np.testing.assert_allclose(train.records[0]["box"], [0, 0, 60, 50])
-    np.testing.assert_allclose(train.records[0]["center"], [30, 25])
+    # the authors' box: far corner one pixel in (x + w - 1 = 59), clipped to the pixels
+    np.testing.assert_allclose(train.records[0]["box"], [0, 0, 59, 49])
+    np.testing.assert_allclose(train.records[0]["center"], [29.5, 24.5])
+    np.testing.assert_allclose(D.instance_box([10, 20, 30, 40], 100, 80), [10, 20, 29, 39])
+    np.testing.assert_allclose(D.instance_box([90, 70, 30, 40], 100, 80), [90, 70, 9, 9])
     assert "4 skipped" in train.skip_summary and "zero-area box: 2" in train.skip_summary
     assert "crowd: 1" in train.skip_summary and "no labeled keypoint: 1" in train.skip_summary
     assert "1 boxes clipped" in train.skip_summary
@@ -711,11 +757,41 @@ def test_non_finite_and_malformed_fields_are_one_clear_line(tmp_path):
     check(r"annotation #0 \(image id 1\): 'id' is '11', not an integer", lambda a: a.__setitem__("id", "11"))
     check(r"image #0 has no 'id'", image_change=lambda i: i.pop("id"))
     check(r"image #0: 'id' is 1\.5, not an integer", image_change=lambda i: i.__setitem__("id", 1.5))
-    check(r"skeleton pair \[1, 18\] is not two keypoint indices in 1\.\.17 \(COCO skeletons are 1-based\)",
-          cat_change=lambda c: c.__setitem__("skeleton", [[1, 2], [1, 18]]))
-    check(r"skeleton pair \[0, 1\]", cat_change=lambda c: c.__setitem__("skeleton", [[0, 1]]))
+    check(r"annotation id 11: 'area' is 0, and OKS divides by it", lambda a: a.__setitem__("area", 0))
     check(r"annotation id 11 has no 4-number bbox", lambda a: a.__setitem__("bbox", [1, 2, 3]))
     check(r"annotation id 11: 'iscrowd' is '0', not a finite number", lambda a: a.__setitem__("iscrowd", "0"))
+
+
+def test_skeleton_forms_and_spaced_names_never_block_training(tmp_path):
+    """The skeleton only draws: 1-based (COCO) is read as such, 0-based (mmpose's Animal Kingdom
+    json: an index 0, none above K - 1) is used as it is, an unusable one is dropped; each with
+    one warning naming the file. Names with surrounding spaces ("Ankle_Left ") keep their
+    stored form and lose the spaces for prompts and left/right pairs."""
+    def load(skeleton, names=KP.AP10K_KEYPOINTS, sub="a"):
+        cat = dict(category(keypoints=names), skeleton=skeleton)
+        ann_file, img_dir = simple_json(tmp_path / sub, categories=[cat])
+        return D.KeypointDataset(ann_file, img_dir, train=True)
+
+    assert load([[1, 2], [17, 16]]).skeleton == [[0, 1], [16, 15]]
+    with pytest.warns(UserWarning, match=r"ann\.json: the skeleton is 0-based"):
+        assert load([[1, 0], [2, 0], [16, 15]], sub="b").skeleton == [[1, 0], [2, 0], [16, 15]]
+    for bad in ([[1, 18]], [[0, 17]], [[1, "2"]], "1-2"):
+        with pytest.warns(UserWarning, match=r"ann\.json: skeleton .* dropped \(it only draws"):
+            assert load(bad, sub="c").skeleton == []
+    names = [n + " " if n.startswith("left") else n for n in KP.AP10K_KEYPOINTS]
+    with pytest.warns(UserWarning, match=r"surrounding spaces; stripped for the prompts"):
+        ds = load([], names, sub="d")
+    assert ds.keypoint_names == names and ds.prompt_texts[0] == "left eye"
+    assert (0, 1) in ds.flip_pairs and (11, 14) in ds.flip_pairs
+
+
+def test_keypoints_with_the_same_prompt_text_are_refused(tmp_path):
+    for names, prompts in ((["Neck", "neck", "tail"], None), (["neck ", "neck", "tail"], None),
+                           (["a", "b", "c"], ["the  Neck", "the neck", "tail"])):
+        fields = {"sigmas": [0.05] * 3, **({"keypoint_prompts": prompts} if prompts else {})}
+        ann_file, img_dir = sided_json(tmp_path, names, **fields)
+        with pytest.raises(ValueError, match=r"ann\.json: keypoints .* have the same prompt text"):
+            D.KeypointDataset(ann_file, img_dir, train=True)
 
 
 def test_image_size_zero_is_skipped_and_an_empty_training_set_is_an_error(tmp_path):
@@ -805,6 +881,26 @@ def test_unpredictable_instances_are_excluded_from_both_sides(tmp_path):
     assert coco_ap(raw, perfect, ds.sigmas) < 0.9
 
 
+def test_annotation_ids_of_any_value_score_the_same(tmp_path):
+    """Ids are the user's: an annotation id 0 or a negative one changes no metric (pycocotools
+    alone takes a ground-truth id 0 as "unmatched", which costs AP)."""
+    import evaluate
+    rng = np.random.default_rng(3)
+    kps_a, kps_b = keypoints_for((5, 5, 40, 30), rng), keypoints_for((50, 40, 45, 35), rng)
+    image = [(1, "a.png", 100, 80, dot_image(100, 80, kps_a))]
+    aps = []
+    for ids in ((1, 2), (0, -3)):
+        anns = [annotation(ids[0], 1, (5, 5, 40, 30), kps_a), annotation(ids[1], 1, (50, 40, 45, 35), kps_b)]
+        ds = D.KeypointDataset(*write_dataset(tmp_path / str(ids[1]), image, anns), train=False)
+        perfect = [{"image_id": 1, "category_id": 1, "score": 1.0, "ann_id": r["ann_id"],
+                    "keypoints": r["keypoints"].ravel().tolist()} for r in ds.records]
+        aps.append(evaluate.coco_keypoint_eval(ds.coco, perfect, ds.sigmas)[0]["AP"])
+        assert evaluate.keypoint_accuracy(perfect, ds.coco, ds.keypoint_names, 0.2)["pck"] == 1.0
+    assert aps == [1.0, 1.0]
+    assert coco_ap(ds.coco, [{k: v for k, v in r.items() if k != "ann_id"} for r in perfect],
+                   ds.sigmas) < 1.0   # what pycocotools alone makes of id 0
+
+
 # ---------------------------------------------------------------- detected boxes
 
 def write_detections(tmp_path, dets, name="dets.json"):
@@ -849,7 +945,7 @@ def test_dataset_with_detected_boxes(tmp_path):
     ds = D.KeypointDataset(ann_file, img_dir, train=False, boxes=dets)
     assert len(ds) == 2 and "3 detections (eval): 2 boxes kept, 1 skipped" in ds.skip_summary
     items = [ds[0], ds[1]]
-    assert [it["ann_id"] for it in items] == [-1, -1] and set(items[0]) == ITEM_KEYS
+    assert [it["detection"] for it in items] == [True, True] and set(items[0]) == ITEM_KEYS
     np.testing.assert_allclose([it["bbox_score"] for it in items], [0.9, 0.6], rtol=1e-6)
     np.testing.assert_allclose(items[1]["center"], [45, 30])
     assert items[0]["target_weight"].sum() == 0

@@ -135,7 +135,7 @@ def test_pck_and_pixel_error_hand_computed():
     results = [
         {"ann_id": 1, "image_id": 1, "keypoints": [53, 34, 0.9, 90, 20, 0.9]},    # errors 5, 30
         {"ann_id": 2, "image_id": 1, "keypoints": [160, 199, 0.9, 5, 5, 0.1]},    # 9; unlabeled
-        {"ann_id": -1, "image_id": 1, "keypoints": [0, 0, 1, 0, 0, 1]}]            # a detection
+        {"ann_id": None, "image_id": 1, "keypoints": [0, 0, 1, 0, 0, 1]}]            # a detection
     acc = evaluate.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.2)
     # left_eye: 5 / max(100, 50) = 0.05 < 0.2 correct; 9 / 40 = 0.225 wrong (unclipped 9 / 60
     # would pass) -> 0.5. nose: 30 / 100 = 0.3 wrong -> 0. PCK = mean over keypoints (mmpose)
@@ -214,7 +214,7 @@ def test_ground_truth_in_gives_perfect_scores(data, tmp_path):
     boxes = load_detections(str(tmp_path / "dets.json"), str(path), score_threshold=0.1)
     detected = KeypointDataset(str(path), data["images"], train=False, boxes=boxes, **size)
     results, report = evaluate.evaluate_dataset(model, detected, **common)
-    assert len(results) == len(dets) - 1 and all(r["ann_id"] == -1 for r in results)
+    assert len(results) == len(dets) - 1 and all(r["ann_id"] is None for r in results)
     rescored = sorted(r["score"] for r in results)     # box score x keypoint score; unseen crop: 0
     assert rescored[0] == 0 and rescored[1:] == pytest.approx(sorted(0.9 * s for s in scores.values()))
     assert report["stats"]["AP"] == pytest.approx(1.0) and report["pck"] is None
@@ -265,7 +265,7 @@ def test_det_boxes_and_no_flip_pairs(checkpoint, data, tmp_path):
                 "0.1", "--workers", "0", "--output-dir", str(out), "--vis", "1"])
     assert "flip test off" in proc.stdout
     results = json.load(open(out / "results.json"))
-    assert 0 < len(results) <= len(anns) and all(r["ann_id"] == -1 for r in results)
+    assert 0 < len(results) <= len(anns) and all(r["ann_id"] is None for r in results)
     assert all(0 <= r["score"] <= 0.8 for r in results)
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["boxes"] == str(tmp_path / "dets.json") and metrics["pck"] is None

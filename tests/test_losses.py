@@ -77,12 +77,12 @@ def test_symmetric_cross_entropy_hand_computed_eq8():
     """Sample 0: all visible, M = [[2, 0], [1, 1]]: rows CE(row0, 0) = log(1 + e^-2),
     CE(row1, 1) = log 2; columns CE(col0, 0) = CE(col1, 1) = log(1 + e^-1).
     Sample 1: keypoint 1 invisible: only the 1x1 logit of keypoint 0 is left (loss 0),
-    whatever the others hold. Mean over the two samples."""
+    whatever the others hold. Mean over the B x K = 4 entries, the invisible one counting 0."""
     logits = torch.tensor([[[2.0, 0.0], [1.0, 1.0]], [[5.0, 100.0], [-100.0, 7.0]]])
     visible = torch.tensor([[True, True], [True, False]])
     rows = math.log(1 + math.exp(-2)) + math.log(2)
     cols = 2 * math.log(1 + math.exp(-1))
-    expected = (0.5 * (rows + cols) / 2 + 0.0) / 2
+    expected = (0.5 * rows + 0.5 * cols + 0.0 + 0.0) / 4
     assert symmetric_cross_entropy(logits, visible).item() == pytest.approx(expected, rel=1e-6)
     everything = symmetric_cross_entropy(logits, torch.ones(2, 2, dtype=torch.bool))
     assert abs(everything.item() - expected) > 1  # the invisible keypoint would have mattered
@@ -90,13 +90,13 @@ def test_symmetric_cross_entropy_hand_computed_eq8():
 
 def test_semantic_loss_hand_computed():
     """Eq. 7-8 by hand for sample 0 (scale 10): M = 10 * [[1, 1/sqrt2], [0, 1/sqrt2]];
-    rows: CE(row0, 0), CE(row1, 1); columns: CE(col0, 0), CE(col1, 1). The mean over the
-    two samples with a visible keypoint is (L_0 + 0) / 2."""
+    rows: CE(row0, 0), CE(row1, 1); columns: CE(col0, 0), CE(col1, 1). Each visible entry
+    counts (CE_row + CE_col) / 2; the mean is over all B x K = 9 entries (the authors')."""
     dense, prompts, kp, visible = semantic_example()
     a = 10 / math.sqrt(2)
     rows = (math.log(1 + math.exp(a - 10)) + math.log(1 + math.exp(0 - a))) / 2
     cols = (math.log(1 + math.exp(0 - 10)) + math.log(2)) / 2
-    expected = 0.5 * (rows + cols) / 2
+    expected = (rows + cols) / 9  # rows, cols above are means over the 2 visible keypoints
     logit_scale = torch.tensor(math.log(10.0), requires_grad=True)
     loss = semantic_loss(dense, prompts, kp, visible, logit_scale, (64, 64))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -112,11 +112,15 @@ def test_semantic_loss_hand_computed():
     assert again.item() == loss.item() and torch.isfinite(dense.grad).all()
 
 
-def test_semantic_loss_temperature_clamped_at_100():
+def test_semantic_loss_temperature_is_not_clamped():
+    """As the authors' code: an inverse temperature of 1000 (beyond CLIP's clamp at 100) is used."""
     dense, prompts, kp, visible = semantic_example()
-    at_100 = semantic_loss(dense, prompts, kp, visible, torch.tensor(math.log(100.0)), (64, 64))
-    beyond = semantic_loss(dense, prompts, kp, visible, torch.tensor(math.log(1000.0)), (64, 64))
-    assert beyond.item() == pytest.approx(at_100.item())
+    prompts = prompts.flip(1)  # mismatched pairs: the loss grows with the inverse temperature
+    M = similarity_matrix(sample_keypoint_features(dense, kp, (64, 64)), prompts)
+    for scale in (100.0, 1000.0):
+        loss = semantic_loss(dense, prompts, kp, visible, torch.tensor(math.log(scale)), (64, 64))
+        assert loss.item() == pytest.approx(symmetric_cross_entropy(scale * M, visible).item(), rel=1e-4)
+    assert loss.item() > 50
 
 
 def test_semantic_loss_without_visible_keypoints_is_zero_with_graph():

@@ -144,3 +144,19 @@ def test_optimiser_groups_carry_the_backbone_lr(built):
         assert lrs == ({args.lr} if mult == 1 else {args.lr, args.lr * mult}), lrs
         text = [n for n, p in model.named_parameters() if n.startswith("prompt_learner.text")]
         assert all(not p.requires_grad for n, p in model.named_parameters() if n in text)
+
+
+def test_weight_decay_spares_only_the_context_decoder_norms():
+    """The authors' effective set: 'norm' in the name (the context decoder's norm1-3) is not
+    decayed; BatchNorm, positional tables, context vectors, gamma and the temperature are."""
+    from model import build_model, default_config
+    model = build_model(default_config("clip-rn50", "promptpose", small=True), AP10K_KEYPOINTS,
+                        prompt_texts_for(AP10K_KEYPOINTS))
+    names = {id(p): n for n, p in model.named_parameters()}
+    spared = {names[id(p)] for g in train.param_groups(model, 1e-3, 1e-4, 1.0)
+              if g["weight_decay"] == 0 for p in g["params"]}
+    assert spared and all(n.startswith("context_decoder.decoder.") and ".norm" in n for n in spared)
+    assert len(spared) == 2 * 3 * 3   # weight and bias of norm1-3 in each of the 3 layers
+    for decayed in ("visual.bn1.weight", "visual.attnpool.positional_embedding", "logit_scale",
+                    "prompt_learner.ctx", "gamma", "context_decoder.memory_proj.0.weight"):
+        assert decayed in names.values() and decayed not in spared
