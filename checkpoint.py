@@ -1,16 +1,13 @@
 """A run directory and its checkpoints: the one place that writes, reads and checks them.
 
-A run directory (`--output-dir`) belongs to one run. It holds
+A run directory (`--output-dir`) belongs to one run. It holds last.pt (full checkpoint after
+every epoch: what --resume reads), best.pt (model-only, best val AP so far), final.pt (model-only,
+last epoch: what the paper's tables report), args.json (flags, git commit, world size, model
+config), log.jsonl (one json line per epoch: loss terms, lr, val metrics), curves.png (loss terms
+and val AP over epochs) and .lock (held with flock by the process that trains into it).
 
-    last.pt          full checkpoint after every epoch (what --resume reads)
-    best.pt          model-only checkpoint of the best val AP so far (selected on val)
-    final.pt         model-only checkpoint of the last epoch (what the paper's tables report)
-    args.json        the run's flags, git commit, world size and model config
-    log.jsonl        one json line per epoch (loss terms, lr, val metrics)
-    curves.png       loss terms and val AP over epochs
-    .lock            held (flock) by the process that trains into it
-
-A checkpoint is one dict. Its fields, written down once here:
+A checkpoint is one dict, written atomically (files.atomic_file: a crash or a kill leaves the
+old file or the new one, never a torn one). Its fields, written down once here:
 
     kind             "full" (last.pt: resumable) or "model-only" (best.pt / final.pt: to share)
     model            the model's state dict (loads with strict=True into the rebuilt model)
@@ -26,10 +23,6 @@ A checkpoint is one dict. Its fields, written down once here:
     best_ap          best val AP so far (-1 before the first evaluation)
     git_commit       commit of the code that wrote it
     optimizer, scheduler, scaler    full checkpoints only
-
-Writes are atomic (a temporary file in the same directory, fsync, os.replace): a crash or a
-kill at any moment leaves the previous file or the new one, never a torn one, and a write
-that fails (disk full, file too large) removes its temporary file and names the path.
 """
 import argparse
 import errno
@@ -62,11 +55,6 @@ def git_commit():
         return "unknown"
 
 
-def existing_run_files(run_dir):
-    """The run files (RUN_FILES) already in run_dir: any of them means a run lives there."""
-    return [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
-
-
 def lock_run_dir(run_dir):
     """Create run_dir and hold its lock for the life of this process. Returns the open lock
     file (keep a reference). A second writer stops with the pid of the one holding it."""
@@ -74,8 +62,8 @@ def lock_run_dir(run_dir):
         os.makedirs(run_dir, exist_ok=True)
         handle = open(os.path.join(run_dir, ".lock"), "a+")
     except OSError as e:
-        raise ValueError(f"--output-dir {run_dir}: cannot create the run directory "
-                         f"({e.strerror}); choose a writable path") from e
+        raise ValueError(f"--output-dir {run_dir}: cannot create it ({e.strerror}); choose a "
+                         "writable path") from e
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -84,21 +72,10 @@ def lock_run_dir(run_dir):
         handle.close()
         raise ValueError(f"--output-dir {run_dir} is in use by a running training ({other}); "
                          f"wait for it or choose another --output-dir") from None
-    handle.seek(0)
-    handle.truncate()
+    handle.truncate(0)  # the file is opened to append: the line lands at offset 0
     handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
     handle.flush()
     return handle
-
-
-def remove_stale_temporaries(run_dir):
-    """Delete the temporary files of checkpoint writes that a killed run left behind."""
-    stale = glob.glob(os.path.join(run_dir, "*.pt.tmp.*"))
-    for path in stale:
-        os.remove(path)
-    if stale:
-        print0(f"removed {len(stale)} unfinished checkpoint write(s) of an earlier run: "
-               f"{', '.join(os.path.basename(p) for p in stale)}")
 
 
 # ----------------------------------------------------------------------------- write / read
@@ -108,20 +85,17 @@ def save_checkpoint(path, ckpt):
         with atomic_file(path) as f:
             torch.save(ckpt, f)
     except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else \
-            "the file could not be written completely: disk full or a file size limit?"
-        raise OSError(getattr(e, "errno", None) or errno.EIO,
-                      f"could not write checkpoint {path} ({reason}); the previous "
-                      f"checkpoint is intact: free disk space, then --resume") from e
+        reason = getattr(e, "strerror", None) or "disk full or a file size limit?"
+        raise OSError(getattr(e, "errno", None) or errno.EIO, f"could not write checkpoint {path} "
+                      f"({reason}); the previous one is intact: free space, then --resume") from e
 
 
 def make_checkpoint(model, data_info, args, epoch, best_ap, commit, optimizer=None,
                     scheduler=None, scaler=None):
     """The checkpoint dict of the module docstring. data_info: the dataset's flip_pairs,
     skeleton and sigmas; model-only when no optimizer is given."""
-    ckpt = {"kind": "model-only" if optimizer is None else "full",
-            "model": model.state_dict(), "model_config": model.cfg,
-            "keypoint_names": list(model.keypoint_names),
+    ckpt = {"kind": "model-only" if optimizer is None else "full", "model": model.state_dict(),
+            "model_config": model.cfg, "keypoint_names": list(model.keypoint_names),
             "prompt_texts": list(model.prompt_texts),
             "flip_pairs": [list(map(int, p)) for p in data_info["flip_pairs"]],
             "skeleton": [list(map(int, s)) for s in data_info["skeleton"]],
@@ -161,19 +135,17 @@ def model_from_checkpoint(ckpt):
 
 # ----------------------------------------------------------------------------- init-from
 def keypoint_block(model, name, shape):
-    """Where a tensor is indexed by keypoint: the offset of its K keypoint rows along dim 0,
-    or None. These are the heads' last convolutions (one output channel per keypoint), the
-    pixel head's first deconvolution (one input channel per score map S_n) and, with the
-    pixel branch, the last K input channels of the keypoint head (F_fuse = F (+) S, Eq. 9).
-    A ViT pixel head whose deconvolutions are K wide is keypoint-indexed throughout; those
-    tensors are not remapped (they are skipped when K differs)."""
-    K = len(model.keypoint_names)
+    """The offset along dim 0 of a tensor's K keypoint rows, or None: the heads' last convolutions
+    (one output channel per keypoint), the pixel head's first deconvolution (one input channel
+    per score map S_n) and, with the pixel branch, the keypoint head's last K input channels
+    (F_fuse = F (+) S, Eq. 9). A ViT pixel head whose deconvolutions are K wide is keypoint-indexed
+    throughout; those tensors are not remapped (they are skipped when K differs)."""
     if name in ("keypoint_head.final_layer.weight", "keypoint_head.final_layer.bias",
                 "pixel_head.final_layer.weight", "pixel_head.final_layer.bias",
                 "pixel_head.deconv_layers.0.weight"):
         return 0
     if name == "keypoint_head.deconv_layers.0.weight" and model.pixel_head is not None:
-        return shape[0] - K
+        return shape[0] - len(model.keypoint_names)
     return None
 
 
@@ -191,23 +163,18 @@ def remap_keypoint_rows(target, source, offset, names, source_names):
 def check_same_towers(model, ckpt, path, partial):
     """Refuse an --init-from whose backbone or tower type differs, unless partial."""
     mine, theirs = model.cfg, ckpt["model_config"]
-    differ = [k for k in ("backbone",) if mine[k] != theirs[k]]
-    if mine["vision"]["type"] != theirs["vision"]["type"]:
-        differ.append("vision tower")
-    if differ and not partial:
+    if not partial and (mine["backbone"] != theirs["backbone"]
+                        or mine["vision"]["type"] != theirs["vision"]["type"]):
         raise ValueError(f"--init-from {path}: trained with --backbone {theirs['backbone']} "
-                         f"({theirs['vision']['type']}), this run uses --backbone "
-                         f"{mine['backbone']} ({mine['vision']['type']}); add "
-                         f"--init-from-partial to load only the tensors that match")
+                         f"({theirs['vision']['type']}), this run uses {mine['backbone']} "
+                         f"({mine['vision']['type']}); --init-from-partial loads only what matches")
 
 
 def init_from(model, path, partial=False):
-    """Initialise from another run's checkpoint (COCO human pre-training -> AP-10K, Tables
-    3-4). Every tensor whose name and shape match is copied; positional tables of another
-    grid (COCO at 256x192 -> AP-10K at 256x256) are resized bilinearly; keypoint-indexed rows
-    are matched by keypoint *name* (COCO and AP-10K share eyes, nose, shoulders, elbows, hips
-    and knees). Prints what was loaded, resized, remapped, skipped and left at its init.
-    Returns {"loaded", "resized", "remapped", "skipped", "untouched"} name lists."""
+    """Initialise from another run's checkpoint (COCO human pre-training -> AP-10K, Tables 3-4):
+    tensors whose name and shape match are copied, positional tables of another grid resized,
+    keypoint-indexed rows matched by keypoint *name* (COCO and AP-10K share eyes, nose, ...).
+    Prints and returns {"loaded", "resized", "remapped", "skipped", "untouched"} name lists."""
     ckpt = load_checkpoint(path)
     check_same_towers(model, ckpt, path, partial)
     source, resized = resize_positional_tables(ckpt["model"], model,
@@ -219,8 +186,7 @@ def init_from(model, path, partial=False):
         if name not in target:
             report["skipped"].append(f"{name}: not in this model")
             continue
-        offset = None if source_names == names else keypoint_block(model, name,
-                                                                   target[name].shape)
+        offset = None if source_names == names else keypoint_block(model, name, target[name].shape)
         if offset is not None and (tensor.shape[1:] == target[name].shape[1:]
                                    and keypoint_block(model, name, tensor.shape) == offset):
             target[name] = remap_keypoint_rows(target[name], tensor, offset, names, source_names)
@@ -248,14 +214,11 @@ def print_init_report(path, report, names, source_names):
     if names != source_names:
         print0(f"  keypoints differ: {len(shared)} of {len(names)} shared by name {shared}; "
                f"the rows of the other {len(names) - len(shared)} keep their initial value")
-    for name in report["resized"]:
-        print0(f"  resized {name} to this model's grid (bilinear)")
-    for name in report["remapped"]:
-        print0(f"  remapped {name}")
-    for line in report["skipped"]:
-        print0(f"  skipped {line}")
-    for name in report["untouched"]:
-        print0(f"  kept initial value: {name}")
+    for line in ([f"  resized {n} to this model's grid (bilinear)" for n in report["resized"]]
+                 + [f"  remapped {n}" for n in report["remapped"]]
+                 + [f"  skipped {s}" for s in report["skipped"]]
+                 + [f"  kept initial value: {n}" for n in report["untouched"]]):
+        print0(line)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -266,27 +229,17 @@ PATH_FLAGS = ("train_ann", "val_ann", "images", "val_images", "clip_weights",
               "imagenet_weights", "init_from", "output_dir")
 
 
-def given_flags(parser, argv):
-    """The dests of the flags written on the command line (not left at their default)."""
-    dests = set()
-    for token in argv:
-        action = parser._option_string_actions.get(token.split("=")[0])
-        if action is not None:
-            dests.add(action.dest)
-    return dests
-
-
 def resolve_args(parser, argv):
     """Parse argv; with --resume, the run's own flags are the base and the given ones must
     agree with them (or be RESUME_CHANGEABLE). Paths become absolute."""
     args = parser.parse_args(argv)
-    given = given_flags(parser, argv)
-    if args.resume == "auto":
-        last = os.path.join(args.output_dir, "last.pt")
-        args.resume = last if os.path.exists(last) else None
-        if args.resume:
-            print0(f"--resume auto: continuing {last}")
-    if args.resume:
+    actions = (parser._option_string_actions.get(token.split("=")[0]) for token in argv)
+    given = {action.dest for action in actions if action is not None}  # flags on the command line
+    last = os.path.join(args.output_dir, "last.pt")
+    if args.resume == "auto" and os.path.exists(last):
+        args.resume = last
+        print0(f"--resume auto: continuing {last}")
+    if args.resume and args.resume != "auto":  # "auto" with no last.pt: a fresh start
         ckpt = load_checkpoint(args.resume, need_training_state=True)
         run_dir = os.path.dirname(os.path.abspath(args.resume))
         if "output_dir" in given and os.path.abspath(args.output_dir) != run_dir:
@@ -303,8 +256,11 @@ def resolve_args(parser, argv):
                 f"may change on resume)")
         keep = {k: getattr(args, k) for k in given if k in RESUME_CHANGEABLE}
         args = argparse.Namespace(**{**vars(parser.parse_args([])), **stored, **keep,
-                                     "resume": os.path.abspath(args.resume),
-                                     "output_dir": run_dir})
+                                     "resume": os.path.abspath(args.resume), "output_dir": run_dir})
+        if args.epochs < ckpt["epoch"] + 1:
+            done = ckpt["epoch"] + 1
+            raise ValueError(f"--epochs {args.epochs}: the run in {run_dir} has trained {done} "
+                             f"epochs already; give --epochs {done} or more")
     missing = [f"--{k.replace('_', '-')}" for k in ("train_ann", "val_ann", "images")
                if not getattr(args, k)]
     if missing:
@@ -319,17 +275,27 @@ def absolute(dest, value):
 
 
 def open_run(args):
-    """Rank 0: lock the run directory (one run per directory), refuse to start over an
-    existing run, clean stale temporary files. Returns the lock (keep it) or None."""
+    """Rank 0: lock the run directory, refuse to start over an existing run (any RUN_FILES),
+    clean stale temporary files -> the lock (keep it), or None on other ranks."""
     if not is_main():
         return None
     lock = lock_run_dir(args.output_dir)
-    found = existing_run_files(args.output_dir)
-    if found and not args.resume:
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(args.output_dir, f))]
+    if found and args.resume == "auto" and "last.pt" not in found:  # killed before last.pt
+        print0(f"--resume auto: {args.output_dir} holds no last.pt (a run stopped before its "
+               f"first epoch ended): starting it afresh")
+        for name in found:
+            os.remove(os.path.join(args.output_dir, name))
+        found = []
+    if found and args.resume in (None, "auto"):
         raise ValueError(f"--output-dir {args.output_dir} already holds a run ({', '.join(found)}):"
-                         f" continue it with --resume {os.path.join(args.output_dir, 'last.pt')} "
-                         f"(or --resume auto), or choose another --output-dir")
-    remove_stale_temporaries(args.output_dir)
+                         " continue it with --resume auto, or choose another --output-dir")
+    stale = glob.glob(os.path.join(args.output_dir, "*.pt.tmp.*"))  # writes of a killed run
+    for path in stale:
+        os.remove(path)
+    if stale:
+        print0(f"removed {len(stale)} unfinished checkpoint write(s) of an earlier run: "
+               f"{', '.join(os.path.basename(p) for p in stale)}")
     return lock
 
 
@@ -339,8 +305,7 @@ def resume_state(path, model, optimizer, scheduler, scaler):
     changed = sorted(k for k in set(model.cfg) | set(ckpt["model_config"])
                      if model.cfg.get(k) != ckpt["model_config"].get(k))
     if changed:
-        raise ValueError(f"--resume {path} was trained with a different model "
-                         f"({', '.join(changed)} differ)")
+        raise ValueError(f"--resume {path}: the run's model differs ({', '.join(changed)})")
     model.load_state_dict(ckpt["model"], strict=True)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

@@ -138,32 +138,28 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 # ----------------------------------------------------------------------------- argument types
-def positive(kind):
+def number_in(kind, low=-math.inf, high=math.inf, above=False):
+    """argparse type: a finite `kind` (int / float) in [low, high], or (low, high] with above."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        if value is None or not math.isfinite(value) or value < low or value > high or \
+                (above and value == low):
+            bounds = (f" {'>' if above else '>='} {low:g}" if low > -math.inf else "") + \
+                (f" and <= {high:g}" if high < math.inf else "")
+            raise argparse.ArgumentTypeError(f"expected a finite {kind.__name__}{bounds}, got {text!r}")
         return value
     return parse
 
 
-def non_negative_int(text):
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return int(text)
+def positive(kind):
+    return number_in(kind, 0, above=True)
 
 
-def finite_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+non_negative_int = number_in(int, 0)
+finite_float = number_in(float)
 
 
 def number_list(kind):

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones import (FULL_VISION, SMALL_VISION, TOWER_TYPE, build_visual, clip_visual_config,
-                       feature_grid, load_clip_visual, load_imagenet_resnet, map_to_tokens,
-                       resnet_config)
+from backbones import (FULL_VISION, SMALL_VISION, TOWER_TYPE, build_visual,
+                       clip_visual_config, feature_grid, load_clip_visual, load_imagenet_resnet,
+                       map_to_tokens, resnet_config)
 from clip_text import (LayerNorm, MultiheadAttention, TextEncoder, Transformer,
                        load_clip_state_dict, text_state_dict, tokenize)
 from distributed import print0

@@ -23,12 +23,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import (git_commit, init_from, make_checkpoint, model_only, open_run, resolve_args,
-                        resume_state, save_checkpoint)
+from checkpoint import (git_commit, init_from, load_checkpoint, make_checkpoint, model_only,
+                        open_run, resolve_args, resume_state, save_checkpoint)
 from dataset import KeypointDataset, default_workers, make_loader
 from distributed import (HelpFormatter, all_reduce_sum, barrier, cleanup, init_distributed,
-                         input_size, is_main, n_ctx, number_list, positive, print0,
-                         run_cli)
+                         input_size, is_main, n_ctx, non_negative_int, number_in, number_list,
+                         positive, print0, run_cli)
 from evaluate import evaluate_dataset, format_report
 from files import append_line, read_lines, write_json
 from keypoints import sigma_list
@@ -50,7 +50,7 @@ def get_args_parser():
     g.add_argument("--val-images", help="image directory of --val-ann (default: --images)")
     g.add_argument("--few-shot", type=positive(int), metavar="K",
                    help="train on K images per species (Tables 2 and 4: 20); default: all")
-    g.add_argument("--few-shot-seed", type=int, default=0,
+    g.add_argument("--few-shot-seed", type=non_negative_int, default=0,
                    help="seed of the few-shot draw; the chosen image ids are saved in the run")
     g.add_argument("--sigmas", type=sigma_list,
                    help="comma-separated OKS sigmas, one per keypoint (default: the json's "
@@ -62,7 +62,7 @@ def get_args_parser():
     g.add_argument("--reduced-jpeg-decode", action="store_true",
                    help="decode a JPEG at 1/2-1/8 size when its box is 2x-8x the input: faster "
                         "loading, slightly different crops (default: full resolution, as the authors)")
-    g.add_argument("--workers", type=int, help="data loader processes per process "
+    g.add_argument("--workers", type=non_negative_int, help="data loader processes per process "
                                                "(default: the CPUs per process, at most 8)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=BACKBONES, default="clip-rn50",
@@ -82,11 +82,11 @@ def get_args_parser():
                         "heatmaps are 1/4 of it")
     g.add_argument("--normalize", choices=["imagenet", "clip"],
                    help="input mean/std (default: imagenet for every backbone, as the authors)")
-    g.add_argument("--drop-path", type=float,
+    g.add_argument("--drop-path", type=number_in(float, 0, 0.99),
                    help="ViT-B stochastic depth at the last block (default 0.4 ViT-B, 0 ResNet)")
     g.add_argument("--n-ctx", type=n_ctx,
                    help="learnable context vectors [T]_1..[T]_k of Eq. 2 (default 8)")
-    g.add_argument("--ctx-init-std", type=float,
+    g.add_argument("--ctx-init-std", type=positive(float),
                    help="std of the context vectors' truncated-normal init (default 1.0)")
     g.add_argument("--no-pixel", dest="use_pixel", action="store_false",
                    help="ablation: no pixel-level score map / L_pixel (Table 5)")
@@ -100,23 +100,25 @@ def get_args_parser():
     g.add_argument("--init-from-partial", action="store_true",
                    help="allow --init-from across backbones / tower types (matching tensors only)")
     g = p.add_argument_group("loss (Eq. 10)")
-    g.add_argument("--alpha1", type=float, help="weight of L_semantic (default 0.0005)")
-    g.add_argument("--alpha2", type=float, help="weight of L_pixel (default 0.4 ResNet-50, "
-                                                "2.0 ViT-B)")
+    g.add_argument("--alpha1", type=number_in(float, 0), help="weight of L_semantic (default 0.0005)")
+    g.add_argument("--alpha2", type=number_in(float, 0), help="weight of L_pixel (default 0.4 "
+                                                              "ResNet-50, 2.0 ViT-B)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive(int), default=210, help="total epochs")
     g.add_argument("--batch-size", type=positive(int), default=16, help="batch size per process")
-    g.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
-    g.add_argument("--backbone-lr-mult", type=float,
+    g.add_argument("--lr", type=positive(float), default=5e-4, help="AdamW learning rate")
+    g.add_argument("--backbone-lr-mult", type=number_in(float, 0),
                    help="lr multiplier of the image encoder (default 0.1 ViT-B, else 1)")
-    g.add_argument("--weight-decay", type=float, default=1e-4,
-                   help="AdamW weight decay (never on norms, biases, embeddings, context)")
-    g.add_argument("--warmup-iters", type=int, default=500,
+    g.add_argument("--weight-decay", type=number_in(float, 0), default=1e-4,
+                   help="AdamW weight decay (not on the context decoder's norms, as the authors)")
+    g.add_argument("--warmup-iters", type=non_negative_int, default=500,
                    help="linear warm-up iterations, from --warmup-ratio x lr")
-    g.add_argument("--warmup-ratio", type=float, default=0.001, help="lr factor at iteration 0")
+    g.add_argument("--warmup-ratio", type=number_in(float, 0, 1, above=True), default=0.001,
+                   help="lr factor at iteration 0")
     g.add_argument("--lr-steps", type=number_list(int), default=[170, 200],
                    help="epochs at which the lr is multiplied by 0.1")
-    g.add_argument("--clip-grad", type=float, default=0.0, help="max grad norm (0 = off)")
+    g.add_argument("--clip-grad", type=number_in(float, 0), default=0.0,
+                   help="max grad norm (0 = off)")
     g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
                    help="mixed precision on GPU (fp16 uses a GradScaler)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -124,7 +126,7 @@ def get_args_parser():
     g.add_argument("--output-dir", default="output", help="the run directory (checkpoint.py)")
     g.add_argument("--resume", help="RUN/last.pt: continue that run at its next epoch, every "
                                     "flag from it; 'auto': RUN/last.pt of --output-dir if any")
-    g.add_argument("--seed", type=int, default=0, help="seed of everything random")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="seed of everything random")
     g.add_argument("--eval-interval", type=positive(int), default=10,
                    help="validate every N epochs (and after the last epoch)")
     g.add_argument("--eval-batch-size", type=positive(int), default=32,
@@ -245,6 +247,22 @@ def lr_factor(iters_per_epoch, warmup_iters, warmup_ratio, lr_steps):
     return factor
 
 
+def check_schedule(epochs, iters_per_epoch, warmup_iters, lr_steps):
+    """A warning line when the schedule (AP-10K's by default) does not fit the data: a warm-up
+    over more than a tenth of the run, or an lr step outside it."""
+    total = epochs * iters_per_epoch
+    problems = []
+    if warmup_iters > 0.1 * total:
+        problems.append(f"the warm-up of {warmup_iters} iterations is {warmup_iters / total:.0%} "
+                        f"of the run's {total} ({iters_per_epoch} an epoch): set --warmup-iters")
+    outside = [s for s in lr_steps if not 0 < s < epochs]
+    if outside:
+        problems.append(f"lr step(s) at epoch {outside} fall outside the run's {epochs} epochs: "
+                        f"set --lr-steps")
+    if problems:
+        print0("warning: " + "; ".join(problems) + " (the README gives a small-data recipe)")
+
+
 def build_schedule(args, model, train_set, device, rank, world):
     """Optimiser, lr schedule, GradScaler, sampler and loader of Sec. 4.1."""
     optimizer = build_optimizer(model, args.lr, args.weight_decay, backbone_lr_mult(args))
@@ -258,6 +276,7 @@ def build_schedule(args, model, train_set, device, rank, world):
     if len(loader) == 0:
         raise ValueError(f"{len(train_set)} training instances over {world} process(es) do not "
                          f"fill one batch of --batch-size {args.batch_size}")
+    check_schedule(args.epochs, len(loader), args.warmup_iters, args.lr_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
         len(loader), args.warmup_iters, args.warmup_ratio, args.lr_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
@@ -401,6 +420,11 @@ def log_epoch(output_dir, record):
 def fit(run, start_epoch, best_ap):
     """The epoch loop: train, validate every --eval-interval epochs, checkpoint, log."""
     args = run.args
+    final = os.path.join(args.output_dir, "final.pt")
+    if start_epoch >= args.epochs:  # a finished run started again (a preemptible job)
+        print0(f"all {args.epochs} epochs are trained already: nothing to do")
+        if is_main() and not os.path.exists(final):
+            save_checkpoint(final, model_only(load_checkpoint(args.resume)))
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         # the epoch number seeds everything random in it, so a resumed run repeats it exactly
@@ -440,7 +464,7 @@ def main(args):
     optimizer, scheduler, scaler, loader, sampler, generator = build_schedule(
         args, model, train_set, device, rank, world)
     start_epoch, best_ap = 0, -1.0
-    if args.resume:
+    if args.resume not in (None, "auto"):
         start_epoch, best_ap = resume_state(args.resume, model, optimizer, scheduler, scaler)
     commit = git_commit()
     print0(f"git commit {commit}; {world} process(es) on {device}\n"
