@@ -211,6 +211,12 @@ def clip_box(bbox, width, height):
     return [x1, y1, min(x + w, float(width)) - x1, min(y + h, float(height)) - y1]
 
 
+def crosses_border(bbox, image):
+    """Whether a box [x, y, w, h] reaches outside its image (and gets clipped)."""
+    x, y, w, h = bbox
+    return x < 0 or y < 0 or x + w > image["width"] or y + h > image["height"]
+
+
 def instance_box(bbox, width, height):
     """The box a ground-truth instance is cropped from, as the authors' loaders make it
     (mmpose's COCO-style datasets, AP-10K's included): the far corner one pixel in, x2 = x + w - 1,
@@ -272,7 +278,7 @@ def ground_truth_records(coco, image_dir, keypoint_category_ids, num_keypoints, 
                 unpredictable.append(ann_id)
             continue
         box = instance_box(ann["bbox"], image["width"], image["height"])
-        clipped += clip_box(ann["bbox"], image["width"], image["height"]) != list(map(float, ann["bbox"]))
+        clipped += crosses_border(ann["bbox"], image)
         keypoints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(num_keypoints, 3)
         records.append(make_record(image, image_dir, box, aspect_ratio, ann_id=int(ann_id),
                                    category_id=int(ann["category_id"]), keypoints=keypoints,
@@ -295,7 +301,7 @@ def detection_records(boxes, coco, image_dir, keypoint_category_ids, num_keypoin
         if image["width"] <= 0 or image["height"] <= 0 or box[2] <= 0 or box[3] <= 0:
             skipped["detection with no area in the image"] += 1
             continue
-        clipped += box != det["bbox"]
+        clipped += crosses_border(det["bbox"], image)
         records.append(make_record(image, image_dir, box, aspect_ratio, ann_id=-1,
                                    category_id=det["category_id"], bbox_score=det["score"],
                                    keypoints=np.zeros((num_keypoints, 3)), detection=True))

@@ -5,10 +5,13 @@ process group and goes through exactly the same code. Only rank 0 prints and wri
 Bad input ends in one line `error: ...` (exit 1), never a traceback (`run_cli`).
 """
 import argparse
+import contextlib
+import json
 import math
 import os
 import signal
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -111,9 +114,35 @@ def one_line(error):
     return " ".join(lines)
 
 
+@contextlib.contextmanager
+def own_shard():
+    """Errors raised inside come from this rank's own share of the data (an image only it
+    reads): run_cli reports them from whichever rank raised them."""
+    try:
+        yield
+    except Exception as e:
+        e.own_shard = True
+        raise
+
+
+def report(message):
+    """The one line on stderr; under torchrun also in the worker's error file, so that the
+    failure summary torchrun prints last ends with it instead of a hint about tracebacks."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with contextlib.suppress(OSError), open(path, "w") as f:
+            json.dump({"message": f"error: {message}", "timestamp": int(time.time())}, f)
+
+
+# A collective whose peer process stopped: the peer's own error is the cause, said by the peer.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL error")
+
+
 def run_cli(main_fn, parse, on_interrupt="interrupted"):
     """Run an entry point: `main_fn(parse())`. Bad input, a failed write or Ctrl-C end in one
-    line, no traceback (under torchrun only rank 0 says it); Ctrl-C prints `on_interrupt`."""
+    line, no traceback: said once, by rank 0, or by the rank whose own data failed (`own_shard`);
+    a rank whose peer stopped says nothing more. Ctrl-C prints `on_interrupt`."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large file is an OSError, not a kill
     try:
         main_fn(parse())
@@ -121,10 +150,12 @@ def run_cli(main_fn, parse, on_interrupt="interrupted"):
         print0(on_interrupt)
         sys.exit(130)
     except (FileNotFoundError, ValueError, OSError, FloatingPointError, RuntimeError) as e:
-        if isinstance(e, RuntimeError) and "DataLoader worker" not in str(e):
+        message = one_line(e)
+        peer_gone = int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(s in message for s in PEER_GONE)
+        if isinstance(e, RuntimeError) and "DataLoader worker" not in str(e) and not peer_gone:
             raise
-        if is_main():
-            print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        if not peer_gone and (is_main() or getattr(e, "own_shard", False)):
+            report(message)
         sys.exit(1)
 
 

@@ -82,7 +82,11 @@ def prompt_texts_for(keypoint_names, keypoint_prompts=None):
 # changes: "forelegL1" -> foreleg L 1, "L_EarBase" -> L Ear Base, "Lip" -> Lip.
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+|[^\W\d_]+")
 
-_SIDE = {"left": "<L>", "right": "<R>", "l": "<L>", "r": "<R>"}
+_SIDE = {"left": "<L>", "right": "<R>", "l": "<L>", "r": "<R>", "lt": "<L>", "rt": "<R>",
+         "lft": "<L>", "rgt": "<R>", "links": "<L>", "rechts": "<R>", "gauche": "<L>",
+         "droite": "<R>", "izquierda": "<L>", "derecha": "<R>", "sinistra": "<L>", "destra": "<R>"}
+# Quadruped limb abbreviations: front / hind (back) x left / right, either order (FL, LF, HR, ...)
+_LIMB = re.compile(r"([fhb])([lr])|([lr])([fhb])")
 
 _MIRROR = {"<L>": "<R>", "<R>": "<L>"}
 
@@ -94,17 +98,25 @@ PAIRS_HELP = ('give the pairs in the json category ("flip_pairs": [[i, j], ...],
 def side_key(name):
     """A keypoint name -> (words with side markers '<L>'/'<R>', how sure: 'word', 'inside' or None).
 
-    'word': a whole word left/right/L/R in any case ("L_Eye", "eyeR", "forelegL1",
-    "Eye_Left") or a word starting with left/right ("leftear"). 'inside': left/right inside a
-    word ("frontleftpaw", "earright"; also "bright", hence only paired, never an error).
-    Near/Off (Horse-10: nearer / farther from the camera) are not sides: a flip keeps them.
+    'word': a whole word left/right/L/R in any case or language ("L_Eye", "eyeR",
+    "forelegL1", "Eye_Left", "lft_ear", "Ohr_links"), a word starting with left/right
+    ("leftear"), or a limb abbreviation (shoulder_FL / shoulder_FR, paw_HL, LF_paw). 'inside':
+    left/right inside a word ("frontleftpaw", "earright"; also "bright", hence only paired,
+    never an error). 'ambiguous': LL, LR, RL, RR (rear or right?). Near/Off (Horse-10: nearer /
+    farther from the camera) are not sides: a flip keeps them.
     """
     words, sure = [], None
     for word in _WORD.findall(name):
         low = word.lower()
         start = re.fullmatch(r"(left|right)([a-z]+)", low)
+        limb = _LIMB.fullmatch(low)
         if low in _SIDE:
             words, sure = words + [_SIDE[low]], "word"
+        elif limb:
+            front = (limb[1] or limb[4]) == "f"
+            words, sure = words + ["front" if front else "hind", _SIDE[limb[2] or limb[3]]], "word"
+        elif re.fullmatch(r"[lr][lr]", low):
+            return tuple(words + [low]), "ambiguous"
         elif start:
             words, sure = words + [_SIDE[start[1]], start[2]], "word"
         else:
@@ -120,23 +132,23 @@ def side_key(name):
 def derive_flip_pairs(keypoint_names, require_partners=True):
     """Left/right pairs (i, j), i < j, sorted: names that are each other's mirror by side_key.
 
-    require_partners: a name with a whole-word side ('word') and no partner raises ValueError (its
-    flip would teach the wrong side); otherwise such names stay unpaired.
+    require_partners: a name with a whole-word or ambiguous side and no partner raises
+    ValueError (its flip would teach the wrong side); otherwise such names stay unpaired.
     """
     keys = [side_key(n) for n in keypoint_names]
     index = {}
     for i, (key, sure) in enumerate(keys):
-        if sure and key in index:
+        if sure in ("word", "inside") and key in index:
             raise ValueError(f"keypoint names {keypoint_names[index[key]]!r} and "
                              f"{keypoint_names[i]!r} read as the same name; rename one")
-        if sure:
+        if sure in ("word", "inside"):
             index[key] = i
     pairs, unpaired = [], []
     for i, (key, sure) in enumerate(keys):
         j = index.get(tuple(_MIRROR.get(t, t) for t in key)) if sure else None
         if j is not None and i < j:
             pairs.append((i, j))
-        elif j is None and sure == "word":
+        elif j is None and sure in ("word", "ambiguous"):
             unpaired.append(keypoint_names[i])
     if unpaired and require_partners:
         raise ValueError(f"keypoint name(s) {unpaired} look left/right-sided but have no "

@@ -28,7 +28,7 @@ from checkpoint import (git_commit, init_from, load_checkpoint, make_checkpoint,
 from dataset import KeypointDataset, default_workers, make_loader
 from distributed import (HelpFormatter, all_reduce_sum, barrier, cleanup, init_distributed,
                          input_size, is_main, n_ctx, non_negative_int, number_in, number_list,
-                         positive, print0, run_cli)
+                         own_shard, positive, print0, run_cli)
 from evaluate import evaluate_dataset, format_report
 from files import append_line, read_lines, write_json
 from keypoints import sigma_list
@@ -432,7 +432,9 @@ def fit(run, start_epoch, best_ap):
         run.generator.manual_seed(args.seed + epoch)
         if run.sampler is not None:
             run.sampler.set_epoch(epoch)
-        record = {"epoch": epoch, **train_one_epoch(run, epoch),
+        with own_shard():
+            losses = train_one_epoch(run, epoch)
+        record = {"epoch": epoch, **losses,
                   "lr": run.optimizer.param_groups[0]["lr"] / run.optimizer.param_groups[0]["lr_mult"],
                   "train_time_s": round(time.time() - t0, 2)}
         last = epoch == args.epochs - 1

@@ -212,10 +212,24 @@ def test_flip_pairs_from_real_name_sets():
     ["nose", "LEFT_EYE", "RIGHT_EYE"], ["nose", "LeftEye", "RightEye"], ["nose", "l_eye", "r_eye"],
     ["nose", "eye-l", "eye-r"], ["nose", "Left Eye", "right eye"], ["nose", " left_eye", "right_eye  "],
     ["nose", "frontleftpaw", "frontrightpaw"], ["nose", "pawleft", "pawright"], ["nose", "LEar", "REar"],
+    ["nose", "lft_ear", "rgt_ear"], ["nose", "Ohr_links", "Ohr_rechts"], ["nose", "oreille_gauche", "oreille_droite"],
 ])
 def test_flip_pairs_every_convention(names):
     assert KP.derive_flip_pairs(names) == [(1, 2)]
     assert KP.derive_flip_pairs(names[::-1]) == [(0, 1)]  # order does not matter
+
+
+def test_flip_pairs_of_quadruped_limb_abbreviations():
+    """Front / hind x left / right abbreviations pair in any order and case; an ambiguous one
+    (RR: rear or right?) is refused with the way to give pairs, never left to mirror unswapped."""
+    names = ["nose", "shoulder_FL", "shoulder_FR", "paw_HL", "paw_HR", "LF_paw", "RF_paw", "elbowBL",
+             "elbowBR", "lh_knee", "rh_knee"]
+    assert KP.derive_flip_pairs(names) == [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]
+    for bad in (["nose", "paw_RR", "paw_RL"], ["nose", "shoulder_FL"]):
+        with pytest.raises(ValueError, match=r"look left/right-sided but have no partner.*--flip-pairs"):
+            KP.derive_flip_pairs(bad)
+    with pytest.raises(ValueError, match="read as the same name"):
+        KP.derive_flip_pairs(["FL_paw", "LF_paw", "FR_paw"])
 
 
 @pytest.mark.parametrize("names", [
@@ -944,6 +958,9 @@ def test_dataset_with_detected_boxes(tmp_path):
             {"image_id": 1, "category_id": 1, "bbox": [200, 15, 50, 30], "score": 0.7}]  # outside the image
     ds = D.KeypointDataset(ann_file, img_dir, train=False, boxes=dets)
     assert len(ds) == 2 and "3 detections (eval): 2 boxes kept, 1 skipped" in ds.skip_summary
+    assert "1 skipped (detection with no area in the image: 1), 0 boxes clipped" in ds.skip_summary
+    inside = [dict(dets[0], bbox=[0.1, 0.7, 99.9 - 1e-9, 79.3])]    # float boxes that just fit
+    assert "0 boxes clipped" in D.KeypointDataset(ann_file, img_dir, train=False, boxes=inside).skip_summary
     items = [ds[0], ds[1]]
     assert [it["detection"] for it in items] == [True, True] and set(items[0]) == ITEM_KEYS
     np.testing.assert_allclose([it["bbox_score"] for it in items], [0.9, 0.6], rtol=1e-6)

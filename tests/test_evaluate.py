@@ -202,10 +202,10 @@ def test_ground_truth_in_gives_perfect_scores(data, tmp_path):
     assert all(0.9 < s <= 1 for s in scores.values())
     assert "PCK@0.2 1.000" in evaluate.format_report(report)
 
-    # detections: the ground-truth boxes with score 0.9, one low-scored box elsewhere, one below
-    # the threshold; every image id must be one of the json's
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-             "score": 0.9} for a in ann["annotations"] if a["id"] != 9999]
+    # detections: the instances' boxes (as cropped: far corner x + w - 1) with score 0.9, one
+    # low-scored box elsewhere, one below the threshold; every image id must be one of the json's
+    dets = [{"image_id": r["image_id"], "category_id": r["category_id"], "bbox": r["box"].tolist(),
+             "score": 0.9} for r in dataset.records]
     dets += [{"image_id": dets[0]["image_id"], "category_id": dets[0]["category_id"],
               "bbox": [0, 0, 30, 30], "score": 0.3},
              {"image_id": dets[0]["image_id"], "category_id": dets[0]["category_id"],

@@ -5,6 +5,7 @@ random initialisation, so a run takes seconds on a CPU."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,6 +307,33 @@ def test_torchrun_failed_start_is_one_line(data, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "RN50.pt" in errors[0]        # rank 0 says it, once
     assert f'File "{os.path.join(ROOT, "train.py")}"' not in proc.stderr  # no child traceback
+    assert "traceback : error: " in proc.stderr and "RN50.pt" in proc.stderr.splitlines()[-2]
+    assert '"train_ann"' not in proc.stdout   # the flags are printed once training starts
+
+
+def test_torchrun_bad_image_in_rank_1_share_is_said_once_by_rank_1(data, tmp_path):
+    """Validation crops of instance 1 are rank 1's: its truncated JPEG is reported by rank 1,
+    once, in one line, and ends torchrun's failure summary; rank 0, whose peer stopped,
+    adds no traceback."""
+    images = tmp_path / "images"
+    shutil.copytree(data["images"], images)
+    val = json.load(open(data["val"]))
+    first_two = sorted(val["annotations"], key=lambda a: a["id"])[:2]
+    names = {im["id"]: im["file_name"] for im in val["images"]}
+    bad = images / names[first_two[1]["image_id"]]
+    assert first_two[0]["image_id"] != first_two[1]["image_id"]
+    bad.write_bytes(bad.read_bytes()[:600])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                "--master_port", "29523"]
+    args = train_args(data, tmp_path / "run", 1, "--few-shot", "3")
+    args[args.index("--images") + 1] = str(images)
+    proc = subprocess.run(torchrun + args, cwd=ROOT, capture_output=True, text=True, env=ENV,
+                          timeout=600)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and bad.name in errors[0] and "truncated" in errors[0], proc.stderr
+    assert f'File "{os.path.join(ROOT, "train.py")}"' not in proc.stderr, proc.stderr
+    assert "Connection closed" not in proc.stderr and f"traceback : error: " in proc.stderr
 
 
 # ----------------------------------------------------------------------------- bad input
