@@ -1,13 +1,10 @@
 """The image towers of PromptPose and SimpleBaseline, hand-written with upstream key names.
 
 Each tower maps images (B, 3, H, W) to `(feature_map, global_embedding, dense_embedding)`:
-- `ModifiedResNet`: CLIP RN50; its attention pool is the paper's dense projector (Sec. 3.2.2),
-  with every spatial token as a query;
-- `VisionTransformer`: CLIP ViT-B/16; the projector is ln_post + proj on every patch token;
-- `ResNet50`: torchvision's keys, no projector (the last two outputs are None).
-Real weights load with strict=True. A CLIP positional table (RN50 attention pool 7x7+1, ViT-B
-14x14+1 at 224) is resized once, bilinearly, when weights are loaded, to the feature grid of
-the model's input (8x8 / 16x16 at 256x256), and learned at that size; forward never resizes.
+CLIP's `ModifiedResNet` and `VisionTransformer` (their projector is the paper's dense projector,
+Sec. 3.2.2) and torchvision's `ResNet50` (no projector: the last two are None). Real weights load
+with strict=True. A CLIP positional table (7x7+1 / 14x14+1 at 224) is resized once, bilinearly,
+when weights are loaded, to the model's feature grid (8x8 / 16x16 at 256x256); forward never does.
 """
 import math
 import os
@@ -20,31 +17,23 @@ import torch.nn.functional as F
 from clip_text import LayerNorm, Transformer
 from files import torch_load
 
-TOWER_TYPE = {"clip-rn50": "clip-resnet", "clip-vitb16": "clip-vit", "imagenet-rn50": "resnet"}
-
 FULL_VISION = {  # the feature grid is added by default_config from the image size
-    "clip-rn50": {"type": "clip-resnet", "layers": [3, 4, 6, 3], "output_dim": 1024, "heads": 32,
-                  "width": 64},
-    "clip-vitb16": {"type": "clip-vit", "patch_size": 16, "width": 768, "layers": 12, "heads": 12,
-                    "output_dim": 512},
-    "imagenet-rn50": {"type": "resnet", "layers": [3, 4, 6, 3], "width": 64},
+    "clip-rn50": dict(type="clip-resnet", layers=[3, 4, 6, 3], output_dim=1024, heads=32, width=64),
+    "clip-vitb16": dict(type="clip-vit", patch_size=16, width=768, layers=12, heads=12,
+                        output_dim=512),
+    "imagenet-rn50": dict(type="resnet", layers=[3, 4, 6, 3], width=64),
 }
-
 SMALL_VISION = {  # same structure, tiny (for CPU tests and the demo; never from a checkpoint)
-    "clip-rn50": {"type": "clip-resnet", "layers": [1, 1, 1, 1], "output_dim": 64, "heads": 2,
-                  "width": 16},
-    "clip-vitb16": {"type": "clip-vit", "patch_size": 16, "width": 64, "layers": 2, "heads": 2,
-                    "output_dim": 64},
-    "imagenet-rn50": {"type": "resnet", "layers": [1, 1, 1, 1], "width": 16},
+    "clip-rn50": dict(type="clip-resnet", layers=[1, 1, 1, 1], output_dim=64, heads=2, width=16),
+    "clip-vitb16": dict(type="clip-vit", patch_size=16, width=64, layers=2, heads=2, output_dim=64),
+    "imagenet-rn50": dict(type="resnet", layers=[1, 1, 1, 1], width=16),
 }
+TOWER_TYPE = {backbone: cfg["type"] for backbone, cfg in FULL_VISION.items()}
 
 
 def resize_positional_table(pos, old_grid, new_grid):
-    """(1 + h*w, C) table of grid old_grid (h, w) -> (1 + h'*w', C) for new_grid (h', w').
-
-    The first row (class / mean token) is kept; the spatial part is resized bilinearly
-    (align_corners=False, as the authors). Returns `pos` itself when the grids agree.
-    """
+    """(1 + h*w, C) table of grid old_grid (h, w) -> (1 + h'*w', C) for new_grid (h', w'): the
+    class / mean row kept, the rest resized bilinearly (align_corners=False, as the authors)."""
     (h, w), (nh, nw) = tuple(old_grid), tuple(new_grid)
     if pos.shape[0] != 1 + h * w:
         raise ValueError(f"positional table has {pos.shape[0]} rows, not 1 + {h}x{w}")
@@ -59,9 +48,8 @@ def resize_positional_table(pos, old_grid, new_grid):
 def check_grid(grid, table_grid):
     """The feature grid (h, w) of an input must be the one the positional table was learned at."""
     if tuple(grid) != tuple(table_grid):
-        raise ValueError(f"input gives a {grid[0]}x{grid[1]} feature grid but the positional "
-                         f"table is {table_grid[0]}x{table_grid[1]}: feed images of the model's "
-                         f"cfg['image_size'] (the table is resized only when weights are loaded)")
+        raise ValueError(f"input gives a {grid[0]}x{grid[1]} feature grid but the positional table "
+                         f"is {table_grid[0]}x{table_grid[1]}: feed images of cfg['image_size']")
 
 
 def tokens_to_map(tokens, h, w):
@@ -93,16 +81,15 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride > 1 or inplanes != out:
-            if antialias:  # OpenAI names the pool "-1" so the conv/bn keep indices 0 and 1
-                self.downsample = nn.Sequential(OrderedDict([
-                    ("-1", nn.AvgPool2d(stride)),
-                    ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
-                    ("1", nn.BatchNorm2d(out))]))
-            else:
-                self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False),
-                                                nn.BatchNorm2d(out))
+        if stride == 1 and inplanes == out:
+            self.downsample = None
+        elif antialias:  # OpenAI names the pool "-1" so the conv/bn keep indices 0 and 1
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride)), ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
+                ("1", nn.BatchNorm2d(out))]))
+        else:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out))
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -125,13 +112,9 @@ def make_res_layers(module, width, layers, antialias):
 
 
 class AttentionPool2d(nn.Module):
-    """CLIP's attention pool used as the dense projector of the paper (Sec. 3.2.2).
-
-    Tokens = [mean of the grid, every grid cell] + positional embedding (1 + h*w rows for the
-    grid (h, w)); every token is a query (CLIP queries only the mean token). Output 0 is CLIP's
-    image embedding, the others form the dense embedding. Keys: positional_embedding, q_proj,
-    k_proj, v_proj, c_proj.
-    """
+    """CLIP's attention pool as the paper's dense projector (Sec. 3.2.2): tokens = [mean of the
+    grid, every grid cell] + positional embedding (1 + h*w rows), every token a query (CLIP
+    queries only the mean); output 0 is CLIP's image embedding, the others the dense one."""
 
     def __init__(self, grid, embed_dim, num_heads, output_dim):
         super().__init__()
@@ -143,6 +126,8 @@ class AttentionPool2d(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.c_proj = nn.Linear(embed_dim, output_dim)
         self.num_heads = num_heads
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.c_proj):  # CLIP: N(0, C^-1/2)
+            nn.init.normal_(lin.weight, std=embed_dim ** -0.5)
 
     def forward(self, x):
         """x (B, C, h, w) -> global (B, out), dense (B, out, h, w)."""
@@ -166,10 +151,8 @@ class ModifiedResNet(nn.Module):
     """CLIP's ResNet image tower (3-conv stem, anti-aliased strides, attention pool).
 
     forward(images (B,3,H,W)) -> feature_map (B, 32*width, H/32, W/32), global (B, output_dim)
-    == CLIP encode_image, dense (B, output_dim, H/32, W/32). grid: the (H/32, W/32) feature
-    grid of the attention pool's positional table. With projector=False (the SimpleBaseline)
-    there is no attnpool and the last two are None.
-    """
+    == CLIP encode_image, dense (B, output_dim, H/32, W/32); projector=False (SimpleBaseline):
+    no attnpool, the last two None. grid: the (H/32, W/32) grid of the positional table."""
 
     stride = 32
 
@@ -188,16 +171,7 @@ class ModifiedResNet(nn.Module):
         make_res_layers(self, width, layers, antialias=True)
         self.out_channels = width * 32
         self.attnpool = AttentionPool2d(grid, width * 32, heads, output_dim) if projector else None
-        self.init_parameters()
-
-    def init_parameters(self):
-        """CLIP's random init: attnpool weights N(0, C^-1/2), last BN of each block zero."""
-        if self.attnpool is not None:
-            std = self.attnpool.c_proj.in_features ** -0.5
-            for lin in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj,
-                        self.attnpool.c_proj):
-                nn.init.normal_(lin.weight, std=std)
-        for name, p in self.named_parameters():
+        for name, p in self.named_parameters():  # CLIP's init: the last BN of each block is zero
             if name.startswith("layer") and name.endswith("bn3.weight"):
                 nn.init.zeros_(p)
 
@@ -208,19 +182,16 @@ class ModifiedResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 32w, H/32, W/32)
         if self.attnpool is None:
             return x, None, None
-        global_embedding, dense = self.attnpool(x)
-        return x, global_embedding, dense
+        return (x, *self.attnpool(x))  # + global (B, output_dim), dense (B, output_dim, h, w)
 
 
 class VisionTransformer(nn.Module):
     """CLIP's ViT image tower (patch conv, class token, ln_pre, transformer, ln_post, proj).
 
-    forward(images) -> feature_map (B, width, H/p, W/p) (patch tokens before ln_post),
-    global (B, output_dim) == CLIP encode_image, dense (B, output_dim, H/p, W/p)
-    (ln_post and proj applied to every patch token). projector=False: no ln_post/proj.
-    grid: the (H/p, W/p) grid of the positional table (1 + h*w rows). drop_path: stochastic
-    depth rising linearly from 0 at the first block to this rate at the last (training only).
-    """
+    forward(images) -> feature_map (B, width, H/p, W/p) (patch tokens before ln_post), global
+    (B, output_dim) == CLIP encode_image, dense (B, output_dim, H/p, W/p) (ln_post and proj on
+    every patch token); projector=False: no ln_post/proj. drop_path: stochastic depth rising
+    linearly from 0 at the first block to this rate at the last."""
 
     def __init__(self, grid=(14, 14), patch_size=16, width=768, layers=12, heads=12,
                  output_dim=512, projector=True, drop_path=0.0):
@@ -251,10 +222,8 @@ class VisionTransformer(nn.Module):
 
 
 class ResNet50(nn.Module):
-    """torchvision's ResNet (v1.5 bottlenecks), key names as torchvision, without `fc`.
-
-    forward(images) -> (layer4 output (B, 32*width, H/32, W/32), None, None).
-    """
+    """torchvision's ResNet (v1.5 bottlenecks, its key names, no `fc`); forward(images) ->
+    (layer4 output (B, 32*width, H/32, W/32), None, None)."""
 
     stride = 32
 
@@ -282,9 +251,8 @@ def _count_blocks(sd, prefix):
 
 
 def guess_grid(pos):
-    """The grid (h, w) of a (1 + h*w, C) positional table when nothing says which: square
-    (OpenAI's checkpoints), else the most nearly square h x w with h >= w (8x6, 16x12: the
-    portrait 256x192 inputs of top-down pose estimation)."""
+    """The grid (h, w) of a (1 + h*w, C) positional table: square (OpenAI's), else the most nearly
+    square h x w with h >= w (8x6, 16x12: the portrait 256x192 inputs of top-down pose)."""
     n = pos.shape[0] - 1
     w = math.isqrt(n)
     while n % w:
@@ -301,13 +269,9 @@ def feature_grid(image_size, stride):
 
 
 def clip_visual_config(sd, image_size=None):
-    """Tower kwargs inferred from the shapes of a CLIP state dict's `visual.*` tensors.
-
-    ViT if `visual.proj` exists (heads = width // 64), else ModifiedResNet
-    (heads = width * 32 // 64). 'grid' is the feature grid of image_size (H, W), or the
-    checkpoint's own (7x7 / 14x14 for OpenAI's 224 models) when image_size is None.
-    Returns {'type': 'clip-vit' | 'clip-resnet', **kwargs}.
-    """
+    """{'type': 'clip-vit' | 'clip-resnet', **tower kwargs} from the shapes of a CLIP state
+    dict's `visual.*` (heads = width // 64, as OpenAI). 'grid': the feature grid of image_size
+    (H, W), or the checkpoint's own (7x7 / 14x14 for OpenAI's 224 models) when it is None."""
     if "visual.proj" in sd:
         conv = sd["visual.conv1.weight"]  # (width, 3, patch, patch)
         pos = sd["visual.positional_embedding"]
@@ -336,8 +300,7 @@ def build_visual(vision_cfg, projector=True, drop_path=0.0):
     if vision_cfg["type"] == "clip-vit":
         return VisionTransformer(**kwargs, projector=projector, drop_path=drop_path)
     if drop_path:
-        raise ValueError(f"drop_path {drop_path}: stochastic depth is implemented for the ViT "
-                         f"backbone only; use 0 for {vision_cfg['type']}")
+        raise ValueError(f"drop_path {drop_path} is for the ViT backbone only: use 0")
     if vision_cfg["type"] == "clip-resnet":
         return ModifiedResNet(**kwargs, projector=projector)
     if vision_cfg["type"] == "resnet":
@@ -346,12 +309,9 @@ def build_visual(vision_cfg, projector=True, drop_path=0.0):
 
 
 def load_clip_visual(tower, sd):
-    """Load a CLIP state dict's `visual.*` into `tower` with strict=True.
-
-    The positional table (OpenAI's: 7x7+1 / 14x14+1) is resized once, bilinearly, to
-    the tower's grid; a tower without projector (SimpleBaseline) drops exactly the
-    projector's keys (attnpool., ln_post., proj) by name.
-    """
+    """Load a CLIP state dict's `visual.*` into `tower` with strict=True, the positional table
+    resized to the tower's grid; a tower without projector (SimpleBaseline) drops exactly the
+    projector's keys (attnpool., ln_post., proj) by name."""
     own = tower.state_dict()
     visual = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     projector_keys = ("attnpool.", "ln_post.", "proj")
@@ -372,13 +332,9 @@ def build_clip_visual(sd, image_size=256, projector=True, drop_path=0.0):
 
 
 def resize_positional_tables(state_dict, model, source_grid=None):
-    """Resize the image tower's positional table in `state_dict` to `model`'s grid.
-
-    For initialising from a checkpoint trained at another input size (COCO 256x192 -> AP-10K
-    256x256: attnpool 8x6+1 -> 8x8+1), bilinearly, class row kept. source_grid (h, w): the
-    checkpoint's grid (its model_config['vision']['grid']); default `guess_grid`.
-    Returns (a new dict, names of the resized tables).
-    """
+    """(a new dict, names of resized tables): `state_dict`'s image positional tables resized to
+    `model`'s grid, to initialise from another input size (COCO 256x192 -> AP-10K 256x256:
+    attnpool 8x6+1 -> 8x8+1). source_grid: the checkpoint's model_config grid, else guessed."""
     own, out, resized = model.state_dict(), dict(state_dict), []
     for key in ("visual.attnpool.positional_embedding", "visual.positional_embedding"):
         if key not in out or key not in own or out[key].shape[1:] != own[key].shape[1:]:
@@ -404,7 +360,8 @@ def load_imagenet_resnet(path_or_sd):
     if isinstance(path_or_sd, (str, os.PathLike)):
         name = repr(os.fspath(path_or_sd))
         sd = torch_load(path_or_sd, "a torchvision resnet50 state dict")
-    required = ("conv1.weight", "bn1.running_var", "layer1.0.conv3.weight", "layer4.0.downsample.0.weight")
+    required = ("conv1.weight", "bn1.running_var", "layer1.0.conv3.weight",
+                "layer4.0.downsample.0.weight")
     if not isinstance(sd, dict) or not all(k in sd for k in required):
         found = list(sd)[:3] if isinstance(sd, dict) else type(sd).__name__
         raise ValueError(f"{name} is not a torchvision resnet50 state dict (expected keys like "

@@ -1,13 +1,9 @@
 """CLIP's text side, written out by hand and kept key-compatible with OpenAI's checkpoints.
 
-Contents, top to bottom:
-  * transformer pieces shared with the image towers in `model.py`
-    (LayerNorm, QuickGELU, drop_path, MultiheadAttention, ResidualAttentionBlock, Transformer),
-  * the byte-level BPE tokenizer (`tokenize`),
-  * the text encoder (`TextEncoder`, == CLIP's `encode_text`) and `load_clip_state_dict`.
-
-The prompt learner of PromptPose (paper Eq. 2) builds on `TextEncoder` in `model.py`.
-All sequence tensors are batch-first: (B, L, d).
+Top to bottom: the transformer pieces shared with the image towers of `backbones.py`, the
+byte-level BPE tokenizer (`tokenize`), the text encoder (`TextEncoder` == CLIP's `encode_text`)
+and `load_clip_state_dict`. The prompt learner of PromptPose (paper Eq. 2) builds on
+`TextEncoder` in `model.py`. All sequence tensors are batch-first: (B, L, d).
 """
 import functools
 import gzip
@@ -25,17 +21,13 @@ import torch.nn.functional as F
 
 from files import torch_load
 
-
-# ----------------------------------------------------------------------------------------
-# Transformer pieces (shared with model.py)
-# ----------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- transformer pieces
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 and cast back to the input dtype (as CLIP does for fp16)."""
 
     def forward(self, x):
-        orig_type = x.dtype
-        return super().forward(x.float()).to(orig_type)
+        return super().forward(x.float()).to(x.dtype)
 
 
 class QuickGELU(nn.Module):
@@ -46,9 +38,8 @@ class QuickGELU(nn.Module):
 
 
 def drop_path(x, rate, training):
-    """Stochastic depth on a residual branch x (B, ...): in training mode each sample's branch
-    is zeroed with probability `rate` and the kept ones scaled by 1 / (1 - rate); identity in
-    eval mode or at rate 0."""
+    """Stochastic depth on a residual branch x (B, ...): in training each sample's branch is zeroed
+    with probability `rate`, the kept ones scaled by 1 / (1 - rate); identity otherwise."""
     if not training or rate == 0:
         return x
     keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - rate)  # (B, 1, ...)
@@ -56,12 +47,9 @@ def drop_path(x, rate, training):
 
 
 class MultiheadAttention(nn.Module):
-    """Multi-head attention with nn.MultiheadAttention's parameter names, batch-first.
-
-    Parameters `in_proj_weight` (3d, d) [q; k; v rows], `in_proj_bias` (3d,) and
-    `out_proj` (Linear d -> d) are named so OpenAI's keys (`attn.in_proj_weight`, ...) load.
-    bias=False: q, k, v projections without bias (`in_proj_bias` is None); out_proj keeps one.
-    """
+    """Batch-first multi-head attention with nn.MultiheadAttention's parameter names, so OpenAI's
+    keys load: in_proj_weight (3d, d) [q; k; v rows], in_proj_bias (3d,) (None with bias=False:
+    q, k, v without bias), out_proj (Linear d -> d, always with bias)."""
 
     def __init__(self, d_model, n_head, bias=True):
         super().__init__()
@@ -74,12 +62,8 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, q, k=None, v=None, attn_mask=None):
-        """q (B, Lq, d), k and v (B, Lk, d) (default: self-attention, k = v = q).
-
-        attn_mask: None, or an ADDITIVE float mask broadcastable to (B, n_head, Lq, Lk),
-        typically (Lq, Lk) with -inf where attention is forbidden (see `causal_mask`).
-        Returns (B, Lq, d).
-        """
+        """q (B, Lq, d), k and v (B, Lk, d) (default: self-attention) -> (B, Lq, d). attn_mask: an
+        ADDITIVE float mask broadcastable to (B, n_head, Lq, Lk), -inf where forbidden, or None."""
         k = q if k is None else k
         v = k if v is None else v
         B, Lq, d = q.shape
@@ -90,11 +74,9 @@ class MultiheadAttention(nn.Module):
         q = F.linear(q, w_q, b_q).view(B, Lq, h, dh).transpose(1, 2)  # (B, h, Lq, dh)
         k = F.linear(k, w_k, b_k).view(B, Lk, h, dh).transpose(1, 2)  # (B, h, Lk, dh)
         v = F.linear(v, w_v, b_v).view(B, Lk, h, dh).transpose(1, 2)  # (B, h, Lk, dh)
-        if attn_mask is not None:
-            attn_mask = attn_mask.to(q.dtype)
+        attn_mask = None if attn_mask is None else attn_mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, Lq, dh)
-        out = out.transpose(1, 2).reshape(B, Lq, d)  # (B, Lq, d)
-        return self.out_proj(out)
+        return self.out_proj(out.transpose(1, 2).reshape(B, Lq, d))  # (B, Lq, d)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -107,11 +89,8 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = LayerNorm(d_model)
         self.attn = MultiheadAttention(d_model, n_head)
         self.ln_2 = LayerNorm(d_model)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(d_model, 4 * d_model)),
-            ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(4 * d_model, d_model)),
-        ]))
+        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(d_model, 4 * d_model)), ("gelu", QuickGELU()),
+                                              ("c_proj", nn.Linear(4 * d_model, d_model))]))
 
     def forward(self, x, attn_mask=None):
         """x (B, L, d), attn_mask additive (L, L) or None -> (B, L, d)."""
@@ -142,10 +121,7 @@ def causal_mask(length, device=None, dtype=torch.float32):
     """Additive causal mask (length, length): 0 on and below the diagonal, -inf above."""
     return torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu_(1)
 
-
-# ----------------------------------------------------------------------------------------
-# Byte-level BPE tokenizer (OpenAI CLIP's, same ids)
-# ----------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- BPE tokenizer (OpenAI CLIP's ids)
 
 BPE_VOCAB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpe_simple_vocab_16e6.txt.gz")
 # The vocabulary file's first line is a header; the next 48,894 lines are the merges CLIP
@@ -162,13 +138,9 @@ SPLIT_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\
 
 
 def bytes_to_unicode():
-    """Map each of the 256 byte values to a printable unicode character (GPT-2's table).
-
-    The 188 printable bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') map to themselves; the other 68
-    (control chars, space, ...) are shifted to chr(256 + n) in byte order, so BPE works on
-    strings with no whitespace or control characters in them. The dict's order (printable
-    bytes first, then the others) is the order of the first 256 vocabulary ids.
-    """
+    """Each of the 256 bytes -> a printable character (GPT-2's table): the 188 printable bytes map
+    to themselves, the other 68 (control chars, space, ...) to chr(256 + n) in byte order, so BPE
+    never sees whitespace. The dict's order is the order of the first 256 vocabulary ids."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
         + list(range(ord("®"), ord("ÿ") + 1))
     table = {b: chr(b) for b in printable}  # insertion order = order of the vocabulary's byte tokens
@@ -200,11 +172,8 @@ class BPETokenizer:
         assert len(self.encoder) == 49408 and self.encoder["<end_of_text>"] == EOT_TOKEN
 
     def bpe(self, word):
-        """Merge the symbols of one pre-token (already byte-encoded) by merge rank.
-
-        The last symbol carries the end-of-word marker '</w>'. Repeatedly merge the adjacent
-        pair with the lowest rank (earliest merge) everywhere it occurs, until none is known.
-        """
+        """One byte-encoded pre-token -> BPE pieces (the last ends with '</w>'): merge the adjacent
+        pair of lowest rank (earliest merge) everywhere it occurs, until no pair is known."""
         if word in self.cache:
             return self.cache[word]
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
@@ -240,11 +209,8 @@ def _default_tokenizer():
 
 
 def tokenize(texts, context_length=77, truncate=False):
-    """Texts -> LongTensor (N, context_length): [SOT, tokens..., EOT, 0, 0, ...].
-
-    A text needing more than `context_length` ids (SOT and EOT included) raises ValueError,
-    unless truncate=True: then it is cut to context_length with EOT kept as the last id.
-    """
+    """Texts -> LongTensor (N, context_length): [SOT, tokens..., EOT, 0, 0, ...]. A longer text
+    raises ValueError, unless truncate=True: then it is cut, EOT kept as the last id."""
     if isinstance(texts, str):
         texts = [texts]
     tokenizer = _default_tokenizer()
@@ -260,10 +226,7 @@ def tokenize(texts, context_length=77, truncate=False):
         result[i, :len(ids)] = torch.tensor(ids)
     return result
 
-
-# ----------------------------------------------------------------------------------------
-# Text encoder (== CLIP encode_text) and checkpoint loading
-# ----------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- text encoder and checkpoint loading
 
 # Scalar metadata buffers stored in OpenAI's TorchScript archives next to the weights.
 _TORCHSCRIPT_META_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -292,8 +255,7 @@ class TextEncoder(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         proj_std = (width ** -0.5) * ((2 * layers) ** -0.5)
-        attn_std = width ** -0.5
-        fc_std = (2 * width) ** -0.5
+        attn_std, fc_std = width ** -0.5, (2 * width) ** -0.5
         for block in self.transformer.resblocks:
             nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
@@ -325,17 +287,13 @@ class TextEncoder(nn.Module):
         return self.encode_embeddings(x, tokens.argmax(dim=-1))  # EOT has the largest id
 
     def encode_embeddings(self, x, eot_index):
-        """Token embeddings x (N, L, width), eot_index (N,) -> (N, embed_dim).
-
-        Adds positional_embedding[:L], runs the transformer under a causal mask cut to L,
-        applies ln_final and projects the feature at each sequence's EOT position.
-        """
+        """Token embeddings x (N, L, width), eot_index (N,) -> (N, embed_dim): + positions[:L],
+        the transformer under a causal mask, ln_final, projection of the feature at each EOT."""
         N, L, _ = x.shape
         assert L <= self.context_length, f"sequence length {L} > context length {self.context_length}"
         x = x + self.positional_embedding[:L].to(x.dtype)  # (N, L, width)
         x = self.transformer(x, attn_mask=causal_mask(L, x.device, x.dtype))  # (N, L, width)
-        x = self.ln_final(x)
-        x = x[torch.arange(N, device=x.device), eot_index]  # (N, width)
+        x = self.ln_final(x)[torch.arange(N, device=x.device), eot_index]  # (N, width)
         return x @ self.text_projection  # (N, embed_dim)
 
 
@@ -345,14 +303,9 @@ def text_state_dict(state_dict):
 
 
 def load_clip_state_dict(path):
-    """Read a CLIP checkpoint -> fp32 state dict with OpenAI key names.
-
-    Accepts OpenAI's TorchScript archives (RN50.pt, ViT-B-16.pt; read with torch.jit.load,
-    their scalar metadata buffers `input_resolution`, `context_length`, `vocab_size` are
-    dropped) and plain state dicts written by torch.save (read with weights_only=True).
-    Raises FileNotFoundError for a missing file and ValueError naming the path for
-    unreadable (e.g. truncated) files and for files that are not CLIP checkpoints.
-    """
+    """A CLIP checkpoint -> fp32 state dict with OpenAI key names: OpenAI's TorchScript archives
+    (RN50.pt, ViT-B-16.pt; read with torch.jit.load, their metadata buffers dropped) or state
+    dicts written by torch.save (read with weights_only=True); errors name the path."""
     path = os.fspath(path)
     expected = "an OpenAI CLIP TorchScript archive or a CLIP state dict saved with torch.save"
     if not os.path.isfile(path):

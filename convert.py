@@ -11,6 +11,7 @@ import argparse
 import csv
 import glob
 import io
+import itertools
 import math
 import os
 import posixpath
@@ -72,8 +73,7 @@ def read_yaml(path):
         raise ValueError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(raw, dict):
         found = "nothing" if raw is None else f"a {type(raw).__name__}"
-        raise ValueError(f"{path}: expected 'key: value' lines (Task: ..., bodyparts: ...), "
-                         f"found {found}")
+        raise ValueError(f"{path}: expected 'key: value' lines (Task: ...), found {found}")
     return raw
 
 
@@ -102,8 +102,7 @@ def read_dlc_config(project_dir):
     path = os.path.join(project_dir, "config.yaml")
     if not os.path.isfile(path):
         found = "is not a file" if os.path.exists(path) else "not found"
-        raise FileNotFoundError(f"{path} {found}: PROJECT_DIR must be a DeepLabCut project "
-                                "folder (the one holding config.yaml and labeled-data/)")
+        raise FileNotFoundError(f"{path} {found}: PROJECT_DIR must be a DeepLabCut project")
     raw = read_yaml(path)
     task, multi = raw.get("Task"), raw.get("multianimalproject")
     if task is None or task == "" or isinstance(task, (list, dict)):
@@ -119,7 +118,7 @@ def read_dlc_config(project_dir):
     fraction = raw.get("TrainingFraction")     # DeepLabCut's share of frames for training
     if isinstance(fraction, list) and fraction:
         fraction = fraction[0]
-    if fraction is not None and (type(fraction) not in (int, float) or not 0 < fraction <= 1):
+    if fraction is not None and not (type(fraction) in (int, float) and 0 < fraction <= 1):
         raise ValueError(f"{path}: 'TrainingFraction' must be a list of fractions in (0, 1], "
                          f"found {raw['TrainingFraction']!r}")
     skeleton, notes = [], []
@@ -127,15 +126,13 @@ def read_dlc_config(project_dir):
     for pair in pairs if isinstance(pairs, list) else [pairs]:
         if not (isinstance(pair, list) and len(pair) == 2
                 and all(isinstance(p, str) for p in pair)):
-            raise ValueError(f"{path}: 'skeleton' entries must be pairs of body parts, "
-                             f"found {pair!r}")
+            raise ValueError(f"{path}: 'skeleton' entry {pair!r} is not a pair of body parts")
         if any(p in unique for p in pair):
             notes.append(f"skeleton link {pair[0]}-{pair[1]} uses a unique body part: left out")
             continue
         unknown = [p for p in pair if p not in keypoints]
         if unknown:
-            raise ValueError(f"{path}: 'skeleton' links {pair[0]}-{pair[1]}, but {unknown[0]!r} "
-                             "is not one of the body parts")
+            raise ValueError(f"{path}: 'skeleton' link {pair!r}: {unknown[0]!r} is not a body part")
         skeleton.append([keypoints.index(pair[0]), keypoints.index(pair[1])])
     return {"task": str(task), "scorer": raw.get("scorer"), "multi": bool(multi),
             "keypoints": keypoints, "individuals": individuals, "unique": unique,
@@ -143,18 +140,18 @@ def read_dlc_config(project_dir):
 
 
 def _csv_columns(rows, path, cfg):
-    """Header rows of a CollectedData csv -> ({(individual, body part): (x column, y column)},
-    number of index columns), checked against config.yaml. Single-animal individual: None."""
+    """Header rows of a csv, checked against config.yaml -> ({(individual or None, body part):
+    (x column, y column)}, number of index columns)."""
     names = ["scorer", "individuals", "bodyparts", "coords"] if cfg["multi"] else \
         ["scorer", "bodyparts", "coords"]
     found = [r[0].strip() if r else "" for r in rows[:len(names)]]
     if found != names:
-        kind = "a multi-animal" if cfg["multi"] else "a single-animal"
-        raise ValueError(f"{path}: expected the header rows {'/'.join(names)} of {kind} "
-                         f"project (config.yaml), found {'/'.join(found)}")
+        raise ValueError(f"{path}: header rows {'/'.join(found)}, expected {'/'.join(names)} "
+                         f"(config.yaml's multianimalproject: {str(cfg['multi']).lower()})")
     width = max(len(r) for r in rows[:len(names)])
     header = [[c.strip() for c in r] + [""] * (width - len(r)) for r in rows[:len(names)]]
-    individual, part, coord = header[1] if cfg["multi"] else [None] * width, header[-2], header[-1]
+    individual = header[1] if cfg["multi"] else [None] * width
+    part, coord = header[-2], header[-1]
     n_index = next((j for j in range(1, width) if coord[j]), None)
     if n_index is None:
         raise ValueError(f"{path}: the coords row names no x / y column")
@@ -170,12 +167,11 @@ def _csv_columns(rows, path, cfg):
             raise ValueError(f"{path}: columns {xy[coord[j]] + 1} and {j + 1} are both "
                              f"{of}{part[j]} {coord[j]}: delete one of them")
         xy[coord[j]] = j
-    found = {}
     for (who, name), xy in columns.items():
         if len(xy) != 2:
             raise ValueError(f"{path}: body part {name!r} needs one x and one y column")
-        found.setdefault(who, set()).add(name)
-    for who, names in found.items():
+    for who in dict.fromkeys(who for who, _ in columns):
+        names = {name for w, name in columns if w == who}
         if cfg["multi"] and who == "single":
             wanted, key = set(cfg["unique"]), "uniquebodyparts"
         elif who in cfg["individuals"]:
@@ -201,8 +197,7 @@ def _coordinate(row, j, where):
     except ValueError:
         value = math.inf
     if not math.isfinite(value):
-        raise ValueError(f"{where}: {cell!r} is not a coordinate (leave the cell empty for a "
-                         "point that is not labeled)")
+        raise ValueError(f"{where}: {cell!r} is not a coordinate (leave unlabeled cells empty)")
     return value
 
 
@@ -244,13 +239,11 @@ def read_dlc_labels(project_dir, cfg):
     paths = sorted(glob.glob(os.path.join(glob.escape(project_dir), *parts)))
     if not paths:
         where = os.path.join(project_dir, *parts)
-        raise FileNotFoundError(f"no labels found ({where}): label frames in DeepLabCut first "
-                                "(it saves the csv next to the .h5)")
+        raise FileNotFoundError(f"no labels found ({where}): label frames in DeepLabCut first")
     frames, repeats = {}, 0
     for path in paths:
         if not os.path.isfile(path):
-            raise ValueError(f"{path} is not a file: labels are read from every "
-                             "CollectedData_*.csv, so rename or move that folder")
+            raise ValueError(f"{path} is not a file: rename or move that folder")
         for frame in read_dlc_csv(path, cfg):
             first = frames.setdefault(frame["image"], frame)
             if first is frame:
@@ -279,10 +272,8 @@ def image_size(path, where):
 
 
 def coco_instance(xy, width, height, margin):
-    """One individual's keypoints (K, 2), NaN = missing -> (COCO fields or None, n_outside).
-
-    Points outside the image become unlabeled; None when no point is left. bbox = the labeled
-    points' extent + margin, clipped to the image."""
+    """One individual's keypoints (K, 2), NaN = missing -> (COCO fields, or None when no point
+    is labeled, n_outside); points outside the image count as unlabeled."""
     inside = ((xy[:, 0] >= -0.5) & (xy[:, 0] <= width - 0.5) &
               (xy[:, 1] >= -0.5) & (xy[:, 1] <= height - 0.5))          # NaN compares False
     present = ~np.isnan(xy).any(axis=1)                                 # (K,)
@@ -310,14 +301,14 @@ def split_frames(n, val_fraction, seed):
 
 
 def build_coco(project_dir, frames, margin):
-    """Frames -> (images [{file_name, width, height, source}], annotations per image, counts).
+    """Frames -> (images [{id, file_name, width, height, source}], annotations per image, counts).
     Frames without a labeled point are left out (their image is not read)."""
     root = os.path.join(project_dir, "labeled-data")
-    images, annotations = [], []
+    images, annotations, ann_ids = [], [], itertools.count(1)
     counts = {"empty": 0, "outside": 0, "unique": sum(f["unique"] for f in frames)}
     for frame in frames:
         instances = []
-        if not all(np.isnan(xy).any(axis=1).all() for xy in frame["instances"].values()):
+        if not all(np.isnan(xy).any(axis=1).all() for xy in frame["instances"].values()):  # labeled
             source = os.path.normpath(os.path.join(project_dir, frame["image"]))
             file_name = os.path.relpath(source, root).replace(os.sep, "/")
             if file_name.startswith("../"):
@@ -326,13 +317,16 @@ def build_coco(project_dir, frames, margin):
             for xy in frame["instances"].values():
                 ann, outside = coco_instance(xy, width, height, margin)
                 counts["outside"] += outside
-                instances += [ann] if ann is not None else []
+                if ann is not None:
+                    instances.append(ann)
         if not instances:
             counts["empty"] += 1
             continue
-        images.append({"file_name": file_name, "width": int(width), "height": int(height),
-                       "source": source})
-        annotations.append(instances)
+        image_id = len(images) + 1     # ids follow the sorted file names, across both splits
+        images.append({"id": image_id, "file_name": file_name, "width": int(width),
+                       "height": int(height), "source": source})
+        annotations.append([{"id": next(ann_ids), "image_id": image_id, "category_id": 1, **ann}
+                            for ann in instances])
     return images, annotations, counts
 
 
@@ -353,44 +347,34 @@ def place_images(images, image_dir, copy):
 # ---------------------------------------------------------------- flags, OUT_DIR, entry point
 
 def check_options(out_dir, val_fraction, seed, margin):
-    """Refuse flag values that would give wrong boxes or splits (NaN fails every comparison),
-    and an OUT_DIR that is a file or holds a conversion (one that cannot be written into is
-    refused by convert_dlc's makedirs, before any file is written)."""
+    """Refuse flags that would give wrong boxes or splits (NaN fails every comparison) and an
+    OUT_DIR that is a file or holds a conversion (an unwritable one fails at makedirs)."""
     if not (math.isfinite(margin) and margin >= 0):
         raise ValueError(f"--margin must be a finite number of pixels >= 0, got {margin}")
     if val_fraction is not None and not 0 <= val_fraction < 1:
-        raise ValueError("--val-fraction must be a fraction in [0, 1) (0: a single validation "
-                         f"frame), got {val_fraction}")
+        raise ValueError(f"--val-fraction must be in [0, 1) (0: one val frame), got {val_fraction}")
     if seed < 0:
-        raise ValueError(f"--seed must be >= 0 (numpy's generators take no negative seed), "
-                         f"got {seed}")
+        raise ValueError(f"--seed must be >= 0 (numpy takes no negative seed), got {seed}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"OUT_DIR {out_dir} is a file: give a new or empty folder")
     existing = [p for p in ("train.json", "val.json", "images")
                 if os.path.lexists(os.path.join(out_dir, p))]
     if existing:
-        raise ValueError(f"{out_dir} already holds {', '.join(existing)}: choose a new OUT_DIR "
-                         "or delete them")
+        raise ValueError(f"{out_dir} already holds {', '.join(existing)}: choose a new OUT_DIR")
 
 
 def convert_dlc(project_dir, out_dir, val_fraction=None, seed=0, copy=False, margin=20.0):
     """DeepLabCut project -> OUT_DIR/{train,val}.json and OUT_DIR/images; returns a summary."""
     check_options(out_dir, val_fraction, seed, margin)
     cfg = read_dlc_config(project_dir)
-    fraction = cfg["train_fraction"]
-    source = ("--val-fraction" if val_fraction is not None else
-              f"1 - TrainingFraction {fraction:g} of config.yaml" if fraction is not None else
-              "default: config.yaml has no TrainingFraction")
-    if val_fraction is None:          # round: 1 - 0.8 is 0.19999999999999996
-        val_fraction = DEFAULT_VAL_FRACTION if fraction is None else round(1 - fraction, 10)
+    fraction, source = cfg["train_fraction"], "--val-fraction"
+    if val_fraction is None and fraction is None:
+        val_fraction, source = DEFAULT_VAL_FRACTION, "default: config.yaml has no TrainingFraction"
+    elif val_fraction is None:        # round: 1 - 0.8 is 0.19999999999999996
+        val_fraction = round(1 - fraction, 10)
+        source = f"1 - TrainingFraction {fraction:g} of config.yaml"
     frames, csvs, repeats = read_dlc_labels(project_dir, cfg)
     images, annotations, counts = build_coco(project_dir, frames, margin)
-    ann_id = 0
-    for i, image in enumerate(images):   # ids follow the sorted file names, across both splits
-        image["id"] = i + 1
-        for j, ann in enumerate(annotations[i]):
-            ann_id += 1
-            annotations[i][j] = {"id": ann_id, "image_id": i + 1, "category_id": 1, **ann}
     category = {"id": 1, "name": cfg["task"], "supercategory": "animal",
                 "keypoints": cfg["keypoints"],
                 "skeleton": [[a + 1, b + 1] for a, b in cfg["skeleton"]]}  # 1-based, as COCO
@@ -411,16 +395,12 @@ def convert_dlc(project_dir, out_dir, val_fraction=None, seed=0, copy=False, mar
     except OSError as e:             # write_json's own error already names the file
         what = f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e)
         raise ValueError(f"{what} (choose another OUT_DIR)") from None
-    splits = {name: (len(d["images"]), len(d["annotations"]),
-                     sum(a["num_keypoints"] for a in d["annotations"]))
-              for name, d in files.items()}
     return {"cfg": cfg, "csvs": csvs, "frames": len(frames), "repeats": repeats,
-            "counts": counts, "splits": splits, "val_fraction": (val_fraction, source),
-            "seed": seed}
+            "counts": counts, "files": files, "val_fraction": (val_fraction, source), "seed": seed}
 
 
-def print_summary(summary, project_dir, out_dir, copy):
-    """What was converted and what was left out."""
+def print_report(summary, project_dir, out_dir, copy):
+    """What was converted and left out, then the train.py commands to run next."""
     cfg, counts = summary["cfg"], summary["counts"]
     kind = (f"multi-animal ({len(cfg['individuals'])} individuals)" if cfg["multi"]
             else "single-animal")
@@ -429,9 +409,10 @@ def print_summary(summary, project_dir, out_dir, copy):
     value, source = summary["val_fraction"]
     print(f"read {len(summary['csvs'])} csv file(s): {summary['frames']} frames; split with val "
           f"fraction {value:g} ({source}), seed {summary['seed']}")
-    for name, (frames, instances, points) in summary["splits"].items():
-        print(f"  {os.path.join(out_dir, name + '.json')}: {frames} frames, {instances} "
-              f"instances, {points} labeled keypoints")
+    for name, data in summary["files"].items():
+        anns = data["annotations"]
+        print(f"  {os.path.join(out_dir, name + '.json')}: {len(data['images'])} frames, "
+              f"{len(anns)} instances, {sum(a['num_keypoints'] for a in anns)} labeled keypoints")
     print(f"  {os.path.join(out_dir, 'images')}: frames {'copied' if copy else 'linked'}")
     if summary["repeats"]:
         print(f"note: {summary['repeats']} row(s) repeat a frame with the same labels: kept once")
@@ -444,16 +425,11 @@ def print_summary(summary, project_dir, out_dir, copy):
               f"{counts['unique']} labeled point(s) left out")
     for note in cfg["notes"]:
         print(f"note: {note}")
-
-
-def print_commands(out_dir, task, n_train_instances):
-    """The train.py commands for the converted data: a weight-free try, then the real one."""
     out = lambda p: shlex.quote(os.path.join(out_dir, p))  # noqa: E731
-    run = "runs/" + "".join(c if c.isalnum() or c in "-_." else "_" for c in task)
-    data = (f"--train-ann {out('train.json')} --val-ann {out('val.json')} "
-            f"--images {out('images')}")
+    run = "runs/" + "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg["task"])
+    data = f"--train-ann {out('train.json')} --val-ann {out('val.json')} --images {out('images')}"
     # train.py drops the last incomplete batch: a batch larger than the set trains nothing
-    batch = min(16, n_train_instances)
+    batch = min(16, len(summary["files"]["train"]["annotations"]))
     print("To try the pipeline (no downloaded weights: a small randomly initialised model, a "
           "schedule for a small set):")
     print(f"  torchrun --nproc_per_node=1 train.py {data} --backbone clip-rn50 --method promptpose "
@@ -467,19 +443,15 @@ def print_commands(out_dir, task, n_train_instances):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     tools = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
     dlc = tools.add_parser("dlc", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                            help="DeepLabCut project: config.yaml + labeled-data/*/*.csv")
-    dlc.add_argument("project_dir", metavar="PROJECT_DIR",
-                     help="DeepLabCut project folder (holds config.yaml)")
-    dlc.add_argument("out_dir", metavar="OUT_DIR",
-                     help="writes train.json, val.json and images/ here")
+    dlc.add_argument("project_dir", metavar="PROJECT_DIR", help="folder holding config.yaml")
+    dlc.add_argument("out_dir", metavar="OUT_DIR", help="gets train.json, val.json and images/")
     dlc.add_argument("--val-fraction", type=float, default=None,
                      help="fraction of the labeled frames (not instances) that go to val.json; "
-                     "None: 1 - TrainingFraction of config.yaml, else "
-                     f"{DEFAULT_VAL_FRACTION}")
+                     f"None: 1 - TrainingFraction of config.yaml, else {DEFAULT_VAL_FRACTION}")
     dlc.add_argument("--seed", type=int, default=0, help="seed of the frames' train/val split")
     dlc.add_argument("--copy", action="store_true", help="copy the frames instead of linking them")
     dlc.add_argument("--margin", type=float, default=20.0,
@@ -491,8 +463,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     summary = convert_dlc(args.project_dir, args.out_dir, val_fraction=args.val_fraction,
                           seed=args.seed, copy=args.copy, margin=args.margin)
-    print_summary(summary, args.project_dir, args.out_dir, args.copy)
-    print_commands(args.out_dir, summary["cfg"]["task"], summary["splits"]["train"][1])
+    print_report(summary, args.project_dir, args.out_dir, args.copy)
 
 
 if __name__ == "__main__":

@@ -141,8 +141,9 @@ PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pi
 
 def run_cli(main_fn, parse, on_interrupt="interrupted"):
     """Run an entry point: `main_fn(parse())`. Bad input, a failed write or Ctrl-C end in one
-    line, no traceback: said once, by rank 0, or by the rank whose own data failed (`own_shard`);
-    a rank whose peer stopped says nothing more. Ctrl-C prints `on_interrupt`."""
+    line, no traceback: said once, by rank 0, or by the rank whose own data failed (`own_shard`).
+    Where a peer process stopped, the first process of each node says so in one line (not an
+    `error:` line: the peer's own says why). Ctrl-C prints `on_interrupt`."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large file is an OSError, not a kill
     try:
         main_fn(parse())
@@ -156,6 +157,10 @@ def run_cli(main_fn, parse, on_interrupt="interrupted"):
             raise
         if not peer_gone and (is_main() or getattr(e, "own_shard", False)):
             report(message)
+        elif peer_gone and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"stopped: another process of this run ended (rank {os.environ.get('RANK')} "
+                  f"saw: {message[:120]}); its own line above says why, unless its machine died",
+                  file=sys.stderr, flush=True)
         sys.exit(1)
 
 

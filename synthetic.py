@@ -2,30 +2,26 @@
 
     python synthetic.py --out synthetic_data --train 400 --val 100 --seed 0
 
-writes OUT/data/<id>.jpg and OUT/annotations/ap10k-{train,val}-split1.json (17 AP-10K
-keypoints in AP-10K order, AP-10K skeleton, species in families as `supercategory`,
-`num_keypoints`, `area`, `iscrowd`, image `background`). Same seed -> byte-identical files.
-
-The animal is built in its body frame: u points from tail to head, v to the animal's LEFT;
-seen from above in image coordinates (y down) left = (f_y, -f_x) for heading f. Left and
-right are therefore defined by geometry only (no marking tells them apart), so a mirrored
-image is again a valid animal whose left/right labels swap: flip with pair swap is exact.
-Keypoints covered by an occluder or a later-drawn animal are labeled occluded (v=1) at
-their true place; keypoints outside the image and a few random ones are unlabeled (v=0).
-`area` is the box area (w * h), as in AP-10K.
+writes OUT/data/<id>.jpg and OUT/annotations/ap10k-{train,val}-split1.json (AP-10K's 17 keypoints
+and skeleton, species in families as `supercategory`, `area` = box w * h as in AP-10K, image
+`background`). Same seed -> byte-identical files. The animal is built in its body frame: u from
+tail to head, v to the animal's LEFT, which seen from above (image y down) is (f_y, -f_x) for
+heading f. Left and right are defined by geometry only, so a mirrored image is again a valid
+animal whose left/right labels swap: flip with pair swap is exact. Keypoints hidden by an
+occluder or a later-drawn animal are occluded (v=1) at their true place; those outside the
+image and a few random ones are unlabeled (v=0).
 """
 import argparse
-import json
 import os
 import time
 
 import cv2
 import numpy as np
 
+from files import write_json
 from keypoints import AP10K_KEYPOINTS, AP10K_SKELETON
 
-# id, name, family, body colour (BGR), pattern, body half-width, leg length, head length,
-# tail length (all in body lengths).
+# id, name, family, body colour (BGR), pattern, then in body lengths: body half-width, leg, head, tail
 SPECIES = [
     (1, "dog", "Canidae", (40, 85, 150), "plain", 0.17, 0.34, 0.34, 0.32),
     (2, "fox", "Canidae", (30, 110, 215), "plain", 0.15, 0.32, 0.36, 0.45),
@@ -43,8 +39,8 @@ def _fix(points):
 
 
 def draw(canvas, shapes, value=None):
-    """Draw shapes [('poly', pts, colour) | ('line', pts, thickness, colour) | ('circle', c, r,
-    colour)] onto canvas; with `value` every shape gets that value (a mask, no anti-aliasing)."""
+    """Draw shapes [('poly', pts, colour) | ('line', pts, width, colour) | ('circle', c, r, colour)]
+    onto canvas -> canvas; with `value` every shape gets that value (a mask, no anti-aliasing)."""
     aa = cv2.LINE_8 if value is not None else cv2.LINE_AA
     for kind, *args in shapes:
         colour = value if value is not None else tuple(int(c) for c in args[-1])
@@ -54,6 +50,7 @@ def draw(canvas, shapes, value=None):
             cv2.polylines(canvas, [_fix(args[0])], False, colour, max(1, int(round(args[1]))), aa, SHIFT)
         else:
             cv2.circle(canvas, tuple(_fix(args[0])), int(round(args[1] * (1 << SHIFT))), colour, -1, aa, SHIFT)
+    return canvas
 
 
 def make_animal(rng, species, center, length, heading):
@@ -61,13 +58,8 @@ def make_animal(rng, species, center, length, heading):
     _, _, _, colour, pattern, bw, leg, head_len, tail_len = species
     f = np.array([np.cos(heading), np.sin(heading)])
     left = np.array([f[1], -f[0]])  # the animal's left, seen from above with y pointing down
-
-    def P(u, v):  # body frame (body lengths) -> image pixels
-        return center + length * (u * f + v * left)
-
-    def D(angle):  # direction in the body frame, angle from +u toward +v (left)
-        return np.array([np.cos(angle), np.sin(angle)])
-
+    P = lambda u, v: center + length * (u * f + v * left)  # body frame (body lengths) -> pixels
+    D = lambda angle: np.array([np.cos(angle), np.sin(angle)])  # body-frame direction, +u toward +v
     body = np.clip(np.array(colour) + rng.integers(-25, 26, 3), 0, 255)
     limb, head_c, paw_c = body * 0.65, np.clip(body * 1.12 + 12, 0, 255), np.array((35, 30, 30))
     shapes, kp = [], np.zeros((17, 2))
@@ -117,8 +109,7 @@ def make_animal(rng, species, center, length, heading):
     for side in (1, -1):  # ears
         shapes.append(("poly", [H(0.15, side * 0.6 * hw), H(0.02, side * 1.25 * hw), H(0.35, side * 0.8 * hw)], limb))
     shapes.append(("poly", [H(0.5 + 0.5 * np.cos(t), hw * np.sin(t) * (0.8 - 0.4 * np.cos(t))) for t in a], head_c))
-    kp[2] = H(0.97, 0)
-    kp[0], kp[1] = H(0.6, 0.5 * hw), H(0.6, -0.5 * hw)
+    kp[0], kp[1], kp[2] = H(0.6, 0.5 * hw), H(0.6, -0.5 * hw), H(0.97, 0)  # eyes, nose
     for e in (0, 1):
         shapes += [("circle", kp[e], 0.03 * length, (245, 245, 245)), ("circle", kp[e], 0.016 * length, (10, 10, 10))]
     shapes.append(("circle", kp[2], 0.028 * length, (15, 15, 15)))
@@ -143,7 +134,7 @@ def make_background(rng, size, kind):
 
 
 def render_image(rng, size=(320, 240)):
-    """One image: (BGR image, background image, list of animals). Each animal is a dict with
+    """One image: (BGR image, background image, animals, background kind). Each animal is a dict with
     species, keypoints (17, 3) [x, y, v], bbox [x, y, w, h], mask (H, W) bool of its drawn body."""
     w, h = size
     n_animals = 2 if rng.random() < 0.25 else 1
@@ -164,10 +155,9 @@ def render_image(rng, size=(320, 240)):
     animals = []
     for sp, (center, length, heading) in zip(species, placed):
         kp, shapes = make_animal(rng, sp, center, length, heading)
-        mask = np.zeros((h, w), np.uint8)
+        mask = draw(np.zeros((h, w), np.uint8), shapes, 255) > 0  # the pixels it covers
+        animals.append(dict(species=sp, xy=kp, mask=mask, length=length))
         draw(image, shapes)
-        draw(mask, shapes, 255)
-        animals.append(dict(species=sp, xy=kp, mask=mask > 0, length=length))
     cover = [a["mask"] for a in animals]  # what was drawn after animal i hides its keypoints
     if rng.random() < 0.3:  # an occluder (bush or rock) near a random keypoint
         target = animals[rng.integers(len(animals))]
@@ -176,37 +166,26 @@ def render_image(rng, size=(320, 240)):
         col = np.array((40, 110, 40)) if rng.random() < 0.5 else np.array((95, 100, 105))
         shapes = [("circle", c + rng.normal(0, 0.5 * r, 2), r * rng.uniform(0.6, 1.0), col + rng.integers(-20, 21, 3))
                   for _ in range(4)]
-        mask = np.zeros((h, w), np.uint8)
+        cover.append(draw(np.zeros((h, w), np.uint8), shapes, 255) > 0)
         draw(image, shapes)
-        draw(mask, shapes, 255)
-        cover.append(mask > 0)
     for i, a in enumerate(animals):
-        kps = np.zeros((17, 3))
+        a["keypoints"] = kps = np.zeros((17, 3))
         for k, (x, y) in enumerate(a["xy"]):
             xi, yi = int(round(x)), int(round(y))
             if not (0 <= xi < w and 0 <= yi < h) or rng.random() < 0.02:
                 continue  # outside the image, or skipped by the "annotator": v = 0, [0, 0, 0]
-            hidden = any(m[yi, xi] for m in cover[i + 1:])
-            kps[k] = (x, y, 1 if hidden else 2)
-        ys, xs = np.nonzero(a["mask"])
-        a["keypoints"] = kps
-        a["bbox"] = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+            kps[k] = (x, y, 1 if any(m[yi, xi] for m in cover[i + 1:]) else 2)  # hidden: occluded
+        a["bbox"] = [float(v) for v in cv2.boundingRect(a["mask"].astype(np.uint8))]  # [x, y, w, h] of its pixels
     return image, background, animals, kind
 
 
-def _categories():
-    return [{"supercategory": fam, "id": cid, "name": name, "keypoints": list(AP10K_KEYPOINTS),
-             "skeleton": [list(p) for p in AP10K_SKELETON]} for cid, name, fam, *_ in SPECIES]
-
-
 def generate(out_dir, n_train, n_val, seed, image_size=(320, 240), jpeg_quality=92):
-    """Write n_train + n_val images and the two AP-10K-format json files; returns their paths.
-
-    Image i of split s is drawn from np.random.default_rng([seed, s, i]), so every image is
-    reproducible on its own. Image and annotation ids are unique across both splits.
-    """
+    """Write n_train + n_val images and the two AP-10K-format json files -> their paths. Image i of
+    split s is drawn from default_rng([seed, s, i]): each is reproducible on its own."""
     os.makedirs(os.path.join(out_dir, "data"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
+    categories = [{"supercategory": fam, "id": cid, "name": sp, "keypoints": list(AP10K_KEYPOINTS),
+                   "skeleton": [list(p) for p in AP10K_SKELETON]} for cid, sp, fam, *_ in SPECIES]
     image_id, ann_id, paths = 0, 0, []
     for split_index, (split, n) in enumerate([("train", n_train), ("val", n_val)]):
         images, annotations = [], []
@@ -214,9 +193,7 @@ def generate(out_dir, n_train, n_val, seed, image_size=(320, 240), jpeg_quality=
             image, _, animals, kind = render_image(np.random.default_rng([seed, split_index, i]), image_size)
             image_id += 1
             name = f"{image_id:012d}.jpg"
-            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-            with open(os.path.join(out_dir, "data", name), "wb") as f:
-                f.write(buf.tobytes())
+            cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])[1].tofile(f"{out_dir}/data/{name}")
             images.append({"license": 1, "id": image_id, "file_name": name, "width": image_size[0],
                            "height": image_size[1], "background": kind})
             for a in animals:
@@ -227,16 +204,14 @@ def generate(out_dir, n_train, n_val, seed, image_size=(320, 240), jpeg_quality=
                                     "num_keypoints": int((a["keypoints"][:, 2] > 0).sum()), "keypoints": kps})
         data = {"info": {"description": "Synthetic AP-10K (synthetic.py)", "version": "1.0", "seed": seed},
                 "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
-                "images": images, "annotations": annotations, "categories": _categories()}
-        path = os.path.join(out_dir, "annotations", f"ap10k-{split}-split1.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        paths.append(path)
+                "images": images, "annotations": annotations, "categories": categories}
+        paths.append(os.path.join(out_dir, "annotations", f"ap10k-{split}-split1.json"))
+        write_json(paths[-1], data)
     return paths
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser("Synthetic AP-10K generator", add_help=True)
+    parser = argparse.ArgumentParser("Synthetic AP-10K generator")
     group = parser.add_argument_group("output")
     group.add_argument("--out", required=True, help="output root: writes OUT/data/*.jpg and OUT/annotations/*.json")
     group.add_argument("--train", type=int, default=400, help="number of training images")

@@ -255,20 +255,20 @@ def expected_instance(xy, width, height, margin):
     return kps, [x0, y0, x1 - x0, y1 - y0]
 
 
+def converted(root, make_project):
+    """(project, OUT_DIR, convert.py's process) of a project made and converted under root."""
+    project = make_project(root)
+    return project, root / "coco", convert(project, root / "coco")
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dlc")
-    project = make_single_project(root)
-    proc = convert(project, root / "coco")
-    return project, root / "coco", proc
+    return converted(tmp_path_factory.mktemp("dlc"), make_single_project)
 
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dlc_multi")
-    project = make_multi_project(root)
-    proc = convert(project, root / "coco")
-    return project, root / "coco", proc
+    return converted(tmp_path_factory.mktemp("dlc_multi"), make_multi_project)
 
 
 def test_single_animal_project(single):

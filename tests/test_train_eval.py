@@ -276,6 +276,20 @@ def test_torchrun_two_processes_match_single(trained, data, tmp_path):
                           capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (out / "last.pt").exists() and "val_AP" in open(out / "log.jsonl").read()
+    # the same world of two ranks as two nodes of one process each (c10d rendezvous on this host)
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                               "--nproc_per_node", "1", "--node-rank", str(r), "--rdzv-backend",
+                               "c10d", "--rdzv-endpoint", "127.0.0.1:29527", "--rdzv-id", "two"]
+                              + train_args(data, tmp_path / "nodes", 1, "--few-shot", "3"),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=ENV) for r in (0, 1)]
+    for node in nodes:
+        assert node.wait(timeout=300) == 0, node.stdout.read()
+    one, two = (torch.load(d / "final.pt", weights_only=True) for d in (out, tmp_path / "nodes"))
+    assert two["args"]["few_shot"] == 3 and all(torch.allclose(one["model"][k].float(), v.float())
+                                                for k, v in two["model"].items())
+    logs = [json.loads(open(d / "log.jsonl").readline()) for d in (out, tmp_path / "nodes")]
+    assert logs[0]["val_RMSE_px"] == pytest.approx(logs[1]["val_RMSE_px"])
     few_shot_ids = json.load(open(out / "few_shot_image_ids.json"))  # Table 2's draw, saved
     train_ids = {a["image_id"] for a in json.load(open(data["train"]))["annotations"]}
     assert set(few_shot_ids) <= train_ids and 3 <= len(few_shot_ids) <= 6 * 3
