@@ -58,9 +58,13 @@ def git_commit():
 def lock_run_dir(run_dir):
     """Create run_dir and hold its lock for the life of this process. Returns the open lock
     file (keep a reference). A second writer stops with the pid of the one holding it."""
+    lock = os.path.join(run_dir, ".lock")
     try:
         os.makedirs(run_dir, exist_ok=True)
-        handle = open(os.path.join(run_dir, ".lock"), "a+")
+        if os.path.islink(lock):  # run files are replaced, never written through a link
+            os.remove(lock)
+        handle = os.fdopen(os.open(lock, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                                   0o644), "a+")
     except OSError as e:
         raise ValueError(f"--output-dir {run_dir}: cannot create it ({e.strerror}); choose a "
                          "writable path") from e
@@ -123,6 +127,11 @@ def load_checkpoint(path, need_training_state=False):
     if need_training_state and ckpt.get("kind") != "full":
         raise ValueError(f"{path!r} is a model-only checkpoint (no optimiser state): resume "
                          f"from the run's last.pt, or start a new run with --init-from {path}")
+    bad = next((k for k, v in ckpt["model"].items() if v.is_floating_point()
+                and not torch.isfinite(v).all()), None)
+    if bad:  # a run that diverged: its predictions would be silently meaningless
+        raise ValueError(f"{path!r} holds NaN / inf weights (first in {bad}): the run diverged; "
+                         f"use an earlier checkpoint (best.pt) or train again with a lower --lr")
     return ckpt
 
 

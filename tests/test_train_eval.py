@@ -197,6 +197,42 @@ def test_a_run_directory_belongs_to_one_run(trained, data, tmp_path):
     one_line_error(run(train_args(data, best_only, 1), check=False), "best.pt")
 
 
+def test_resume_auto_restarts_a_run_killed_before_its_first_checkpoint(trained, data, tmp_path):
+    """A preemptible job restarts itself: args.json without last.pt starts afresh; --epochs
+    below what a run has done is refused; a finished run started again trains nothing and
+    its final.pt stays; a planted .lock / few_shot_image_ids.json link is replaced, never
+    written through; a torn last log line is dropped with a warning."""
+    out = tmp_path / "early"
+    out.mkdir()
+    (out / "args.json").write_text("{}")                 # killed before the first last.pt
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    os.symlink(target, out / ".lock")
+    os.symlink(target, out / "few_shot_image_ids.json")
+    proc = run(train_args(data, out, 1, "--resume", "auto", "--few-shot", "3"))
+    assert "starting it afresh" in proc.stdout and (out / "final.pt").exists()
+    assert target.read_text() == "keep me" and not os.path.islink(out / ".lock")
+    assert json.load(open(out / "few_shot_image_ids.json"))
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"epoch": 1, "lo')                          # a write cut short by a kill
+    proc = run(train_args(data, out, 2, "--resume", "auto", "--few-shot", "3", "--eval-interval", "1"))
+    assert "torn last line" in proc.stderr and (out / "curves.png").exists()
+    one_line_error(run(["train.py", "--resume", str(out / "last.pt"), "--epochs", "1"],
+                       check=False), "--epochs 1", "trained 2 epochs")
+    final = open(out / "final.pt", "rb").read()
+    proc = run(["train.py", "--resume", str(out / "last.pt"), "--epochs", "2"])
+    assert "nothing to do" in proc.stdout and open(out / "final.pt", "rb").read() == final
+
+
+def test_checkpoint_with_nan_weights_is_refused(trained, tmp_path):
+    ckpt = torch.load(trained[0] / "final.pt", weights_only=True)
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name] = ckpt["model"][name] * float("nan")
+    torch.save(ckpt, tmp_path / "nan.pt")
+    one_line_error(run(["evaluate.py", str(tmp_path / "nan.pt")], check=False), "nan.pt",
+                   "NaN / inf", name)
+
+
 def test_second_writer_is_refused_while_the_first_runs(data, tmp_path):
     out = tmp_path / "busy"
     first = subprocess.Popen([sys.executable, *train_args(data, out, 50)], cwd=ROOT, env=ENV,
@@ -348,6 +384,83 @@ def test_torchrun_bad_image_in_rank_1_share_is_said_once_by_rank_1(data, tmp_pat
     assert len(errors) == 1 and bad.name in errors[0] and "truncated" in errors[0], proc.stderr
     assert f'File "{os.path.join(ROOT, "train.py")}"' not in proc.stderr, proc.stderr
     assert "Connection closed" not in proc.stderr and f"traceback : error: " in proc.stderr
+
+
+def children(pid):
+    """Process ids whose parent is pid (Linux /proc)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            pass
+    return kids
+
+
+@pytest.fixture
+def reaped():
+    """Popen objects appended here are killed when the test ends, passed or failed."""
+    procs = []
+    yield procs
+    for proc in procs:
+        for pid in children(proc.pid) + [proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
+
+def test_elastic_restart_resumes_and_a_dead_node_stops_the_other(data, tmp_path, reaped):
+    """torchrun --max-restarts 1 with --resume auto: a worker killed (SIGKILL) mid-run comes back
+    and the run continues from its last checkpoint by itself, to the same epoch count and a
+    loadable final.pt. A node whose agent and worker die for good stops the other node within a
+    bounded time, which says so in one line and hangs nowhere."""
+    out = tmp_path / "elastic"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts",
+           "1", "--master_port", "29531"] + train_args(data, out, 4, "--resume", "auto",
+                                                        "--batch-size", "4")
+    log = tmp_path / "agent.txt"   # a file, not a pipe: nobody reads a pipe while we wait
+    agent = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                             env=ENV)
+    reaped.append(agent)
+    deadline = time.time() + 120
+    while not (out / "log.jsonl").exists() or not open(out / "log.jsonl").read().strip():
+        assert time.time() < deadline and agent.poll() is None
+        time.sleep(0.05)
+    workers = children(agent.pid)
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGKILL)
+    agent.wait(timeout=300)
+    output = log.read_text()
+    assert agent.returncode == 0, output
+    assert "--resume auto: continuing" in output and "resumed" in output
+    epochs = [json.loads(line)["epoch"] for line in open(out / "log.jsonl")]
+    assert epochs[-1] == 3 and sorted(set(epochs)) == epochs
+    assert torch.load(out / "final.pt", weights_only=True)["epoch"] == 3
+
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                               "--nproc_per_node", "1", "--node-rank", str(r), "--rdzv-backend",
+                               "c10d", "--rdzv-endpoint", "127.0.0.1:29533", "--rdzv-id", "dead"]
+                              + train_args(data, tmp_path / "dead", 50, "--batch-size", "4"),
+                              cwd=ROOT, stdout=open(tmp_path / f"node{r}.txt", "w"),
+                              stderr=subprocess.STDOUT, env=ENV) for r in (0, 1)]
+    reaped.extend(nodes)
+    while not (tmp_path / "dead" / "log.jsonl").exists():
+        assert time.time() < deadline + 120 and nodes[0].poll() is None
+        time.sleep(0.05)
+    dead = [n for n in nodes if len(children(n.pid)) == 1][-1]
+    for pid in children(dead.pid) + [dead.pid]:
+        os.kill(pid, signal.SIGKILL)
+    survivor = 1 if dead is nodes[0] else 0
+    start = time.time()
+    nodes[survivor].wait(timeout=120)
+    output = (tmp_path / f"node{survivor}.txt").read_text()
+    assert nodes[survivor].returncode != 0 and time.time() - start < 120
+    assert sum(line.startswith("stopped: another process of this run ended")
+               for line in output.splitlines()) == 1, output
+    assert 'File "' + os.path.join(ROOT, "train.py") not in output
 
 
 # ----------------------------------------------------------------------------- bad input
