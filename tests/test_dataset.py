@@ -898,7 +898,7 @@ def test_unpredictable_instances_are_excluded_from_both_sides(tmp_path):
 def test_annotation_ids_of_any_value_score_the_same(tmp_path):
     """Ids are the user's: an annotation id 0 or a negative one changes no metric (pycocotools
     alone takes a ground-truth id 0 as "unmatched", which costs AP)."""
-    import evaluate
+    import metrics
     rng = np.random.default_rng(3)
     kps_a, kps_b = keypoints_for((5, 5, 40, 30), rng), keypoints_for((50, 40, 45, 35), rng)
     image = [(1, "a.png", 100, 80, dot_image(100, 80, kps_a))]
@@ -908,8 +908,8 @@ def test_annotation_ids_of_any_value_score_the_same(tmp_path):
         ds = D.KeypointDataset(*write_dataset(tmp_path / str(ids[1]), image, anns), train=False)
         perfect = [{"image_id": 1, "category_id": 1, "score": 1.0, "ann_id": r["ann_id"],
                     "keypoints": r["keypoints"].ravel().tolist()} for r in ds.records]
-        aps.append(evaluate.coco_keypoint_eval(ds.coco, perfect, ds.sigmas)[0]["AP"])
-        assert evaluate.keypoint_accuracy(perfect, ds.coco, ds.keypoint_names, 0.2)["pck"] == 1.0
+        aps.append(metrics.coco_keypoint_eval(ds.coco, perfect, ds.sigmas)[0]["AP"])
+        assert metrics.keypoint_accuracy(perfect, ds.coco, ds.keypoint_names, 0.2)["pck"] == 1.0
     assert aps == [1.0, 1.0]
     assert coco_ap(ds.coco, [{k: v for k, v in r.items() if k != "ann_id"} for r in perfect],
                    ds.sigmas) < 1.0   # what pycocotools alone makes of id 0

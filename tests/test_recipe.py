@@ -15,6 +15,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import evaluate
+import metrics
 import train
 from keypoints import AP10K_KEYPOINTS, prompt_texts_for
 from model import build_model
@@ -120,7 +121,7 @@ def effective(setting, args, model, alphas, optimizer, processes):
         "epochs": str(args.epochs),
         "batch": f"{processes} x {args.batch_size}",
         "flip_test": "on" if args.flip_test and args.flip else "off",
-        "oks_nms": number(evaluate.OKS_NMS_THRESHOLD),
+        "oks_nms": number(metrics.OKS_NMS_THRESHOLD),
         "score_threshold": number(evaluate.VIS_THRESHOLD),
     }
     return values[setting]

@@ -1,0 +1,153 @@
+"""The numbers of an evaluation, from predictions and a COCO ground truth (numpy and
+pycocotools only): OKS-NMS and COCO keypoint AP as the authors ran them (mmpose), per-species
+and per-family AP, PCK and pixel errors.
+"""
+import contextlib
+import io
+from collections import defaultdict
+
+import numpy as np
+from pycocotools.cocoeval import COCOeval
+
+from dataset import clip_box, index_coco
+
+STAT_NAMES = ["AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL"]
+OKS_NMS_THRESHOLD = 0.9   # drop an instance whose OKS with a better one exceeds this (oks_thr)
+
+
+def oks_overlap(pose, others, area, other_areas, sigmas):
+    """OKS of one pose (K, 3) with others (N, K, 3), as mmpose's oks_iou for NMS: every keypoint
+    counts, the object scale is the mean of the two box areas:
+        OKS = mean_k exp(-d_k^2 / (2 * (a + a') / 2 * (2 sigma_k)^2))   -> (N,)"""
+    var = (2.0 * np.asarray(sigmas, np.float64)) ** 2                         # (K,)
+    d2 = ((others[..., :2] - pose[None, :, :2]) ** 2).sum(-1)                 # (N, K)
+    e = d2 / var / ((area + other_areas)[:, None] / 2 + np.spacing(1)) / 2
+    return np.exp(-e).mean(1)
+
+
+def oks_nms(poses, scores, areas, sigmas, threshold=OKS_NMS_THRESHOLD):
+    """Greedy OKS-NMS (mmpose oks_nms): take the best-scored pose, drop every other whose OKS
+    with it is above `threshold`, repeat. poses (N, K, 3), scores (N,), areas (N,) -> kept
+    indices, best first (ties: the earlier pose first)."""
+    poses, areas = np.asarray(poses, np.float64), np.asarray(areas, np.float64)
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        order = rest[oks_overlap(poses[i], poses[rest], areas[i], areas[rest], sigmas) <= threshold]
+    return keep
+
+
+def nms_per_image(results, sigmas, threshold=OKS_NMS_THRESHOLD):
+    """OKS-NMS among the predictions of each image; the area of a prediction is that of its
+    crop box (scale_w x scale_h, as mmpose). Returns the kept results in their input order."""
+    by_image = defaultdict(list)
+    for j, r in enumerate(results):
+        by_image[r["image_id"]].append(j)
+    kept = []
+    for idx in by_image.values():
+        poses = np.array([results[j]["keypoints"] for j in idx]).reshape(len(idx), -1, 3)
+        areas = np.array([np.prod(results[j]["scale"]) for j in idx])
+        scores = np.array([results[j]["score"] for j in idx])
+        kept += [idx[k] for k in oks_nms(poses, scores, areas, sigmas, threshold)]
+    return [results[j] for j in sorted(kept)]
+
+
+def coco_keypoint_eval(coco_gt, results, sigmas):
+    """pycocotools keypoint evaluation with explicit OKS sigmas.
+    Returns (stats {name: value}, per-category AP {category_id: AP or nan})."""
+    if not results:
+        raise ValueError("no predictions to evaluate (no boxes: empty dataset, or every "
+                         "detection below --det-score-threshold?)")
+    if min(coco_gt.anns, default=1) <= 0:  # pycocotools reads a ground-truth id 0 as "unmatched"
+        coco_gt = index_coco(dict(coco_gt.dataset, annotations=[
+            dict(a, id=n + 1) for n, a in enumerate(coco_gt.dataset["annotations"])]))
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        ev = COCOeval(coco_gt, coco_dt, "keypoints")
+        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+    precision = ev.eval["precision"]            # (T thresholds, R recalls, C cats, A areas, M dets)
+    per_category = {}
+    for c, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, c, 0, -1]           # area "all", maxDets 20
+        per_category[cat_id] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+    return stats, per_category
+
+
+def group_table(coco_gt, per_category):
+    """Per-species and per-family (supercategory) AP, as AP-10K reports them: a family's AP
+    is the mean over its species, like pycocotools averages over categories."""
+    cats = coco_gt.loadCats(coco_gt.getCatIds())
+    counts = {c["id"]: len(coco_gt.getAnnIds(catIds=[c["id"]], iscrowd=False)) for c in cats}
+    species = [(c["name"], c.get("supercategory", ""), counts[c["id"]], per_category[c["id"]])
+               for c in cats if counts[c["id"]] > 0]
+    families = {}
+    for name, family, n, ap in species:
+        families.setdefault(family, []).append((n, ap))
+    family_rows = [(f, sum(n for n, _ in v), float(np.nanmean([ap for _, ap in v])))
+                   for f, v in families.items()]
+    return species, family_rows
+
+
+def matched_keypoints(results, coco):
+    """Predictions made from ground-truth boxes next to their instance: pred (N, K, 2),
+    gt (N, K, 2), labeled (N, K) bool (v > 0), box (N, 2) = (w, h) of the instance's box
+    clipped to the image. Predictions from detections (ann_id None) have no instance."""
+    rows = [r for r in results if r["ann_id"] is not None]
+    anns = [coco.anns[r["ann_id"]] for r in rows]
+    K = len(results[0]["keypoints"]) // 3 if results else 0
+    pred = np.array([r["keypoints"] for r in rows], np.float64).reshape(len(rows), K, 3)
+    gt = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(rows), K, 3)
+    box = np.array([clip_box(a["bbox"], coco.imgs[a["image_id"]]["width"],
+                             coco.imgs[a["image_id"]]["height"])[2:] for a in anns]).reshape(-1, 2)
+    return pred[..., :2], gt[..., :2], gt[..., 2] > 0, box
+
+
+def pck_accuracy(pred, gt, labeled, normalize, threshold):
+    """PCK as mmpose's keypoint_pck_accuracy: a labeled keypoint is correct when
+    || (pred - gt) / normalize || < threshold, normalize (N, 2) per axis; mmpose's
+    norm_item='bbox' passes (max(w, h), max(w, h)) of the ground-truth box. Returns (per
+    keypoint (K,) with nan where never labeled, overall = mean over the labeled keypoints'
+    values, as mmpose averages)."""
+    valid = labeled & (normalize > 0).all(1)[:, None]                             # (N, K)
+    dist = np.linalg.norm((pred - gt) / np.maximum(normalize, 1e-12)[:, None, :], axis=-1)
+    count = valid.sum(0)
+    per_keypoint = np.where(count > 0, ((dist < threshold) & valid).sum(0) / np.maximum(count, 1),
+                            np.nan)
+    overall = float(np.nanmean(per_keypoint)) if (count > 0).any() else float("nan")
+    return per_keypoint, overall
+
+
+def pixel_errors(pred, gt, labeled):
+    """Pixel error of the labeled keypoints in image pixels: RMSE = sqrt(mean of squared
+    Euclidean distances) and the mean Euclidean distance, overall and per keypoint (nan where
+    never labeled). Returns (rmse (K,), rmse, mean (K,), mean)."""
+    d = np.linalg.norm(pred - gt, axis=-1)                                       # (N, K)
+    count = labeled.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rmse_k = np.sqrt((d ** 2 * labeled).sum(0) / count)
+        mean_k = (d * labeled).sum(0) / count
+    n = labeled.sum()
+    rmse = float(np.sqrt((d[labeled] ** 2).mean())) if n else float("nan")
+    mean = float(d[labeled].mean()) if n else float("nan")
+    return rmse_k, rmse, mean_k, mean
+
+
+def keypoint_accuracy(results, coco, names, pck_threshold):
+    """PCK and pixel errors of the ground-truth-box predictions, overall and per keypoint
+    (None when every box is a detection)."""
+    pred, gt, labeled, box = matched_keypoints(results, coco)
+    if not labeled.any():
+        return {"pck": None, "rmse_px": None, "mean_error_px": None, "per_keypoint": {}}
+    side = box.max(1, keepdims=True).repeat(2, 1)                                # (N, 2)
+    pck_k, pck = pck_accuracy(pred, gt, labeled, side, pck_threshold)
+    rmse_k, rmse, mean_k, mean = pixel_errors(pred, gt, labeled)
+    per_keypoint = {n: {"labeled": int(labeled[:, k].sum()), "pck": float(pck_k[k]),
+                        "rmse_px": float(rmse_k[k]), "mean_error_px": float(mean_k[k])}
+                    for k, n in enumerate(names)}
+    return {"pck": pck, "rmse_px": rmse, "mean_error_px": mean, "per_keypoint": per_keypoint}
