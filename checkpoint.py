@@ -20,7 +20,9 @@ old file or the new one, never a torn one). Its fields, written down once here:
     sigmas           the K OKS sigmas the run was evaluated with
     args             the run's flags (dict; data paths absolute)
     epoch            last finished epoch (0-based)
-    best_ap          best val AP so far (-1 before the first evaluation)
+    best_ap          best val value of `selected_by` so far (-1 before the first evaluation)
+    selected_by      what best.pt is chosen by: "val_AP", or "val_RMSE_px" (lower is better)
+                     for data without OKS sigmas
     git_commit       commit of the code that wrote it
     optimizer, scheduler, scaler    full checkpoints only
 """
@@ -104,7 +106,8 @@ def make_checkpoint(model, data_info, args, epoch, best_ap, commit, optimizer=No
             "flip_pairs": [list(map(int, p)) for p in data_info["flip_pairs"]],
             "skeleton": [list(map(int, s)) for s in data_info["skeleton"]],
             "sigmas": [float(s) for s in data_info["sigmas"]],
-            "args": dict(args), "epoch": epoch, "best_ap": best_ap, "git_commit": commit}
+            "args": dict(args), "epoch": epoch, "best_ap": best_ap, "git_commit": commit,
+            "selected_by": data_info.get("selected_by", "val_AP")}
     if optimizer is not None:
         ckpt.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                     scaler=scaler.state_dict())
@@ -319,6 +322,6 @@ def resume_state(path, model, optimizer, scheduler, scaler):
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
-    print0(f"resumed {path}: continuing at epoch {ckpt['epoch'] + 1}, best AP "
-           f"{ckpt['best_ap']:.4f}")
+    print0(f"resumed {path}: continuing at epoch {ckpt['epoch'] + 1}, best "
+           f"{ckpt.get('selected_by', 'val_AP')} {ckpt['best_ap']:.4g}")
     return ckpt["epoch"] + 1, ckpt["best_ap"]

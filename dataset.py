@@ -412,6 +412,7 @@ class KeypointDataset(Dataset):
         meta = keypoint_metadata(keypoint_set, self.ann_file, sigmas, flip_pairs, flip)
         self.prompt_texts, self._flip_pairs = meta["prompt_texts"], meta["flip_pairs"]
         self.sigmas, self.upper_body_ids = meta["sigmas"], meta["upper_body"]
+        self.sigmas_given = meta["sigmas_given"]  # False: a placeholder; AP means little
 
     def _build_records(self, boxes):
         name = os.path.basename(self.ann_file)

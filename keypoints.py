@@ -272,6 +272,7 @@ def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=Tru
             pairs = derive_flip_pairs(names, require_partners=flip)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+    sigmas_given = True
     if sigmas is not None:
         sigmas = check_sigmas(sigmas, len(names), path)
     elif keypoint_set["sigmas"] is not None:
@@ -279,8 +280,10 @@ def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=Tru
     elif known:
         sigmas = known["sigmas"].copy()
     else:
-        sigmas = np.full(len(names), DEFAULT_SIGMA)
+        sigmas, sigmas_given = np.full(len(names), DEFAULT_SIGMA), False
         warnings.warn(f"{path}: unknown keypoint set, using OKS sigma {DEFAULT_SIGMA} for every "
-                      "keypoint; give 'sigmas' in the json category or --sigmas for meaningful AP")
+                      "keypoint (pixel errors lead the report and pick best.pt); give 'sigmas' in "
+                      "the json category or --sigmas for meaningful AP")
     return dict(prompt_texts=prompts, flip_pairs=pairs, sigmas=sigmas,
+                sigmas_given=sigmas_given,
                 upper_body=known.get("upper_body"))

@@ -397,7 +397,8 @@ def save_epoch(run, epoch, best_ap, is_best, last):
     with --no-flip no flip pairs are stored, so evaluation runs no flip test either."""
     args, val_set = run.args, run.val_set
     data_info = {"flip_pairs": val_set.flip_pairs if args.flip else [],
-                 "skeleton": val_set.skeleton, "sigmas": val_set.sigmas}
+                 "skeleton": val_set.skeleton, "sigmas": val_set.sigmas,
+                 "selected_by": selected_by(val_set)}
     ckpt = make_checkpoint(run.model, data_info, vars(args), epoch, best_ap, run.commit,
                            run.optimizer, run.scheduler, run.scaler)
     save_checkpoint(os.path.join(args.output_dir, "last.pt"), ckpt)
@@ -415,6 +416,12 @@ def log_epoch(output_dir, record):
         plot_training_curves(read_lines(path), os.path.join(output_dir, "curves.png"))
     print0(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in record.items() if not k.startswith("val_") or k == "val_AP"))
+
+
+def selected_by(val_set):
+    """What best.pt is chosen by: val AP, or the val RMSE (px) for data without OKS sigmas,
+    whose AP rests on a placeholder sigma."""
+    return "val_AP" if val_set.sigmas_given else "val_RMSE_px"
 
 
 def fit(run, start_epoch, best_ap):
@@ -441,9 +448,10 @@ def fit(run, start_epoch, best_ap):
         if (epoch + 1) % args.eval_interval == 0 or last:
             record.update(validate(run))
         if is_main():
-            ap = record.get("val_AP")
-            is_best = ap is not None and ap > best_ap
-            best_ap = ap if is_best else best_ap
+            value = record.get(selected_by(run.val_set))
+            is_best = value is not None and (best_ap == -1 or (
+                value > best_ap if selected_by(run.val_set) == "val_AP" else value < best_ap))
+            best_ap = value if is_best else best_ap
             save_epoch(run, epoch, best_ap, is_best, last)
             log_epoch(args.output_dir, record)
         barrier()
@@ -483,8 +491,8 @@ def main(args):
               alphas, train_set, val_set, device, rank, world, commit)
     best_ap = fit(run, start_epoch, best_ap)
     print0(f"done: {os.path.join(args.output_dir, 'final.pt')} is the last epoch (what the "
-           f"paper reports); {os.path.join(args.output_dir, 'best.pt')} has the best val AP "
-           f"{best_ap:.4f} (selected on val)")
+           f"paper reports); {os.path.join(args.output_dir, 'best.pt')} has the best "
+           f"{selected_by(val_set)} {best_ap:.4g} (selected on val)")
     cleanup()
     return best_ap
 

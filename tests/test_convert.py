@@ -13,6 +13,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 from pycocotools.coco import COCO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -606,3 +607,6 @@ def test_printed_commands_run(single, tmp_path):
         cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (run / "last.pt").is_file()
+    # no OKS sigmas in a DeepLabCut project: best.pt is chosen by the val pixel error
+    assert "has the best val_RMSE_px" in proc.stdout
+    assert torch.load(run / "best.pt", weights_only=True)["selected_by"] == "val_RMSE_px"
