@@ -35,6 +35,7 @@ from keypoints import sigma_list
 from losses import total_loss
 from model import (AMP_DTYPES, BACKBONES, METHODS, autocast, build_model, default_config,
                    read_weights)
+from recipe import backbone_lr_mult, build_optimizer, check_schedule, loss_weights, lr_factor
 from visualize import plot_training_curves
 
 # ----------------------------------------------------------------------------- arguments
@@ -59,11 +60,11 @@ def get_args_parser():
                                         "(default: the json's 'flip_pairs', else from the names)")
     g.add_argument("--no-flip", dest="flip", action="store_false",
                    help="no flip augmentation and no flip test (data without left/right)")
-    g.add_argument("--reduced-jpeg-decode", action="store_true",
-                   help="decode a JPEG at 1/2-1/8 size when its box is 2x-8x the input: faster "
-                        "loading, slightly different crops (default: full resolution, as the authors)")
+    g.add_argument("--reduced-jpeg-decode", action="store_true", help="decode a JPEG at 1/2-1/8 "
+                   "size when its box is 2-8x the input: faster, slightly different crops "
+                   "(default: full resolution, as the authors)")
     g.add_argument("--workers", type=non_negative_int, help="data loader processes per process "
-                                               "(default: the CPUs per process, at most 8)")
+                   "(default: the CPUs per process, at most 8)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=BACKBONES, default="clip-rn50",
                    help="image encoder and its pre-training")
@@ -168,32 +169,6 @@ def build_data(args, cfg):
     return train_set, val_set
 
 
-def default_loss_weights(backbone, method, use_pixel):
-    """The (alpha1, alpha2) of Eq. 10: the authors' semantic weight 0.0005 and pixel weight 0.4
-    for ResNet-50, 2.0 for ViT-B; 0 for a term the model does not have (both for the
-    SimpleBaseline, alpha2 with the pixel branch off). Returns {'alpha1', 'alpha2'}."""
-    if method == "baseline":
-        return {"alpha1": 0.0, "alpha2": 0.0}
-    return {"alpha1": 0.0005, "alpha2": (2.0 if "vit" in backbone else 0.4) if use_pixel else 0.0}
-
-
-def loss_weights(args, cfg):
-    """(alpha1, alpha2) of Eq. 10: default_loss_weights, overridden by --alpha1 / --alpha2
-    where the term exists (never for SimpleBaseline / --no-pixel)."""
-    alphas = default_loss_weights(cfg["backbone"], cfg["method"], cfg.get("use_pixel", False))
-    alpha1 = alphas["alpha1"] if args.alpha1 is None or cfg["method"] == "baseline" else args.alpha1
-    alpha2 = alphas["alpha2"] if args.alpha2 is None or alphas["alpha2"] == 0 else args.alpha2
-    return alpha1, alpha2
-
-
-def backbone_lr_mult(args):
-    """The image encoder's lr factor: --backbone-lr-mult, else 0.1 for ViT-B (the paper's
-    5e-5 for the ViT-Base backbone at lr 5e-4), else 1."""
-    if args.backbone_lr_mult is not None:
-        return args.backbone_lr_mult
-    return 0.1 if args.backbone == "clip-vitb16" else 1.0
-
-
 def build_train_model(args, cfg, weights, train_set, device, world):
     """The model (pre-trained weights, --init-from) on the device, and Eq. 10's alphas."""
     model = build_model(cfg, train_set.keypoint_names, train_set.prompt_texts,
@@ -214,53 +189,6 @@ def build_train_model(args, cfg, weights, train_set, device, world):
 
 
 # ----------------------------------------------------------------------------- optimisation
-def param_groups(model, lr, weight_decay, backbone_mult):
-    """AdamW groups as the authors' optimiser makes them (mmcv's paramwise_cfg takes the first
-    key that is a substring of a name, and 'norm' is the only decay key reached): no weight
-    decay on tensors whose name holds 'norm' (the context decoder's norm1-3), decay on every
-    other; the image encoder (`visual.*`) at lr x backbone_mult; the text encoder is frozen."""
-    groups = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = "norm" in name
-        mult = backbone_mult if name.startswith("visual.") else 1.0
-        group = groups.setdefault((no_decay, mult), {
-            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * mult,
-            "lr_mult": mult})
-        group["params"].append(param)
-    return list(groups.values())
-
-
-def build_optimizer(model, lr, weight_decay, backbone_mult):
-    return torch.optim.AdamW(param_groups(model, lr, weight_decay, backbone_mult), lr=lr)
-
-
-def lr_factor(iters_per_epoch, warmup_iters, warmup_ratio, lr_steps):
-    """Iteration -> lr factor: linear warm-up from warmup_ratio over warmup_iters, then x0.1
-    at each epoch in lr_steps (paper Sec. 4.1: 170 and 200 of 210)."""
-    def factor(it):
-        step = 0.1 ** sum(it // iters_per_epoch >= s for s in lr_steps)
-        if it < warmup_iters:
-            return step * (warmup_ratio + (1 - warmup_ratio) * it / warmup_iters)
-        return step
-    return factor
-
-
-def check_schedule(epochs, iters_per_epoch, warmup_iters, lr_steps):
-    """A warning line when the schedule (AP-10K's by default) does not fit the data: a warm-up
-    over more than a tenth of the run, or an lr step outside it."""
-    total = epochs * iters_per_epoch
-    problems = []
-    if warmup_iters > 0.1 * total:
-        problems.append(f"the warm-up of {warmup_iters} iterations is {warmup_iters / total:.0%} "
-                        f"of the run's {total} ({iters_per_epoch} an epoch): set --warmup-iters")
-    outside = [s for s in lr_steps if not 0 < s < epochs]
-    if outside:
-        problems.append(f"lr step(s) at epoch {outside} fall outside the run's {epochs} epochs: "
-                        f"set --lr-steps")
-    if problems:
-        print0("warning: " + "; ".join(problems) + " (the README gives a small-data recipe)")
 
 
 def build_schedule(args, model, train_set, device, rank, world):
@@ -332,17 +260,19 @@ def check_finite(loss, terms, batch, epoch, lr):
 
 @dataclasses.dataclass
 class Run:
-    """What the epoch loop works with; `main` builds it step by step."""
+    """What the epoch loop works with; `main` builds it step by step. `model` is checkpointed
+    and validated, `train_model` (its DDP / torch.compile wrapper) takes the training steps;
+    `sampler` is None for one process; `alphas` are Eq. 10's (alpha1, alpha2)."""
     args: argparse.Namespace
-    model: torch.nn.Module        # checkpoints and validation use the model itself ...
-    train_model: torch.nn.Module  # ... training steps its DDP / torch.compile wrapper
+    model: torch.nn.Module
+    train_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     loader: torch.utils.data.DataLoader
-    sampler: object               # DistributedSampler, or None for one process
-    generator: torch.Generator    # the loader's shuffling
-    alphas: tuple                 # (alpha1, alpha2) of Eq. 10
+    sampler: object
+    generator: torch.Generator
+    alphas: tuple
     train_set: object
     val_set: object
     device: torch.device

@@ -7,7 +7,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from train import default_loss_weights
+from recipe import default_loss_weights
 from losses import (pixel_loss, pred_loss, sample_keypoint_features,
                     semantic_loss, similarity_matrix, symmetric_cross_entropy, total_loss)
 

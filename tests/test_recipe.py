@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import evaluate
 import metrics
+import recipe
 import train
 from keypoints import AP10K_KEYPOINTS, prompt_texts_for
 from model import build_model
@@ -70,9 +71,9 @@ def built():
         cfg = train.model_config(args)
         torch.manual_seed(0)
         model = build_model(cfg, AP10K_KEYPOINTS, prompt_texts_for(AP10K_KEYPOINTS))
-        optimizer = train.build_optimizer(model, args.lr, args.weight_decay,
-                                          train.backbone_lr_mult(args))
-        out.append((args, model, train.loss_weights(args, model.cfg), optimizer, processes))
+        optimizer = recipe.build_optimizer(model, args.lr, args.weight_decay,
+                                          recipe.backbone_lr_mult(args))
+        out.append((args, model, recipe.loss_weights(args, model.cfg), optimizer, processes))
     return out
 
 
@@ -114,7 +115,7 @@ def effective(setting, args, model, alphas, optimizer, processes):
         "alpha1": number(alphas[0]),
         "alpha2": number(alphas[1]),
         "lr": number(args.lr),
-        "backbone_lr": number(args.lr * train.backbone_lr_mult(args)),
+        "backbone_lr": number(args.lr * recipe.backbone_lr_mult(args)),
         "weight_decay": number(args.weight_decay),
         "warmup": f"{args.warmup_iters} iters from {number(args.warmup_ratio)}",
         "lr_steps": ", ".join(map(str, args.lr_steps)),
@@ -141,7 +142,7 @@ def test_readme_effective_settings_match_the_code(built):
 def test_optimiser_groups_carry_the_backbone_lr(built):
     for args, model, _, optimizer, _ in built:
         lrs = {g["lr"] for g in optimizer.param_groups}
-        mult = train.backbone_lr_mult(args)
+        mult = recipe.backbone_lr_mult(args)
         assert lrs == ({args.lr} if mult == 1 else {args.lr, args.lr * mult}), lrs
         text = [n for n, p in model.named_parameters() if n.startswith("prompt_learner.text")]
         assert all(not p.requires_grad for n, p in model.named_parameters() if n in text)
@@ -154,7 +155,7 @@ def test_weight_decay_spares_only_the_context_decoder_norms():
     model = build_model(default_config("clip-rn50", "promptpose", small=True), AP10K_KEYPOINTS,
                         prompt_texts_for(AP10K_KEYPOINTS))
     names = {id(p): n for n, p in model.named_parameters()}
-    spared = {names[id(p)] for g in train.param_groups(model, 1e-3, 1e-4, 1.0)
+    spared = {names[id(p)] for g in recipe.param_groups(model, 1e-3, 1e-4, 1.0)
               if g["weight_decay"] == 0 for p in g["params"]}
     assert spared and all(n.startswith("context_decoder.decoder.") and ".norm" in n for n in spared)
     assert len(spared) == 2 * 3 * 3   # weight and bias of norm1-3 in each of the 3 layers
