@@ -7,7 +7,8 @@
 
 The code measured is the project's: train.train_step with train.py's optimiser, schedule,
 GradScaler, loss weights and compilation for its default flags; evaluate.predict_heatmaps and
-predict_dataset; KeypointDataset and make_loader on synthetic 1024x768 AP-10K photos; random
+predict_dataset; KeypointDataset and make_loader on synthetic 1024x768 AP-10K photos;
+video.analyze_video on a 640x480 video of them; random
 weights (speed does not depend on them). Contenders run round-robin (A B, B A, ...) after
 --warmup rounds, so a load change on a shared machine hits both; ratios are per round, shown
 as median [min, max], rates as median (min-max). FLOPs: FlopCounterMode on an extra eager
@@ -25,20 +26,23 @@ import tempfile
 import time
 
 import cv2
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
+import recipe
 import train
 from clip_text import tokenize
 from backbones import ResNet50, build_clip_visual
 from dataset import KeypointDataset, make_loader
 from distributed import HelpFormatter, input_size, number_list, positive, run_cli
 from evaluate import predict_dataset
-from keypoints import AP10K_KEYPOINTS
+from keypoints import AP10K_FLIP_PAIRS, AP10K_KEYPOINTS, AP10K_SKELETON
 from model import AMP_DTYPES, PromptLearner, build_model, default_config
-from predict import predict_heatmaps
+from predict import Predictor, predict_heatmaps
 from synthetic import generate
+from video import analyze_video
 
 BACKBONES = ("clip-rn50", "clip-vitb16")
 METHODS = ("baseline", "promptpose")
@@ -117,10 +121,11 @@ def make_model(backbone, method, small, image_size, device):
     return build_model(cfg, AP10K_KEYPOINTS).to(device, memory_format=torch.channels_last)
 
 
-def make_dataset(data, cfg, train_mode):
+def make_dataset(data, cfg, train_mode, reduced_decode=False):
     """KeypointDataset of the benchmark's (json, image dir) at the model's sizes."""
     return KeypointDataset(*data, train=train_mode, image_size=cfg["image_size"],
-                           heatmap_size=cfg["heatmap_size"], normalize=cfg["normalize"])
+                           heatmap_size=cfg["heatmap_size"], normalize=cfg["normalize"],
+                           reduced_decode=reduced_decode)
 
 
 def make_batch(data, cfg, batch_size, device):
@@ -135,12 +140,12 @@ def train_step_fn(model, batch, amp, compile_model=False):
     this backbone and method: optimiser, LambdaLR schedule, GradScaler, Eq. 10 weights."""
     flags = ["--backbone", model.cfg["backbone"], "--method", model.cfg["method"], "--amp", amp]
     targs = train.get_args_parser().parse_args(flags + ["--compile"] * compile_model)
-    optimizer = train.build_optimizer(model, targs.lr, targs.weight_decay,
-                                      train.backbone_lr_mult(targs))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.lr_factor(
+    optimizer = recipe.build_optimizer(model, targs.lr, targs.weight_decay,
+                                      recipe.backbone_lr_mult(targs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_factor(
         1000, targs.warmup_iters, targs.warmup_ratio, targs.lr_steps))  # 1000 iters/epoch
     scaler = torch.amp.GradScaler(batch["image"].device.type, enabled=amp == "fp16")
-    alphas = train.loss_weights(targs, model.cfg)
+    alphas = recipe.loss_weights(targs, model.cfg)
     run = train.wrap_model(model, targs, alphas, batch["image"].device, 0, 1)
     model.train()
     return lambda: train.train_step(run, batch, optimizer, scheduler, scaler, amp,
@@ -244,10 +249,13 @@ def section_text(args, device, data):
 
 def section_data(args, device, data):
     """One pass of make_loader(workers=0) with OpenCV's thread pool off and one torch thread,
-    as in a DataLoader worker: the rate of one loader process."""
+    as in a DataLoader worker: the rate of one loader process, decoding at full resolution
+    (the default, the authors') and with --reduced-jpeg-decode."""
     cfg = default_config("clip-rn50", "promptpose", small=args.quick, image_size=args.input_size)
-    loaders = {m: make_loader(make_dataset(data, cfg, augment), args.batch_size, 0, shuffle=False)
-               for m, augment in (("train (augmented)", True), ("eval", False))}
+    loaders = {f"{m}, {d}": make_loader(make_dataset(data, cfg, augment, d == "reduced decode"),
+                                        args.batch_size, 0, shuffle=False)
+               for m, augment in (("train (augmented)", True), ("eval", False))
+               for d in ("full decode", "reduced decode")}
     threads = cv2.getNumThreads(), torch.get_num_threads()
     cv2.setNumThreads(0), torch.set_num_threads(1)
     try:
@@ -311,6 +319,59 @@ def section_memory(args, device, data):
             ["model"] + [f"batch {b}" for b in args.memory_batch_sizes], rows)
 
 
+def write_test_video(path, data, frames, size=(640, 480)):
+    """An mp4v video of the synthetic photos resized to `size` (cycling) and a --boxes file of
+    their first animal's box -> (the boxes' path, [(frame, box)] as written)."""
+    ann = json.load(open(data[0]))
+    first = {a["image_id"]: a["bbox"] for a in reversed(ann["annotations"])}
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30.0, size)
+    written = []
+    for n in range(frames):
+        image = ann["images"][n % len(ann["images"])]
+        fx, fy = size[0] / image["width"], size[1] / image["height"]
+        frame = cv2.resize(cv2.imread(os.path.join(data[1], image["file_name"])), size)
+        writer.write(frame)
+        x, y, w, h = first[image["id"]]
+        written.append((frame, [x * fx, y * fy, w * fx, h * fy]))
+    writer.release()
+    with open(path + ".boxes.json", "w") as f:
+        json.dump([{"frame": n, "bbox": box} for n, (_, box) in enumerate(written)], f)
+    return path + ".boxes.json", written
+
+
+def section_video(args, device, data):
+    """video.analyze_video with --boxes (decoding, crops, model, drawing, encoding, the json,
+    csv and figure) vs the model alone (predict_heatmaps with the flip test on the same
+    number of crops, already made) at the same batch size, round-robin; then the default
+    search once. (--follow is left out: with random weights no pose is ever sure enough to
+    follow, so it would measure the search.)"""
+    model = make_model("clip-rn50", "promptpose", args.quick, args.input_size, device)
+    ckpt = {"keypoint_names": AP10K_KEYPOINTS, "flip_pairs": AP10K_FLIP_PAIRS,
+            "skeleton": [[a - 1, b - 1] for a, b in AP10K_SKELETON], "model_config": model.cfg}
+    B, frames = args.batch_size, 4 * args.batch_size
+    predictor = Predictor.from_checkpoint(model, ckpt, True, args.amp, device, B)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "clip.mp4")
+        boxes, written = write_test_video(path, data, frames)
+        crops = torch.from_numpy(np.stack([predictor.crop(frame, box)[0]
+                                           for frame, box in written[:B]])).to(device)
+        run = lambda mode, given=None, n=None: analyze_video(  # noqa: E731
+            predictor, ckpt, path, tmp, (0, n) if n else None, given, mode)
+        t = measure({"video": lambda: run("search", boxes),
+                     "model": lambda: [predict_heatmaps(model, crops, AP10K_FLIP_PAIRS, True,
+                                                        args.amp) for _ in range(frames // B)]},
+                    device, args.warmup, args.reps)
+        search = measure({"search": lambda: run("search", n=2)}, device, 0, 1)["search"]
+    r, r_med = ratio(t["video"], t["model"])
+    rows = [["video path, --boxes (one crop a frame)", rate(t["video"], frames)[0], r,
+             f"<= 1.10 {'met' if r_med <= 1.10 else 'MISSED'}"],
+            ["model alone, same crops (predict_heatmaps, flip test)", rate(t["model"], frames)[0],
+             "", ""],
+            ["video path, default search (51 window crops a frame)", rate(search, 2)[0], "", ""]]
+    return (f"7. Video, PromptPose clip-rn50, 640x480 mp4v, {frames} frames, batch {B}, "
+            f"flip test", ["video", "frames/s", "time ratio video / model", "goal"], rows)
+
+
 # ----------------------------------------------------------------------------- report
 def describe_run(args, device):
     """What ran where, one paragraph."""
@@ -340,7 +401,8 @@ def write_results(path, device, text):
 
 
 SECTIONS = {"train": section_train, "backbones": section_backbones, "text": section_text,
-            "data": section_data, "eval": section_eval, "memory": section_memory}
+            "data": section_data, "eval": section_eval, "memory": section_memory,
+            "video": section_video}
 
 
 def main(args):

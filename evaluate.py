@@ -17,37 +17,33 @@ COCO *human* sigmas otherwise). PCK and pixel error compare each ground-truth bo
 with that instance. The checkpoint is the config: model, keypoints, flip pairs and sigmas.
 """
 import argparse
-import contextlib
-import io
 import os
 import time
-from collections import defaultdict
 
 import numpy as np
 import torch
-from pycocotools.cocoeval import COCOeval
 
 import visualize
 from checkpoint import load_checkpoint
-from dataset import (KeypointDataset, clip_box, default_workers, index_coco, load_coco_json,
-                     load_detections, make_loader, read_keypoint_set)
+from dataset import (KeypointDataset, default_workers, load_coco_json, load_detections,
+                     make_loader, read_keypoint_set)
 from distributed import (HelpFormatter, all_gather_list, cleanup, finite_float, init_distributed,
-                         non_negative_int, on_rank0, positive, print0, run_cli)
+                         non_negative_int, on_rank0, own_shard, positive, print0, run_cli)
 from files import claim_output_dir, write_json
 from keypoints import sigma_list
+from metrics import (OKS_NMS_THRESHOLD, STAT_NAMES, coco_keypoint_eval, group_table,
+                     keypoint_accuracy, nms_per_image)
 from model import AMP_DTYPES
 from predict import (VIS_THRESHOLD, draw_context, predict_batches, predict_heatmaps,
                      prepare_model, rounded_list, run_photos, run_video)
 from transforms import keypoints_from_heatmaps, read_image
 
-STAT_NAMES = ["AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL"]
-
-OKS_NMS_THRESHOLD = 0.9   # drop an instance whose OKS with a better one exceeds this (oks_thr)
-
 PCK_THRESHOLD = 0.2       # default --pck-threshold, a fraction of the box size
 
 
 def get_args_parser():
+    from predict import PCUTOFF  # the defaults live beside the code that uses them
+    from video import FOLLOW_MIN_SCORE
     p = argparse.ArgumentParser("PromptPose evaluation / inference", allow_abbrev=False,
                                 formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint of train.py (final.pt, best.pt, last.pt)")
@@ -61,10 +57,21 @@ def get_args_parser():
     g.add_argument("--det-score-threshold", type=finite_float, default=0.0,
                    help="--det-boxes: keep the detections scored at least this")
     g.add_argument("--boxes", help="own photos: json list of {\"file_name\", \"bbox\": [x, y, "
-                   "w, h], \"score\"}; --video: of {\"frame\", \"bbox\", \"score\"}; only "
-                   "these boxes get a pose (default: the whole image / frame)")
-    g.add_argument("--video", help="a video file: pose on every frame, a labelled .mp4 and a "
-                                   "json (default: no video)")
+                   "w, h], \"score\"}, only these boxes get a pose; --video: of {\"frame\", "
+                   "\"bbox\", \"score\"}, a frame with entries gets these boxes, the others "
+                   "--follow / the search (default: search for the animal)")
+    g.add_argument("--video", help="a video file: pose on its frames, a labelled .mp4, a json, "
+                                   "a DeepLabCut-layout csv, a trajectory figure (default: no "
+                                   "video)")
+    g.add_argument("--frames", metavar="START:STOP", help="--video: only these frames, 0-based, "
+                   "STOP excluded; START: or :STOP (default: every frame)")
+    g.add_argument("--follow", action="store_true", help="--video: each frame's box around the "
+                   "previous frame's pose, searched again when its mean keypoint score falls "
+                   f"below {FOLLOW_MIN_SCORE}: one crop a frame, frame after frame (default: "
+                   "search every frame, ~51 crops each on a 4:3 frame)")
+    g.add_argument("--whole-frame", action="store_true", help="own photos / --video without "
+                   "--boxes: the whole image is the box (default: search for the animal with "
+                   "windows, then crop a box around its keypoints)")
     g.add_argument("--sigmas", type=sigma_list, help="comma-separated OKS sigmas, one per keypoint "
                    "(default: the run's, stored in the checkpoint)")
     g.add_argument("--batch-size", type=positive(int), help="crops per forward pass (default: "
@@ -90,10 +97,14 @@ def get_args_parser():
     g.add_argument("--vis", type=non_negative_int, default=0, metavar="N",
                    help="figures for the first N boxes: overlay, paper Fig. 2 and Fig. 3")
     g.add_argument("--vis-names", action="store_true", help="write keypoint names on overlays")
+    g.add_argument("--pcutoff", type=finite_float, default=PCUTOFF, help="own photos / --video: "
+                   "overlays leave out keypoints scoring below this (the csv and json keep them)")
     return p
 
 
 def check_flag_combination(args):
+    from predict import PCUTOFF
+    from video import parse_frames
     if args.video and (args.ann or args.images or args.det_boxes):
         raise ValueError("--video runs on a video alone: leave out --ann, --images, --det-boxes")
     photos = args.images is not None and args.ann is None and not args.video
@@ -105,6 +116,16 @@ def check_flag_combination(args):
                          "own photos and videos take --boxes")
     if args.ann and args.images and len(args.images) > 1:
         raise ValueError(f"--images with --ann takes one image directory, got {len(args.images)}")
+    if (args.frames or args.follow) and not args.video:
+        raise ValueError("--frames and --follow are for --video")
+    if args.follow and args.whole_frame:
+        raise ValueError("--follow finds each frame's box from the frame before; --whole-frame "
+                         "uses the whole frame: choose one")
+    if (args.whole_frame or args.pcutoff != PCUTOFF) and not (photos or args.video):
+        raise ValueError("--whole-frame and --pcutoff are for own photos (--images without "
+                         "--ann) and --video")
+    if args.frames:
+        parse_frames(args.frames)  # a bad range stops here, before the model is loaded
     return "video" if args.video else "photos" if photos else "dataset"
 
 
@@ -117,157 +138,20 @@ def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, r
     loader = make_loader(torch.utils.data.Subset(dataset, indices), batch_size, workers,
                          shuffle=False, pin_memory=device.type == "cuda")
     results = []
-    for batch, keypoints, scores in predict_batches(model, loader, dataset.flip_pairs, flip,
-                                                    amp, device, progress, "eval"):
-        for i in range(len(scores)):
-            results.append({
-                "index": indices[len(results)], "image_id": int(batch["image_id"][i]),
-                "category_id": int(batch["category_id"][i]),
-                "ann_id": None if batch["detection"][i] else int(batch["ann_id"][i]),
-                "keypoints": rounded_list(keypoints[i]),
-                "score": float(scores[i]),
-                "center": rounded_list(batch["center"][i]),
-                "scale": rounded_list(batch["scale"][i])})
+    with own_shard():  # an image of this rank's share that fails is said by this rank
+        for batch, keypoints, scores in predict_batches(model, loader, dataset.flip_pairs, flip,
+                                                        amp, device, progress, "eval"):
+            for i in range(len(scores)):
+                results.append({
+                    "index": indices[len(results)], "image_id": int(batch["image_id"][i]),
+                    "category_id": int(batch["category_id"][i]),
+                    "ann_id": None if batch["detection"][i] else int(batch["ann_id"][i]),
+                    "keypoints": rounded_list(keypoints[i]),
+                    "score": float(scores[i]),
+                    "center": rounded_list(batch["center"][i]),
+                    "scale": rounded_list(batch["scale"][i])})
     results = sorted(all_gather_list(results), key=lambda r: r["index"])
     return [{k: v for k, v in r.items() if k != "index"} for r in results]
-
-
-def oks_overlap(pose, others, area, other_areas, sigmas):
-    """OKS of one pose (K, 3) with others (N, K, 3), as mmpose's oks_iou for NMS: every keypoint
-    counts, the object scale is the mean of the two box areas:
-        OKS = mean_k exp(-d_k^2 / (2 * (a + a') / 2 * (2 sigma_k)^2))   -> (N,)"""
-    var = (2.0 * np.asarray(sigmas, np.float64)) ** 2                         # (K,)
-    d2 = ((others[..., :2] - pose[None, :, :2]) ** 2).sum(-1)                 # (N, K)
-    e = d2 / var / ((area + other_areas)[:, None] / 2 + np.spacing(1)) / 2
-    return np.exp(-e).mean(1)
-
-
-def oks_nms(poses, scores, areas, sigmas, threshold=OKS_NMS_THRESHOLD):
-    """Greedy OKS-NMS (mmpose oks_nms): take the best-scored pose, drop every other whose OKS
-    with it is above `threshold`, repeat. poses (N, K, 3), scores (N,), areas (N,) -> kept
-    indices, best first (ties: the earlier pose first)."""
-    poses, areas = np.asarray(poses, np.float64), np.asarray(areas, np.float64)
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(int(i))
-        order = rest[oks_overlap(poses[i], poses[rest], areas[i], areas[rest], sigmas) <= threshold]
-    return keep
-
-
-def nms_per_image(results, sigmas, threshold=OKS_NMS_THRESHOLD):
-    """OKS-NMS among the predictions of each image; the area of a prediction is that of its
-    crop box (scale_w x scale_h, as mmpose). Returns the kept results in their input order."""
-    by_image = defaultdict(list)
-    for j, r in enumerate(results):
-        by_image[r["image_id"]].append(j)
-    kept = []
-    for idx in by_image.values():
-        poses = np.array([results[j]["keypoints"] for j in idx]).reshape(len(idx), -1, 3)
-        areas = np.array([np.prod(results[j]["scale"]) for j in idx])
-        scores = np.array([results[j]["score"] for j in idx])
-        kept += [idx[k] for k in oks_nms(poses, scores, areas, sigmas, threshold)]
-    return [results[j] for j in sorted(kept)]
-
-
-def coco_keypoint_eval(coco_gt, results, sigmas):
-    """pycocotools keypoint evaluation with explicit OKS sigmas.
-    Returns (stats {name: value}, per-category AP {category_id: AP or nan})."""
-    if not results:
-        raise ValueError("no predictions to evaluate (no boxes: empty dataset, or every "
-                         "detection below --det-score-threshold?)")
-    if min(coco_gt.anns, default=1) <= 0:  # pycocotools reads a ground-truth id 0 as "unmatched"
-        coco_gt = index_coco(dict(coco_gt.dataset, annotations=[
-            dict(a, id=n + 1) for n, a in enumerate(coco_gt.dataset["annotations"])]))
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        ev = COCOeval(coco_gt, coco_dt, "keypoints")
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
-    precision = ev.eval["precision"]            # (T thresholds, R recalls, C cats, A areas, M dets)
-    per_category = {}
-    for c, cat_id in enumerate(ev.params.catIds):
-        p = precision[:, :, c, 0, -1]           # area "all", maxDets 20
-        per_category[cat_id] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
-    return stats, per_category
-
-
-def group_table(coco_gt, per_category):
-    """Per-species and per-family (supercategory) AP, as AP-10K reports them: a family's AP
-    is the mean over its species, like pycocotools averages over categories."""
-    cats = coco_gt.loadCats(coco_gt.getCatIds())
-    counts = {c["id"]: len(coco_gt.getAnnIds(catIds=[c["id"]], iscrowd=False)) for c in cats}
-    species = [(c["name"], c.get("supercategory", ""), counts[c["id"]], per_category[c["id"]])
-               for c in cats if counts[c["id"]] > 0]
-    families = {}
-    for name, family, n, ap in species:
-        families.setdefault(family, []).append((n, ap))
-    family_rows = [(f, sum(n for n, _ in v), float(np.nanmean([ap for _, ap in v])))
-                   for f, v in families.items()]
-    return species, family_rows
-
-
-def matched_keypoints(results, coco):
-    """Predictions made from ground-truth boxes next to their instance: pred (N, K, 2),
-    gt (N, K, 2), labeled (N, K) bool (v > 0), box (N, 2) = (w, h) of the instance's box
-    clipped to the image. Predictions from detections (ann_id None) have no instance."""
-    rows = [r for r in results if r["ann_id"] is not None]
-    anns = [coco.anns[r["ann_id"]] for r in rows]
-    K = len(results[0]["keypoints"]) // 3 if results else 0
-    pred = np.array([r["keypoints"] for r in rows], np.float64).reshape(len(rows), K, 3)
-    gt = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(rows), K, 3)
-    box = np.array([clip_box(a["bbox"], coco.imgs[a["image_id"]]["width"],
-                             coco.imgs[a["image_id"]]["height"])[2:] for a in anns]).reshape(-1, 2)
-    return pred[..., :2], gt[..., :2], gt[..., 2] > 0, box
-
-
-def pck_accuracy(pred, gt, labeled, normalize, threshold):
-    """PCK as mmpose's keypoint_pck_accuracy: a labeled keypoint is correct when
-    || (pred - gt) / normalize || < threshold, normalize (N, 2) per axis; mmpose's
-    norm_item='bbox' passes (max(w, h), max(w, h)) of the ground-truth box. Returns (per
-    keypoint (K,) with nan where never labeled, overall = mean over the labeled keypoints'
-    values, as mmpose averages)."""
-    valid = labeled & (normalize > 0).all(1)[:, None]                             # (N, K)
-    dist = np.linalg.norm((pred - gt) / np.maximum(normalize, 1e-12)[:, None, :], axis=-1)
-    count = valid.sum(0)
-    per_keypoint = np.where(count > 0, ((dist < threshold) & valid).sum(0) / np.maximum(count, 1),
-                            np.nan)
-    overall = float(np.nanmean(per_keypoint)) if (count > 0).any() else float("nan")
-    return per_keypoint, overall
-
-
-def pixel_errors(pred, gt, labeled):
-    """Pixel error of the labeled keypoints in image pixels: RMSE = sqrt(mean of squared
-    Euclidean distances) and the mean Euclidean distance, overall and per keypoint (nan where
-    never labeled). Returns (rmse (K,), rmse, mean (K,), mean)."""
-    d = np.linalg.norm(pred - gt, axis=-1)                                       # (N, K)
-    count = labeled.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rmse_k = np.sqrt((d ** 2 * labeled).sum(0) / count)
-        mean_k = (d * labeled).sum(0) / count
-    n = labeled.sum()
-    rmse = float(np.sqrt((d[labeled] ** 2).mean())) if n else float("nan")
-    mean = float(d[labeled].mean()) if n else float("nan")
-    return rmse_k, rmse, mean_k, mean
-
-
-def keypoint_accuracy(results, coco, names, pck_threshold):
-    """PCK and pixel errors of the ground-truth-box predictions, overall and per keypoint
-    (None when every box is a detection)."""
-    pred, gt, labeled, box = matched_keypoints(results, coco)
-    if not labeled.any():
-        return {"pck": None, "rmse_px": None, "mean_error_px": None, "per_keypoint": {}}
-    side = box.max(1, keepdims=True).repeat(2, 1)                                # (N, 2)
-    pck_k, pck = pck_accuracy(pred, gt, labeled, side, pck_threshold)
-    rmse_k, rmse, mean_k, mean = pixel_errors(pred, gt, labeled)
-    per_keypoint = {n: {"labeled": int(labeled[:, k].sum()), "pck": float(pck_k[k]),
-                        "rmse_px": float(rmse_k[k]), "mean_error_px": float(mean_k[k])}
-                    for k, n in enumerate(names)}
-    return {"pck": pck, "rmse_px": rmse, "mean_error_px": mean, "per_keypoint": per_keypoint}
 
 
 def evaluate_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,

@@ -1,23 +1,33 @@
-"""A trained model on crops, on your own photos and on videos (`python evaluate.py CKPT
---images ...` / `--video ...` run `run_photos` / `run_video` of this file).
+"""A trained model on your own photos, and the pieces the video path (video.py) builds on.
 
+`python evaluate.py CKPT --images ...` runs `run_photos`; `--video ...` runs video.run_video.
 Every box is cropped as in evaluation, predicted with the flip test and decoded with Eq. 1
-(`transforms.keypoints_from_heatmaps`). Without --boxes the whole image / frame is the box.
+(`transforms.keypoints_from_heatmaps`). Where no box is given the animal is searched for:
+
+1. coarse pass: the whole image and a grid of square windows (SEARCH_WINDOWS), predicted
+   without the flip test; the window whose keypoints score highest on average wins. A model
+   sees animals at the scale of its training crops only, and an animal that fills a tenth of a
+   video frame looks nothing like that in the whole frame (there it finds confident garbage),
+   hence the windows;
+2. a box around the winner's confident keypoints (score >= SEARCH_MIN_SCORE), grown by
+   SEARCH_MARGIN on each side as a labeled box surrounds its keypoints; the crop pads it by
+   1.25 like every training box (transforms.box_to_center_scale);
+3. the real pass on that box, with the flip test.
+`--whole-frame` skips the search (the whole image is the box, as before the search existed).
 """
-import itertools
 import math
 import os
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import visualize
 from checkpoint import model_from_checkpoint
-from dataset import clip_box, finite_number, finite_numbers, make_loader
+from dataset import clip_box, finite_number, finite_numbers
 from files import read_json, write_json
 from keypoints import keypoint_sides
 from model import autocast
@@ -25,6 +35,16 @@ from transforms import (TopDownTransform, box_to_center_scale, flip_back_heatmap
                         get_affine_transform, keypoints_from_heatmaps, read_image)
 
 VIS_THRESHOLD = 0.2       # maxima above this count towards the instance score (mmpose vis_thr)
+
+PCUTOFF = 0.4             # default --pcutoff: overlays leave out keypoints scoring below it
+                          # (a well-placed keypoint scores 0.5-0.9 here; DeepLabCut's 0.6 is for
+                          # its own sigmoid scores)
+
+SEARCH_WINDOWS = (1 / 2, 1 / 3)  # window sides, fractions of the shorter image side, 50% overlap
+
+SEARCH_MIN_SCORE = VIS_THRESHOLD  # keypoints at least this sure span the searched box
+
+SEARCH_MARGIN = 0.15      # that box: their extent + 0.15 x its longer side on every side
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -80,42 +100,124 @@ def draw_context(ckpt, names_on):
             "sides": keypoint_sides(names, ckpt["flip_pairs"])}
 
 
-class CropDataset(torch.utils.data.Dataset):
-    """Crops of given boxes, cropped and normalised exactly as in evaluation. items: (source,
-    bbox [x, y, w, h], score) with source an image path or a BGR array (a video frame)."""
+# ----------------------------------------------------------------------------- crops -> poses
+@dataclass
+class Predictor:
+    """A model and how to run it on crops of whole images: crop size and normalisation (the
+    checkpoint's), flip test, autocast dtype, device, crops per forward pass."""
+    model: torch.nn.Module
+    transform: TopDownTransform
+    flip_pairs: list
+    flip: bool
+    amp: str
+    device: torch.device
+    batch_size: int
 
-    def __init__(self, items, image_size, normalize):
-        self.items = items
-        self.transform = TopDownTransform(image_size, [1, 1], normalize, [], None, flip=False)
+    @classmethod
+    def from_checkpoint(cls, model, ckpt, flip, amp, device, batch_size):
+        cfg = ckpt["model_config"]
+        transform = TopDownTransform(cfg["image_size"], [1, 1], cfg["normalize"], [], None,
+                                     flip=False)
+        return cls(model.eval(), transform, [tuple(p) for p in ckpt["flip_pairs"]], flip, amp,
+                   device, batch_size)
 
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        source, bbox, score = self.items[i]
-        image = read_image(source)[0] if isinstance(source, str) else source
+    def crop(self, image, bbox):
+        """A BGR image and a box [x, y, w, h] -> the network input (3, H, W) float32 and the
+        crop's center, scale (2,) each, as evaluation crops a detected box (clipped to the
+        image first)."""
         H, W = self.transform.image_size
-        center, scale = box_to_center_scale(bbox, W / H)
+        center, scale = box_to_center_scale(clip_box(bbox, image.shape[1], image.shape[0]), W / H)
         M = np.vstack([get_affine_transform(center, scale, 0.0, (H, W)), [0, 0, 1]])
-        return {"image": torch.from_numpy(self.transform.crop(image, M)),
-                "center": torch.as_tensor(center, dtype=torch.float32),
-                "scale": torch.as_tensor(scale, dtype=torch.float32),
-                "bbox_score": torch.tensor(score, dtype=torch.float32)}
+        return self.transform.crop(image, M), center, scale
+
+    def keypoints(self, images, boxes, flip=None):
+        """Keypoints (N, K, 3) [x, y, score] in image pixels of box n of images[n]; flip=None
+        takes the predictor's flip test."""
+        flip = self.flip if flip is None else flip
+        out = []
+        for start in range(0, len(boxes), self.batch_size):
+            crops = [self.crop(im, b) for im, b in zip(images[start:start + self.batch_size],
+                                                      boxes[start:start + self.batch_size])]
+            batch = torch.from_numpy(np.stack([c[0] for c in crops])).to(self.device)
+            heatmaps = predict_heatmaps(self.model, batch, self.flip_pairs, flip, self.amp)
+            out.append(keypoints_from_heatmaps(heatmaps, np.stack([c[1] for c in crops]),
+                                               np.stack([c[2] for c in crops])))
+        return np.concatenate(out) if out else np.zeros((0, 0, 3))
 
 
-def predict_crops(model, items, ckpt, flip, amp, device, batch_size, workers, progress=False):
-    """Keypoints (K, 3) and score of each (source, bbox, score) item, in order."""
-    cfg = ckpt["model_config"]
-    loader = make_loader(CropDataset(items, cfg["image_size"], cfg["normalize"]), batch_size,
-                         workers, shuffle=False, pin_memory=device.type == "cuda")
-    pairs = [tuple(p) for p in ckpt["flip_pairs"]]
-    out = []
-    for _, keypoints, scores in predict_batches(model, loader, pairs, flip, amp, device,
-                                                progress, "photos"):
-        out += [(k, float(s)) for k, s in zip(keypoints, scores)]
-    return out
+def whole_box(image):
+    return [0.0, 0.0, float(image.shape[1]), float(image.shape[0])]
 
 
+def search_windows(width, height):
+    """The coarse pass's boxes: the whole image, then for each side s in SEARCH_WINDOWS (times
+    the shorter side) a grid of s x s windows overlapping by half, spread edge to edge."""
+    boxes = [[0.0, 0.0, float(width), float(height)]]
+    for fraction in SEARCH_WINDOWS:
+        side = fraction * min(width, height)
+        nx, ny = (math.ceil((n - side) / (side / 2) - 1e-9) + 1 for n in (width, height))
+        boxes += [[(width - side) * i / max(nx - 1, 1), (height - side) * j / max(ny - 1, 1),
+                   side, side] for j in range(ny) for i in range(nx)]
+    return boxes
+
+
+def box_around(keypoints, reference, width, height):
+    """The box of the keypoints (K, 3) scoring at least SEARCH_MIN_SCORE (the best two when
+    fewer do), grown by SEARCH_MARGIN of its longer side on every side, at least a quarter of
+    the `reference` box (where they were found) on each side: two keypoints close together say
+    little of the animal's size. Clipped to the image, as training boxes are."""
+    sure = keypoints[:, 2] >= SEARCH_MIN_SCORE
+    if sure.sum() < 2:
+        sure = np.isin(np.arange(len(keypoints)), np.argsort(-keypoints[:, 2])[:2])
+    low, high = keypoints[sure, :2].min(0), keypoints[sure, :2].max(0)
+    half = (high - low) / 2 + SEARCH_MARGIN * (high - low).max()
+    half = np.maximum(half, np.asarray(reference[2:]) / 8)
+    center = (low + high) / 2
+    return clip_box([*(center - half), *(2 * half)], width, height)
+
+
+def search(predictor, images):
+    """Coarse pass for each image (module docstring, steps 1-2) -> one box per image."""
+    windows = [search_windows(im.shape[1], im.shape[0]) for im in images]
+    owners = [i for i, w in enumerate(windows) for _ in w]
+    keypoints = predictor.keypoints([images[i] for i in owners], sum(windows, []), flip=False)
+    boxes, start = [], 0
+    for image, boxes_i in zip(images, windows):
+        found = keypoints[start:start + len(boxes_i)]              # (n windows, K, 3)
+        best = int(found[..., 2].mean(1).argmax())
+        boxes.append(box_around(found[best], boxes_i[best], image.shape[1], image.shape[0]))
+        start += len(boxes_i)
+    return boxes
+
+
+def find_poses(predictor, images, given, whole=False, source="boxes"):
+    """Poses in each image: images BGR arrays; given[i] a list of (bbox, score) for image i
+    (found as `source` says: "boxes" for --boxes), or None: search it (the whole image with
+    whole=True). -> per image a list of instances {bbox, score, box (how the box was found:
+    boxes / follow / search / whole), keypoints (K, 3)}, keypoints clipped to the image (a
+    point in the crop's black border is put at its edge)."""
+    todo = [i for i, g in enumerate(given) if g is None]
+    found = (search(predictor, [images[i] for i in todo]) if not whole else
+             [whole_box(images[i]) for i in todo])
+    boxes = {i: [(box, 1.0)] for i, box in zip(todo, found)}
+    how = "whole" if whole else "search"
+    owners, items = [], []
+    for i, image in enumerate(images):
+        for bbox, score in (given[i] if given[i] is not None else boxes[i]):
+            owners.append(i)
+            items.append((bbox, score, source if given[i] is not None else how))
+    keypoints = predictor.keypoints([images[i] for i in owners], [b for b, _, _ in items])
+    scores = instance_scores(keypoints[..., 2], [s for _, s, _ in items]) if items else []
+    poses = [[] for _ in images]
+    for i, (bbox, _, how), k, s in zip(owners, items, keypoints, scores):
+        h, w = images[i].shape[:2]
+        k[:, 0], k[:, 1] = k[:, 0].clip(0, w - 1), k[:, 1].clip(0, h - 1)
+        poses[i].append({"bbox": [round(float(v), 2) for v in bbox], "score": float(s),
+                         "box": how, "keypoints": k})
+    return poses
+
+
+# ----------------------------------------------------------------------------- own photos
 def check_box(entry, where, width, height):
     """A user box: {"bbox": [x, y, w, h], "score": s (optional)} with finite numbers, positive
     size and some area inside the width x height image -> (bbox, score)."""
@@ -191,149 +293,65 @@ def read_photos(paths):
     return photos
 
 
-def photo_crops(photos, boxes):
-    """The crops to predict: [(path, bbox, score)] and the photo index of each. With --boxes
-    exactly the given boxes (a photo without one gets no pose), else each whole photo."""
-    items, owner = [], []
-    for i, p in enumerate(photos):
-        whole = [([0.0, 0.0, float(p["width"]), float(p["height"])], 1.0)]
-        for bbox, score in (boxes.get(i, []) if boxes is not None else whole):
-            items.append((p["file_name"], bbox, score))
-            owner.append(i)
-    return items, owner
-
-
 def coco_categories(ckpt):
     """The one category of own-photo results, naming the keypoints and the (1-based) skeleton."""
     return [{"id": 1, "name": "instance", "keypoints": list(ckpt["keypoint_names"]),
              "skeleton": [[a + 1, b + 1] for a, b in ckpt["skeleton"]]}]
 
 
+def photo_poses(predictor, photos, boxes, whole, overlay):
+    """Poses of every photo, `batch_size` photos decoded at a time -> COCO results; with
+    --boxes exactly the given boxes (a photo without one gets no pose), else the searched box
+    (or the whole photo). overlay(image, photo, instances) draws each photo once."""
+    results = []
+    for start in range(0, len(photos), predictor.batch_size):
+        chunk = photos[start:start + predictor.batch_size]
+        images = [read_image(p["file_name"])[0] for p in chunk]
+        given = [boxes.get(start + n, []) if boxes is not None else None
+                 for n in range(len(chunk))]
+        for p, image, poses in zip(chunk, images, find_poses(predictor, images, given, whole)):
+            results += [{"image_id": p["id"], "file_name": p["file_name"], "category_id": 1,
+                         "bbox": pose["bbox"], "box": pose["box"],
+                         "keypoints": rounded_list(pose["keypoints"]), "score": pose["score"]}
+                        for pose in poses]
+            overlay(image, p, poses)
+    return results
+
+
 def run_photos(model, ckpt, args, flip, device, out_dir):
     """Own photos -> photo_results.json (COCO keypoint results: image_id, file_name,
-    category_id 1, bbox, flat keypoints, score), photo_images.json (COCO images + the category
-    with the keypoint names: COCO(photo_images.json).loadRes(photo_results.json) works) and
-    one overlay per photo in vis/."""
+    category_id 1, bbox, box (boxes / search / whole), flat keypoints, score),
+    photo_images.json (COCO images + the category with the keypoint names:
+    COCO(photo_images.json).loadRes(photo_results.json) works) and an overlay per photo in vis/."""
     photos = read_photos(args.images)
     boxes = photo_boxes(args.boxes, photos) if args.boxes else None
-    items, owner = photo_crops(photos, boxes)
-    predictions = predict_crops(model, items, ckpt, flip, args.amp, device, args.batch_size,
-                                args.workers, progress=True)
-    results = [{"image_id": photos[i]["id"], "file_name": photos[i]["file_name"],
-                "category_id": 1, "bbox": item[1], "keypoints": rounded_list(keypoints),
-                "score": score} for i, item, (keypoints, score) in zip(owner, items, predictions)]
     for p, name in zip(photos, overlay_names(photos)):
         p["overlay"] = name
+    style = draw_context(ckpt, args.vis_names)
+    os.makedirs(os.path.join(out_dir, "vis"), exist_ok=True)
+
+    def overlay(image, photo, poses):
+        drawn = visualize.overlay(image, [p["keypoints"] for p in poses], style["skeleton"],
+                                  style["sides"], args.pcutoff, names=style["names"],
+                                  boxes=[p["bbox"] for p in poses])
+        visualize.write_image(os.path.join(out_dir, photo["overlay"]), drawn)
+
+    predictor = Predictor.from_checkpoint(model, ckpt, flip, args.amp, device, args.batch_size)
+    results = photo_poses(predictor, photos, boxes, args.whole_frame, overlay)
     write_json(os.path.join(out_dir, "photo_results.json"), results)
     write_json(os.path.join(out_dir, "photo_images.json"),
                {"images": photos, "categories": coco_categories(ckpt)}, indent=1)
-    write_photo_overlays(photos, results, out_dir, draw_context(ckpt, args.vis_names))
-    without = len(photos) - len(set(owner))
-    print(f"{len(results)} instances in {len(photos)} images"
+    without = len(photos) - len({r["image_id"] for r in results})
+    how = ("--boxes" if boxes is not None else "the whole photo" if args.whole_frame else
+           "a searched box")
+    print(f"{len(results)} instances in {len(photos)} images ({how})"
           + (f" ({without} without a box in --boxes: no pose)" if without else "")
           + f" -> {os.path.join(out_dir, 'photo_results.json')} (COCO results; keypoint names "
             f"in photo_images.json), overlays in {os.path.join(out_dir, 'vis')}")
 
 
-def write_photo_overlays(photos, results, out_dir, style):
-    os.makedirs(os.path.join(out_dir, "vis"), exist_ok=True)
-    for p in photos:
-        poses = [np.reshape(r["keypoints"], (-1, 3)) for r in results if r["image_id"] == p["id"]]
-        image = visualize.overlay(read_image(p["file_name"])[0], poses, style["skeleton"],
-                                  style["sides"], VIS_THRESHOLD, names=style["names"])
-        visualize.write_image(os.path.join(out_dir, p["overlay"]), image)
-
-
-def open_video(path):
-    """-> (capture, fps (30 when the file states none), width, height, frame count as the
-    container states it (0: unknown))."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--video {path}: no such file")
-    capture = cv2.VideoCapture(path)
-    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    if not capture.isOpened() or width <= 0 or height <= 0:
-        raise ValueError(f"--video {path}: OpenCV cannot decode this file (codec or format)")
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    return capture, fps if math.isfinite(fps) and fps > 0 else 30.0, width, height, max(count, 0)
-
-
-def video_boxes(path, width, height, count):
-    """--boxes for a video: [{"frame": i (0-based), "bbox": [x, y, w, h], "score": s}, ...]
-    -> {frame: [(bbox, score), ...]}; frames without an entry get no prediction."""
-    boxes = defaultdict(list)
-    for n, entry in enumerate(read_box_list(path)):
-        frame = entry.get("frame")
-        where = f"--boxes {path}, entry {n} (frame {frame!r})"
-        if not (isinstance(frame, int) and not isinstance(frame, bool) and frame >= 0
-                and (count == 0 or frame < count)):
-            raise ValueError(f"{where}: 'frame' must be an integer in [0, {count or 'frames'})")
-        boxes[frame].append(check_box(entry, where, width, height))
-    return boxes
-
-
-def frame_chunks(capture, size):
-    """Lists of (index, frame) of at most `size` frames, in order."""
-    chunk = []
-    for index in itertools.count():
-        ok, frame = capture.read()
-        if not ok:
-            break
-        chunk.append((index, frame))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def predict_frames(model, ckpt, chunk, boxes, flip, amp, device):
-    """Pose for a chunk of frames -> one list per frame of (bbox, keypoints (K, 3), score):
-    the frame's --boxes, or the whole frame when there are none."""
-    items, owner = [], []
-    for n, (index, frame) in enumerate(chunk):
-        whole = [([0.0, 0.0, float(frame.shape[1]), float(frame.shape[0])], 1.0)]
-        for bbox, score in (boxes.get(index, []) if boxes is not None else whole):
-            items.append((frame, bbox, score))
-            owner.append(n)
-    predictions = predict_crops(model, items, ckpt, flip, amp, device, len(chunk),
-                                workers=0) if items else []
-    per_frame = [[] for _ in chunk]
-    for n, (_, bbox, _), (keypoints, score) in zip(owner, items, predictions):
-        per_frame[n].append((bbox, keypoints, score))
-    return per_frame
-
-
 def run_video(model, ckpt, args, flip, device, out_dir):
-    """Pose on every frame: <stem>_pose.mp4 (same size and fps, mp4v, poses drawn) and
-    <stem>_keypoints.json (keypoint names once, then per frame its instances)."""
-    capture, fps, width, height, count = open_video(args.video)
-    boxes = video_boxes(args.boxes, width, height, count) if args.boxes else None
-    stem = os.path.join(out_dir, os.path.splitext(os.path.basename(args.video))[0])
-    writer = cv2.VideoWriter(stem + "_pose.mp4", cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                             (width, height))
-    if not writer.isOpened():
-        raise OSError(f"cannot write {stem}_pose.mp4 (no mp4v encoder in this OpenCV?)")
-    style, frames = draw_context(ckpt, args.vis_names), []
-    bar = tqdm(total=count or None, unit="frame", disable=not sys.stderr.isatty())
-    try:
-        for chunk in frame_chunks(capture, args.batch_size):
-            for (index, frame), poses in zip(chunk, predict_frames(model, ckpt, chunk, boxes,
-                                                                   flip, args.amp, device)):
-                frames.append({"frame": index, "instances": [
-                    {"bbox": bbox, "score": score, "keypoints": rounded_list(keypoints)}
-                    for bbox, keypoints, score in poses]})
-                writer.write(visualize.overlay(frame, [k for _, k, _ in poses], style["skeleton"],
-                                               style["sides"], VIS_THRESHOLD,
-                                               names=style["names"], legend=False))
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        writer.release()
-        capture.release()
-    write_json(stem + "_keypoints.json", {
-        "video": os.path.abspath(args.video), "fps": fps, "width": width, "height": height,
-        "frames": len(frames), "keypoint_names": list(ckpt["keypoint_names"]),
-        "skeleton": ckpt["skeleton"], "predictions": frames})
-    print(f"{len(frames)} frames -> {stem}_pose.mp4 and {stem}_keypoints.json")
+    """`evaluate.py --video`: video.run_video (imported here, where it is used: video.py
+    builds on this file)."""
+    import video
+    return video.run_video(model, ckpt, args, flip, device, out_dir)

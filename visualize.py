@@ -1,7 +1,8 @@
 """Every figure of the project, drawn with OpenCV only (numpy in, BGR uint8 image out).
 
-  overlay              poses on an image: left / right / centre limbs in three colours,
-                       prediction vs ground truth, optional keypoint names, a legend
+  overlay              poses on an image: left / right / centre limbs in three colours, each
+                       keypoint in its own colour of its side's family, the boxes, prediction
+                       vs ground truth, optional keypoint names, a legend
   score_map_figure     paper Fig. 3: the pixel-level score maps S_n (Eq. 3) over the crop
   similarity_figure    paper Fig. 2: the semantic matching matrix M (Eq. 7)
   plot_training_curves curves.png: loss terms and val metrics over epochs (log.jsonl records)
@@ -22,6 +23,10 @@ from losses import sample_keypoint_features, similarity_matrix
 from transforms import NORMALIZATION
 
 SIDE_COLOURS = {"left": (0, 150, 255), "right": (255, 150, 30), "centre": (230, 60, 230)}  # BGR
+# keypoint colours: per side a family of OpenCV hues (0..180) around its limb colour
+SIDE_HUES = {"left": (4, 26), "right": (88, 122), "centre": (128, 158)}
+BOX_COLOUR = (235, 235, 235)
+CURVE_COLOUR = (180, 90, 20)
 GROUND_TRUTH_COLOUR = (255, 255, 255)  # white with a dark halo: visible on any background
 HALO = (20, 20, 20)
 MASKED_COLOUR = (200, 200, 200)
@@ -82,15 +87,57 @@ def style_for(image):
     return thickness, radius, float(np.clip(size / 700, 0.35, 1.0))
 
 
+def keypoint_colours(sides):
+    """One BGR colour per keypoint: the hues of its side's family (SIDE_HUES), spread in
+    keypoint order, so the n-th left and the n-th right keypoint (a flip pair, in the usual
+    name orders) take the same place in their families; neighbours alternate in brightness."""
+    colours = [None] * len(sides)
+    for side, (low, high) in SIDE_HUES.items():
+        members = [k for k, s in enumerate(sides) if s == side]
+        for rank, k in enumerate(members):
+            hue = low + (high - low) * rank / max(len(members) - 1, 1)
+            hsv = np.uint8([[[round(hue), 255 if rank % 2 else 200, 255 if rank % 2 == 0 else 190]]])
+            colours[k] = tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+    return colours
+
+
+def place_label(size, point, offset, taken, image_size):
+    """Top-left corner of a (w, h) label next to `point`: the first of right / left x above /
+    below (then 1-3 label heights further out) inside the image and overlapping no rectangle
+    in `taken` (else the first inside), clamped into the image; appended to `taken`."""
+    (w, h), (x, y), (W, H) = size, point, image_size
+    spots = [(u, v) for n in range(4) for u in (x + offset, x - offset - w)
+             for v in (y - offset - h - n * h, y + offset + n * h)]
+    inside = [(u, v) for u, v in spots if 0 <= u and u + w <= W and 0 <= v and v + h <= H]
+    free = [(u, v) for u, v in inside if not any(u < a + c and a < u + w and v < b + d and b < v + h
+                                                for a, b, c, d in taken)]
+    u, v = (free or inside or spots)[0]
+    u, v = int(min(max(u, 0), max(W - w, 0))), int(min(max(v, 0), max(H - h, 0)))
+    taken.append((u, v, w, h))
+    return u, v
+
+
+def draw_label(image, text, point, offset, font, taken):
+    """The text in white on a darkened patch (readable on light and dark backgrounds), beside
+    `point` and inside the image (place_label)."""
+    w, h = text_size(text, font)
+    u, v = place_label((w + 4, h + 2), point, offset, taken, (image.shape[1], image.shape[0]))
+    patch = image[v:v + h + 2, u:u + w + 4]
+    patch[:] = (patch * 0.3).astype(np.uint8)
+    put_text(image, text, (u + 2, v + 1), font, (255, 255, 255))
+
+
 def draw_pose(image, keypoints, skeleton, sides, threshold, ground_truth=False, names=None):
     """Draw one pose in place. keypoints (K, 3): [x, y, score] for a prediction (drawn where
-    score > threshold), [x, y, v] for ground truth (drawn where v > 0). Predictions: filled
-    dots and limbs in the side colours; ground truth: thin white limbs and rings."""
+    score > threshold), [x, y, v] for ground truth (drawn where v > 0). Predictions: limbs in
+    the side colours, dots in the keypoint colours (keypoint_colours); ground truth: thin
+    white limbs and rings. names: labels beside the predicted keypoints, inside the image."""
     thick, radius, font = style_for(image)
     kp = np.asarray(keypoints, np.float64)
     shown = kp[:, 2] > (0 if ground_truth else threshold)
     shown &= np.isfinite(kp[:, :2]).all(1)
     point = [(int(round(x)), int(round(y))) for x, y in kp[:, :2].clip(-1e5, 1e5)]
+    colours = keypoint_colours(sides)
     for a, b in skeleton:
         if shown[a] and shown[b]:
             if ground_truth:
@@ -104,21 +151,17 @@ def draw_pose(image, keypoints, skeleton, sides, threshold, ground_truth=False, 
             cv2.circle(image, point[k], radius + 1, HALO, thick + 2, cv2.LINE_AA)
             cv2.circle(image, point[k], radius + 1, GROUND_TRUTH_COLOUR, thick, cv2.LINE_AA)
         else:
-            cv2.circle(image, point[k], radius, SIDE_COLOURS[sides[k]], -1, cv2.LINE_AA)
+            cv2.circle(image, point[k], radius, colours[k], -1, cv2.LINE_AA)
             cv2.circle(image, point[k], radius, HALO, 1, cv2.LINE_AA)
-        if names is not None:
-            org = (point[k][0] + radius + 2, point[k][1] - radius - 2)
-            cv2.putText(image, names[k], org, FONT, 0.8 * font, HALO, 3, cv2.LINE_AA)
-            cv2.putText(image, names[k], org, FONT, 0.8 * font, (255, 255, 255), 1, cv2.LINE_AA)
+    taken = [(p[0] - radius, p[1] - radius, 2 * radius, 2 * radius) for p in point]
+    for k in np.flatnonzero(shown) if names is not None and not ground_truth else []:
+        draw_label(image, names[k], point[k], radius + 1, 0.8 * font, taken)
     return image
 
 
-def legend_strip(width, font, with_ground_truth):
-    """A white strip explaining the colours: prediction left / right / centre, ground truth;
-    entries wrap onto more lines when the image is narrow."""
-    entries = [(f"prediction {side}", colour) for side, colour in SIDE_COLOURS.items()]
-    if with_ground_truth:
-        entries.append(("ground truth", None))
+def legend_strip(width, font, entries):
+    """A white strip of (label, BGR colour, or None: the ground truth's ring) entries, each a
+    dot and its label; they wrap onto more lines when the image is narrow."""
     h = text_size("Ag", font)[1] + 8
     lines, x = [[]], 4
     for label, colour in entries:
@@ -141,18 +184,24 @@ def legend_strip(width, font, with_ground_truth):
 
 
 def overlay(image, predictions, skeleton, sides, threshold, ground_truth=(), names=None,
-            legend=True):
-    """Image (H, W, 3) BGR with the predicted poses (each (K, 3)) over the ground-truth poses
-    (each (K, 3), optional), names next to the predicted keypoints when `names` is given, and
-    a legend strip below the image -> (H + strip, W, 3) (legend=False: (H, W, 3), video)."""
-    canvas = image.copy()
+            legend=True, boxes=()):
+    """Image (H, W, 3) BGR with the boxes [x, y, w, h] used, the predicted poses (each (K, 3))
+    over the ground-truth poses (each (K, 3), optional), names next to the predicted keypoints
+    when `names` is given, and a legend strip below the image -> (H + strip, W, 3)
+    (legend=False: (H, W, 3), video)."""
+    canvas, thick = image.copy(), style_for(image)[0]
+    for x, y, w, h in (np.round(b).astype(int) for b in boxes):  # light, with a dark halo
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), HALO, thick + 2, cv2.LINE_AA)
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), BOX_COLOUR, thick, cv2.LINE_AA)
     for pose in ground_truth:
         draw_pose(canvas, pose, skeleton, sides, threshold, ground_truth=True)
     for pose in predictions:
         draw_pose(canvas, pose, skeleton, sides, threshold, names=names)
     if not legend:
         return canvas
-    strip = legend_strip(canvas.shape[1], style_for(canvas)[2], len(ground_truth) > 0)
+    entries = [(f"prediction {side}", colour) for side, colour in SIDE_COLOURS.items()]
+    entries += [("ground truth", None)] if len(ground_truth) else []
+    strip = legend_strip(canvas.shape[1], style_for(canvas)[2], entries)
     return np.concatenate([canvas, strip], axis=0)
 
 
@@ -216,6 +265,14 @@ def titled(image, title, font=0.5, caption=None):
     return np.concatenate(parts, axis=0)
 
 
+def tile_grid(tiles, columns):
+    """Equal-sized tiles in rows of `columns` (fewer when there are fewer), white filling."""
+    columns = min(columns, len(tiles))
+    tiles = tiles + [np.full_like(tiles[0], 255)] * (-len(tiles) % columns)
+    return np.concatenate([np.concatenate(tiles[i:i + columns], axis=1)
+                           for i in range(0, len(tiles), columns)], axis=0)
+
+
 def side_by_side(left, right):
     h = max(left.shape[0], right.shape[0])
     pad = [np.pad(x, ((0, h - x.shape[0]), (0, 0), (0, 0)), constant_values=255)
@@ -269,10 +326,7 @@ def score_map_figure(crop, score_map, names, columns=6):
         put_text(label, name, (3, 3), 0.4)
         tiles.append(np.pad(np.concatenate([label, tile]), ((0, 4), (0, 4), (0, 0)),
                             constant_values=255))
-    columns = min(columns, len(tiles))
-    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % columns)
-    grid = np.concatenate([np.concatenate(tiles[i:i + columns], axis=1)
-                           for i in range(0, len(tiles), columns)], axis=0)
+    grid = tile_grid(tiles, columns)
     figure = side_by_side(grid, colour_bar(grid.shape[0], lo, hi, "cosine similarity S_n(x, y)"))
     return titled(figure, "Pixel-level score maps S (Eq. 3): each keypoint's prompt vs every "
                           "image location", caption=[f"tiles: the input crop (x right, y down) "
@@ -332,37 +386,53 @@ CURVES = [("loss", "L_total (Eq. 10)"), ("pred", "L_pred"), ("pixel", "L_pixel (
           ("val_PCK", "val PCK"), ("val_RMSE_px", "val RMSE (px)")]
 
 
-def curve_panel(xs, ys, title, size=(200, 320)):
-    """One line plot: title, axes with tick labels, the curve with a dot per point."""
+def curve_panel(xs, series, title, size=(200, 320), xlabel="epoch", y_range=None, hline=None):
+    """A line plot: title, axes with tick labels, each (ys, BGR colour) of `series` as a line
+    (NaN: a gap), with a dot per point when there are few; y_range (lo, hi) or the data's;
+    hline: a grey horizontal line at that value (a threshold)."""
     H, W = size
     panel = np.full((H, W, 3), 255, np.uint8)
     put_text(panel, title, (8, 4), 0.45)
     x0, y0, x1, y1 = 56, 24, W - 12, H - 30       # plot area
-    lo, hi = float(min(ys)), float(max(ys))
+    values = np.concatenate([np.asarray(ys, np.float64) for ys, _ in series])
+    lo, hi = y_range or (float(np.nanmin(values)), float(np.nanmax(values)))
     if hi - lo < 1e-12 * max(1.0, abs(hi)):            # constant: centre it, +-50% (or +-1)
         pad = 0.5 * abs(lo) if lo != 0 else 1.0
         lo, hi = lo - pad, hi + pad
     e0, e1 = float(min(xs)), float(max(xs))
     e1 = e1 if e1 > e0 else e0 + 1
-    px = [int(x0 + (x - e0) / (e1 - e0) * (x1 - x0)) for x in xs]
-    py = [int(y1 - (y - lo) / (hi - lo) * (y1 - y0)) for y in ys]
+    to_x = lambda x: int(x0 + (x - e0) / (e1 - e0) * (x1 - x0))  # noqa: E731
+    to_y = lambda y: int(y1 - (y - lo) / (hi - lo) * (y1 - y0))  # noqa: E731
     cv2.rectangle(panel, (x0, y0), (x1, y1), (0, 0, 0), 1)
     for t in nice_ticks(lo, hi, 4):
-        y = int(y1 - (t - lo) / (hi - lo) * (y1 - y0))
-        cv2.line(panel, (x0 - 3, y), (x0, y), (0, 0, 0), 1)
+        cv2.line(panel, (x0 - 3, to_y(t)), (x0, to_y(t)), (0, 0, 0), 1)
         label = tick_label(t)
-        put_text(panel, label, (x0 - 5 - text_size(label, 0.35)[0], y - 5), 0.35)
+        put_text(panel, label, (x0 - 5 - text_size(label, 0.35)[0], to_y(t) - 5), 0.35)
     for t in nice_ticks(e0, e1, 5):
         if float(t).is_integer():
-            x = int(x0 + (t - e0) / (e1 - e0) * (x1 - x0))
-            cv2.line(panel, (x, y1), (x, y1 + 3), (0, 0, 0), 1)
-            put_text(panel, str(int(t)), (x - 4, y1 + 5), 0.35)
-    put_text(panel, "epoch", ((x0 + x1) // 2 - 16, H - 14), 0.35)
-    points = np.array(list(zip(px, py)), np.int32)
-    cv2.polylines(panel, [points], False, (180, 90, 20), 2, cv2.LINE_AA)
-    for p in points:
-        cv2.circle(panel, tuple(int(v) for v in p), 3, (180, 90, 20), -1, cv2.LINE_AA)
+            cv2.line(panel, (to_x(t), y1), (to_x(t), y1 + 3), (0, 0, 0), 1)
+            put_text(panel, str(int(t)), (to_x(t) - 4, y1 + 5), 0.35)
+    put_text(panel, xlabel, ((x0 + x1) // 2 - 16, H - 14), 0.35)
+    if hline is not None and lo <= hline <= hi:
+        cv2.line(panel, (x0, to_y(hline)), (x1, to_y(hline)), (150, 150, 150), 1)
+    for ys, colour in series:
+        points = [(to_x(x), to_y(y)) if np.isfinite(y) else None for x, y in zip(xs, ys)]
+        cv2.polylines(panel, gapped_lines(points), False, colour, 2, cv2.LINE_AA)
+        for p in points if len(points) <= 60 else []:
+            if p is not None:
+                cv2.circle(panel, p, 3, colour, -1, cv2.LINE_AA)
     return panel
+
+
+def gapped_lines(points):
+    """Points (x, y) or None -> int32 arrays of the runs between the Nones, for cv2.polylines."""
+    runs = [[]]
+    for p in points:
+        if p is None:
+            runs.append([])
+        else:
+            runs[-1].append(p)
+    return [np.array(r, np.int32) for r in runs if r]
 
 
 def plot_training_curves(records, path):
@@ -375,12 +445,10 @@ def plot_training_curves(records, path):
         pts = [(r["epoch"], float(r[key])) for r in records
                if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
         if pts and (key.startswith("val_") or any(y != 0 for _, y in pts)):
-            panels.append(curve_panel([p[0] for p in pts], [p[1] for p in pts], title))
+            panels.append(curve_panel([p[0] for p in pts], [([p[1] for p in pts], CURVE_COLOUR)],
+                                      title))
     if not panels:
         raise ValueError(f"no loss or metric values in the {len(records)} log record(s) to plot")
-    columns = min(4, len(panels))
-    panels += [np.full_like(panels[0], 255)] * (-len(panels) % columns)
-    grid = np.concatenate([np.concatenate(panels[i:i + columns], axis=1)
-                           for i in range(0, len(panels), columns)], axis=0)
+    grid = tile_grid(panels, 4)
     epochs = f"{len(records)} epoch{'s' if len(records) != 1 else ''} logged"
     write_image(path, titled(grid, f"Training curves ({epochs})", 0.55))

@@ -17,10 +17,11 @@ EXPECTED = {
     "2. Hand-written backbones": ["ResNet-50 vs torchvision (to layer4)",
                                   "CLIP RN50 tower vs open_clip", "CLIP ViT-B/16 tower vs open_clip"],
     "3. Text side": ["prompt pass fwd+bwd, exact length"],
-    "4. Data loading": ["1024x768 JPEG", "1024x768 JPEG"],
+    "4. Data loading": ["1024x768 JPEG"] * 4,   # train / eval x full / reduced decode
     "5. Evaluation": ["predict_dataset, flip test on", "predict_dataset, flip test off"],
     "6. Peak memory": ["baseline clip-rn50", "promptpose clip-rn50", "baseline clip-vitb16",
                        "promptpose clip-vitb16"],
+    "7. Video": ["video path, --boxes", "model alone", "video path, default search"],
 }
 NUMBER = r"[0-9.]+(?:e[+-]?[0-9]+)?"
 

@@ -1,7 +1,7 @@
 """Tests of evaluate.py and visualize.py: metrics against hand-computed values, ground truth in
 -> perfect scores out (ground-truth and detected boxes), and the entry point as a user runs it
-(checkpoint sigmas, any working directory, outputs never overwritten, --det-boxes, --video,
-own photos in COCO results format, one-line errors). A tiny synthetic AP-10K and a small random
+(checkpoint sigmas, any working directory, outputs never overwritten, --det-boxes, one-line
+errors). Own photos and videos: tests/test_predict.py. A tiny synthetic AP-10K and a small random
 model keep it to seconds on a CPU."""
 import hashlib
 import json
@@ -19,6 +19,7 @@ from pycocotools.coco import COCO
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import evaluate
+import metrics
 import predict
 import visualize
 from checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
@@ -99,17 +100,17 @@ def test_oks_nms_hand_made_case():
     areas = np.full(4, 100.0)
     # OKS = exp(-d^2 / 0.04 / area / 2): d = 0.5 -> exp(-0.03125) = 0.969 (> 0.9, a duplicate);
     # d = 1 -> exp(-0.125) = 0.882 (kept); with areas 100 and 300 the scale is their mean 200
-    overlap = evaluate.oks_overlap(poses[1], poses[[0, 2]], 100.0, areas[[0, 2]], sigmas)
+    overlap = metrics.oks_overlap(poses[1], poses[[0, 2]], 100.0, areas[[0, 2]], sigmas)
     assert overlap == pytest.approx([np.exp(-0.03125)] * 2)
-    assert evaluate.oks_overlap(poses[0], poses[[2]], 100.0, np.array([300.0]), sigmas) == \
+    assert metrics.oks_overlap(poses[0], poses[[2]], 100.0, np.array([300.0]), sigmas) == \
         pytest.approx([np.exp(-1 / 0.04 / 200 / 2)])
     # greedy by score: 3 (far from all) and 1 stay; 1 removes 0 and 2 (0.5 px away each)
-    assert evaluate.oks_nms(poses, scores, areas, sigmas) == [3, 1]
-    assert evaluate.oks_nms(poses[[0, 2]], scores[[0, 2]], areas[[0, 2]], sigmas) == [0, 1]
+    assert metrics.oks_nms(poses, scores, areas, sigmas) == [3, 1]
+    assert metrics.oks_nms(poses[[0, 2]], scores[[0, 2]], areas[[0, 2]], sigmas) == [0, 1]
     # per image: the same duplicate in another image is not compared across images
     results = [{"image_id": image_id, "keypoints": pose.ravel().tolist(), "score": float(s),
                 "scale": [10.0, 10.0]} for image_id in (1, 2) for pose, s in zip(poses, scores)]
-    kept = evaluate.nms_per_image(results, sigmas)
+    kept = metrics.nms_per_image(results, sigmas)
     assert [(r["image_id"], r["score"]) for r in kept] == [(1, 0.9), (1, 0.95), (2, 0.9), (2, 0.95)]
 
 
@@ -136,7 +137,7 @@ def test_pck_and_pixel_error_hand_computed():
         {"ann_id": 1, "image_id": 1, "keypoints": [53, 34, 0.9, 90, 20, 0.9]},    # errors 5, 30
         {"ann_id": 2, "image_id": 1, "keypoints": [160, 199, 0.9, 5, 5, 0.1]},    # 9; unlabeled
         {"ann_id": None, "image_id": 1, "keypoints": [0, 0, 1, 0, 0, 1]}]            # a detection
-    acc = evaluate.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.2)
+    acc = metrics.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.2)
     # left_eye: 5 / max(100, 50) = 0.05 < 0.2 correct; 9 / 40 = 0.225 wrong (unclipped 9 / 60
     # would pass) -> 0.5. nose: 30 / 100 = 0.3 wrong -> 0. PCK = mean over keypoints (mmpose)
     assert acc["per_keypoint"]["left_eye"]["pck"] == pytest.approx(0.5)
@@ -148,9 +149,9 @@ def test_pck_and_pixel_error_hand_computed():
     assert acc["per_keypoint"]["nose"] == {"labeled": 1, "pck": 0.0, "rmse_px": 30.0,
                                            "mean_error_px": 30.0}
     # the threshold is strict and per the flag: at 0.3, 0.225 passes and 0.3 does not
-    assert evaluate.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.3)["pck"] == \
+    assert metrics.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.3)["pck"] == \
         pytest.approx(0.5)
-    assert evaluate.keypoint_accuracy(results[2:], coco, ["left_eye", "nose"], 0.2)["pck"] is None
+    assert metrics.keypoint_accuracy(results[2:], coco, ["left_eye", "nose"], 0.2)["pck"] is None
 
 
 # ----------------------------------------------------------------------------- ground truth in
@@ -271,112 +272,6 @@ def test_det_boxes_and_no_flip_pairs(checkpoint, data, tmp_path):
     assert metrics["boxes"] == str(tmp_path / "dets.json") and metrics["pck"] is None
     assert metrics["flip_test"] is False and "AP" in metrics
     assert any(f.endswith("_overlay.png") for f in os.listdir(out / "vis"))
-
-
-def write_clip(path, frames=6, size=(96, 64)):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, size)
-    for i in range(frames):
-        frame = np.full((size[1], size[0], 3), 60, np.uint8)
-        cv2.rectangle(frame, (10 + 8 * i, 15), (40 + 8 * i, 45), (0, 160, 255), -1)
-        writer.write(frame)
-    writer.release()
-
-
-def count_frames(path):
-    capture, n = cv2.VideoCapture(str(path)), 0
-    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    while capture.read()[0]:
-        n += 1
-    return n, size, capture.get(cv2.CAP_PROP_FPS)
-
-
-def test_video(checkpoint, tmp_path):
-    clip = tmp_path / "clip.mp4"
-    write_clip(clip)
-    out = tmp_path / "out"
-    proc = run([checkpoint, "--video", str(clip), "--batch-size", "4", "--output-dir", str(out)])
-    assert "6 frames" in proc.stdout
-    assert count_frames(out / "clip_pose.mp4") == (6, (96, 64), 12.0)       # frames in = frames out
-    keypoints = json.load(open(out / "clip_keypoints.json"))
-    assert keypoints["keypoint_names"][0] == "left_eye" and keypoints["frames"] == 6
-    assert [f["frame"] for f in keypoints["predictions"]] == list(range(6))
-    whole = keypoints["predictions"][0]["instances"]
-    assert [i["bbox"] for i in whole] == [[0, 0, 96, 64]] and len(whole[0]["keypoints"]) == 51
-
-    boxes = [{"frame": 1, "bbox": [5, 5, 40, 40], "score": 0.7}, {"frame": 4, "bbox": [10, 10, 30, 30]},
-             {"frame": 4, "bbox": [50, 20, 40, 40], "score": 0.5}]
-    json.dump(boxes, open(tmp_path / "boxes.json", "w"))
-    run([checkpoint, "--video", str(clip), "--boxes", str(tmp_path / "boxes.json"),
-         "--batch-size", "4", "--output-dir", str(out)])
-    keypoints = json.load(open(tmp_path / "out-2" / "clip_keypoints.json"))      # first run kept
-    assert [len(f["instances"]) for f in keypoints["predictions"]] == [0, 1, 0, 0, 2, 0]
-    assert count_frames(tmp_path / "out-2" / "clip_pose.mp4")[0] == 6
-    json.dump([{"frame": 99, "bbox": [0, 0, 10, 10]}], open(tmp_path / "bad.json", "w"))
-    proc = run([checkpoint, "--video", str(clip), "--boxes", str(tmp_path / "bad.json")], check=False)
-    assert_one_line_error(proc, "bad.json", "entry 0", "frame")
-
-
-def test_own_photos_coco_results(checkpoint, data, tmp_path):
-    """Own photos: COCO results that pycocotools reads, keypoint names once; photos with the
-    same file name in two folders keep an overlay each; user boxes by the path as listed."""
-    files = sorted(os.listdir(data["images"]))
-    for folder, name, source in (("a", "cat.jpg", files[0]), ("a", "dog.jpg", files[1]),
-                                 ("b", "cat.jpg", files[2])):
-        os.makedirs(tmp_path / folder, exist_ok=True)
-        shutil.copy(os.path.join(data["images"], source), tmp_path / folder / name)
-    json.dump([{"file_name": "b/cat.jpg", "bbox": [10, 20, 100, 80], "score": 0.5},
-               {"file_name": "dog.jpg", "bbox": [50, 50, 60, 60]}], open(tmp_path / "boxes.json", "w"))
-    run([checkpoint, "--images", "a", "b", "--output-dir", "out", "--workers", "0"], cwd=tmp_path)
-    out = tmp_path / "out"
-    assert sorted(os.listdir(out / "vis")) == ["cat_1_pose.png", "cat_3_pose.png", "dog_pose.png"]
-    images = json.load(open(out / "photo_images.json"))
-    assert images["categories"][0]["keypoints"][:2] == ["left_eye", "right_eye"]
-    assert [im["file_name"] for im in images["images"]] == ["a/cat.jpg", "a/dog.jpg", "b/cat.jpg"]
-    results = json.load(open(out / "photo_results.json"))
-    assert [r["image_id"] for r in results] == [1, 2, 3] and len(results[0]["keypoints"]) == 51
-    gt = COCO()
-    gt.dataset = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 320, "height": 240}
-                             for i in (1, 2, 3)],
-                  "annotations": [], "categories": images["categories"]}
-    gt.createIndex()
-    assert len(gt.loadRes(str(out / "photo_results.json")).anns) == 3       # any COCO tool reads it
-    assert len(COCO(str(out / "photo_images.json")).loadRes(str(out / "photo_results.json")).anns) == 3
-
-    run([checkpoint, "--images", "a", "b", "--boxes", "boxes.json", "--output-dir", "out",
-         "--workers", "0"], cwd=tmp_path)
-    results = json.load(open(tmp_path / "out-2" / "photo_results.json"))
-    assert [(r["file_name"], r["bbox"], r["score"] <= 0.5) for r in results if r["image_id"] == 3] == \
-        [("b/cat.jpg", [10, 20, 100, 80], True)]
-    assert [r["image_id"] for r in results] == [2, 3]                         # boxes given: only those
-
-
-def test_photo_and_video_boxes_are_checked(tmp_path):
-    photos = [{"file_name": "a/cat.jpg", "width": 100, "height": 50},
-              {"file_name": "b/cat.jpg", "width": 100, "height": 50}]
-    path = tmp_path / "boxes.json"
-
-    def check(entries, *needles):
-        path.write_text(entries if isinstance(entries, str) else json.dumps(entries))
-        with pytest.raises(ValueError) as e:
-            predict.photo_boxes(str(path), photos)
-        for needle in ("boxes.json", *needles):
-            assert needle in str(e.value), (needle, str(e.value))
-
-    check([{"file_name": "cat.jpg", "bbox": [0, 0, 10, 10]}], "entry 0", "several photos")
-    check([{"file_name": "a/cat.jpg", "bbox": [0, 0, 10, 10]}, {"file_name": "c/dog.jpg",
-                                                                "bbox": [0, 0, 10, 10]}],
-          "entry 1", "'c/dog.jpg'", "no such photo")
-    check('[{"file_name": "a/cat.jpg", "bbox": [0, NaN, 10, 10]}]', "entry 0", "finite")
-    check([{"file_name": "a/cat.jpg", "bbox": [0, 0, "10", 10]}], "not a number")
-    check([{"file_name": "a/cat.jpg", "bbox": [0, 0, 0, 10]}], "positive")
-    check([{"file_name": "a/cat.jpg", "bbox": [100, 0, 10, 10]}], "outside the 100x50 image")
-    check([{"file_name": "a/cat.jpg", "bbox": [0, 0, 10, 10], "score": -1}], "'score'")
-    check("{}", "non-empty json list")
-    path.write_text(json.dumps([{"file_name": "b/cat.jpg", "bbox": [-5, 0, 10, 10]}]))
-    assert predict.photo_boxes(str(path), photos) == {1: [([-5.0, 0.0, 10.0, 10.0], 1.0)]}
-    path.write_text(json.dumps([{"frame": 2, "bbox": [0, 0, 10, 10]}, {"frame": 2.0, "bbox": [0, 0, 1, 1]}]))
-    with pytest.raises(ValueError, match="entry 1 .*integer"):
-        predict.video_boxes(str(path), 100, 50, 10)
 
 
 def test_bad_input_gives_one_line(checkpoint, data, tmp_path):
