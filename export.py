@@ -143,7 +143,8 @@ def export(ckpt, flip=True, device="cpu"):
     dims = {"image": (torch.export.Dim("height", min=2), torch.export.Dim("width", min=2),
                       torch.export.Dim.STATIC),
             "boxes": (torch.export.Dim("boxes", min=1), torch.export.Dim.STATIC)}
-    module(image, boxes)  # fills the model's prompt cache: the text side becomes a constant
+    with torch.no_grad():  # the text side depends on no input: a constant of the program
+        model.fixed_prompts = model.encode_prompts()
     return torch.export.export(module, (image, boxes), dynamic_shapes=dims), flip
 
 

@@ -234,7 +234,7 @@ class PoseModel(nn.Module):
             self.build_prompt_side(cfg, n_deconv)
         in_channels = self.visual.out_channels + (K if use_pixel else 0)
         self.keypoint_head = KeypointHead(in_channels, K, n_deconv, cfg["head_channels"])
-        self.prompt_cache = PromptCache()
+        self.prompt_cache, self.fixed_prompts = PromptCache(), None
 
     def build_prompt_side(self, cfg, n_deconv):
         """Eq. 2 prompt learner, prompt encoder, context decoder + gamma, pixel head, logit scale."""
@@ -259,12 +259,15 @@ class PoseModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # used by L_semantic
 
     def train(self, mode=True):
-        self.prompt_cache = PromptCache()
+        self.prompt_cache, self.fixed_prompts = PromptCache(), None
         return super().train(mode)
 
     def prompt_embeddings(self):
         """E_prompt^origin (Eq. 2, prompt learner) through the prompt encoder: (K, C_emb).
-        In eval mode under no_grad it comes from `PromptCache`."""
+        In eval mode under no_grad it comes from `PromptCache`; `fixed_prompts` (set by
+        export.py) makes it a constant of an exported program."""
+        if self.fixed_prompts is not None:
+            return self.fixed_prompts
         if not self.training and not torch.is_grad_enabled():
             return self.prompt_cache(self.encode_prompts, self.prompt_learner, self.prompt_encoder)
         return self.encode_prompts()
