@@ -1,6 +1,7 @@
 """Evaluate a PromptPose / SimpleBaseline checkpoint, or run it on your own photos and videos.
 
     python evaluate.py RUN/final.pt                     # the run's val json: AP, PCK, pixel error
+    python evaluate.py RUN/final.pt --train-too         # and the run's train json, side by side
     python evaluate.py RUN/final.pt --ann val.json --images data/   # any COCO keypoint json
     python evaluate.py RUN/final.pt --ann person_keypoints_val2017.json --images val2017/ \
         --det-boxes person_detections.json                  # detected boxes (Table 3's "Human AP")
@@ -13,37 +14,59 @@ Top-down protocol of the paper (Sec. 4.1), as the authors ran it (mmpose): crop 
 test), decode with Eq. 1 and map back to the image. Instance score = box score x mean of the
 keypoint maxima above 0.2; then OKS-NMS at 0.9 among the instances of each image. AP/AR are
 pycocotools' keypoint statistics with the run's own OKS sigmas (pycocotools silently uses the
-COCO *human* sigmas otherwise). PCK and pixel error compare each ground-truth box's prediction
+COCO *human* sigmas otherwise). PCK and pixel errors compare each ground-truth box's prediction
 with that instance. The checkpoint is the config: model, keypoints, flip pairs and sigmas.
+
+Data without OKS sigmas (a DeepLabCut project) is reported in a tracking user's terms first:
+pixel errors, PCK at pixels, the error with p-cutoff, per body part, on the ground-truth boxes
+and on the full frame (the model's own search, as for photos); then AP, on a placeholder sigma.
 """
 import argparse
 import os
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import visualize
 from checkpoint import load_checkpoint
-from dataset import (KeypointDataset, default_workers, load_coco_json, load_detections,
-                     make_loader, read_keypoint_set)
+from annotations import load_coco_json, load_detections, read_keypoint_set
+from dataset import KeypointDataset, default_workers, make_loader
 from distributed import (HelpFormatter, all_gather_list, cleanup, finite_float, init_distributed,
-                         non_negative_int, on_rank0, own_shard, positive, print0, run_cli)
+                         non_negative_int, number_list, on_rank0, own_shard, positive, print0,
+                         run_cli)
 from files import claim_output_dir, write_json
 from keypoints import sigma_list
 from metrics import (OKS_NMS_THRESHOLD, STAT_NAMES, coco_keypoint_eval, group_table,
-                     keypoint_accuracy, nms_per_image)
+                     keypoint_accuracy, match_instances, nms_per_image)
 from model import AMP_DTYPES
-from predict import (VIS_THRESHOLD, draw_context, predict_batches, predict_heatmaps,
-                     prepare_model, rounded_list, run_photos, run_video)
+from predict import (KEYPOINT_SCORE, PCUTOFF, VIS_THRESHOLD, Predictor, draw_context,
+                     photo_poses, predict_batches, predict_heatmaps, prepare_model, rounded_list,
+                     run_photos)
 from transforms import keypoints_from_heatmaps, read_image
+from video import FOLLOW_MIN_SCORE, parse_frames, run_video
 
 PCK_THRESHOLD = 0.2       # default --pck-threshold, a fraction of the box size
+PCK_PIXELS = (5.0, 10.0)  # default --pck-pixels, image pixels
+
+GT_BOXES = "the json's (a converted DeepLabCut project's: the labels' extent + margin)"
+FULL_FRAME = ("each image searched as an own photo without --boxes, the pose matched to the "
+              "nearest instance of its image by mean keypoint distance")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What the keypoint metrics count as right: --pck-threshold (a fraction of the box size),
+    --pck-pixels (image pixels) and --pcutoff (the error with p-cutoff keeps keypoints scoring
+    at least this)."""
+    box: float = PCK_THRESHOLD
+    pixels: tuple = PCK_PIXELS
+    pcutoff: float = PCUTOFF
 
 
 def get_args_parser():
-    from predict import PCUTOFF  # the defaults live beside the code that uses them
-    from video import FOLLOW_MIN_SCORE
     p = argparse.ArgumentParser("PromptPose evaluation / inference", allow_abbrev=False,
                                 formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint of train.py (final.pt, best.pt, last.pt)")
@@ -91,20 +114,28 @@ def get_args_parser():
     g = p.add_argument_group("metrics and output")
     g.add_argument("--pck-threshold", type=positive(float), default=PCK_THRESHOLD,
                    help="PCK: correct when the error is below this fraction of the box size")
+    g.add_argument("--pck-pixels", type=number_list(float),
+                   default=",".join(f"{t:g}" for t in PCK_PIXELS),
+                   help="PCK at these image pixels too: correct when the error is below each")
+    g.add_argument("--pcutoff", type=finite_float, default=PCUTOFF, help="the error 'with "
+                   "p-cutoff' (DeepLabCut's) counts the keypoints scoring at least this; overlays "
+                   "of own photos and videos leave out those below (the csv and json keep them)")
+    g.add_argument("--train-too", action="store_true", help="also evaluate the run's --train-ann "
+                   "(stored in the checkpoint) with the same metrics, side by side")
+    g.add_argument("--full-frame", action=argparse.BooleanOptionalAction, help="also score "
+                   "each image run as an own photo: the model finds the animal, as without "
+                   "--boxes (default: on for data without OKS sigmas, a DeepLabCut project, whose "
+                   "users compare this figure; off where the json has sigmas, as AP-10K)")
     g.add_argument("--output-dir", help="where the outputs go; a directory holding outputs of "
                    "an earlier evaluation is kept and DIR-2, DIR-3, ... used instead (default: "
                    "eval/ beside the checkpoint)")
     g.add_argument("--vis", type=non_negative_int, default=0, metavar="N",
                    help="figures for the first N boxes: overlay, paper Fig. 2 and Fig. 3")
     g.add_argument("--vis-names", action="store_true", help="write keypoint names on overlays")
-    g.add_argument("--pcutoff", type=finite_float, default=PCUTOFF, help="own photos / --video: "
-                   "overlays leave out keypoints scoring below this (the csv and json keep them)")
     return p
 
 
 def check_flag_combination(args):
-    from predict import PCUTOFF
-    from video import parse_frames
     if args.video and (args.ann or args.images or args.det_boxes):
         raise ValueError("--video runs on a video alone: leave out --ann, --images, --det-boxes")
     photos = args.images is not None and args.ann is None and not args.video
@@ -121,9 +152,16 @@ def check_flag_combination(args):
     if args.follow and args.whole_frame:
         raise ValueError("--follow finds each frame's box from the frame before; --whole-frame "
                          "uses the whole frame: choose one")
-    if (args.whole_frame or args.pcutoff != PCUTOFF) and not (photos or args.video):
-        raise ValueError("--whole-frame and --pcutoff are for own photos (--images without "
-                         "--ann) and --video")
+    if args.whole_frame and not (photos or args.video):
+        raise ValueError("--whole-frame is for own photos (--images without --ann) and --video")
+    if (args.train_too or args.full_frame) and (photos or args.video or args.det_boxes):
+        raise ValueError("--train-too and --full-frame score a COCO json on its ground truth: "
+                         "leave out --det-boxes, and --images without --ann, and --video")
+    if args.train_too and args.ann:
+        raise ValueError("--train-too puts the run's train json beside its val json: leave out "
+                         "--ann (evaluate another json on its own)")
+    if min(args.pck_pixels) <= 0:
+        raise ValueError(f"--pck-pixels: thresholds are positive pixels, got {args.pck_pixels}")
     if args.frames:
         parse_frames(args.frames)  # a bad range stops here, before the model is loaded
     return "video" if args.video else "photos" if photos else "dataset"
@@ -155,11 +193,11 @@ def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, r
 
 
 def evaluate_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
-                     progress=False, pck_threshold=PCK_THRESHOLD):
+                     progress=False, thresholds=Thresholds()):
     """Predict every box, OKS-NMS per image, COCO keypoint AP with dataset.sigmas, PCK and
     pixel errors. Returns (results: the scored predictions, report) on rank 0, (all
-    predictions, None) on the others. report: stats {AP, AP50, ...}, pck, pck_threshold,
-    rmse_px, mean_error_px, per_keypoint, species, families, skipped, instances, nms_removed."""
+    predictions, None) on the others. report: stats {AP, AP50, ...}, sigmas_given, the
+    thresholds, keypoint_accuracy's metrics, species, families, skipped, instances, nms_removed."""
     predictions = predict_dataset(model, dataset, batch_size=batch_size, workers=workers,
                                   flip=flip, amp=amp, device=device, rank=rank, world=world,
                                   progress=progress)
@@ -168,9 +206,9 @@ def evaluate_dataset(model, dataset, *, batch_size, workers, flip, amp, device, 
     results = nms_per_image(predictions, dataset.sigmas)
     stats, per_category = coco_keypoint_eval(dataset.coco, results, dataset.sigmas)
     species, families = group_table(dataset.coco, per_category)
-    report = {"stats": stats, "pck_threshold": pck_threshold,
-              **keypoint_accuracy(predictions, dataset.coco, dataset.keypoint_names,
-                                  pck_threshold),
+    report = {"stats": stats, "sigmas_given": dataset.sigmas_given, "pck_threshold": thresholds.box,
+              "pck_pixels": list(thresholds.pixels), "pcutoff": thresholds.pcutoff,
+              **accuracy(predictions, dataset, thresholds),
               "species": [dict(zip(("species", "family", "instances", "AP"), s)) for s in species],
               "families": [dict(zip(("family", "instances", "AP"), f)) for f in families],
               "skipped": dataset.skip_summary, "instances": len(predictions),
@@ -178,12 +216,83 @@ def evaluate_dataset(model, dataset, *, batch_size, workers, flip, amp, device, 
     return results, report
 
 
+def accuracy(results, dataset, thresholds):
+    return keypoint_accuracy(results, dataset.coco, dataset.keypoint_names, thresholds.box,
+                             thresholds.pixels, thresholds.pcutoff)
+
+
+def full_frame_report(predictor, dataset, thresholds, rank=0, world=1):
+    """Every image holding a ground-truth instance of `dataset` run as an own photo without
+    --boxes (predict.photo_poses: the search, then the box found, with the flip test), the
+    pose found matched to the nearest instance (metrics.match_instances) -> keypoint_accuracy,
+    with how many instances a pose was matched to. Rank r runs images r, r + world, ..."""
+    instances, paths = defaultdict(list), {}
+    for r in dataset.records:
+        instances[r["image_id"]].append(r["ann_id"])
+        paths[r["image_id"]] = r["path"]
+    photos = [{"id": i, "file_name": paths[i]} for i in sorted(paths)[rank::world]]
+    with own_shard():
+        poses = photo_poses(predictor, photos, None, False, lambda *_: None)
+    poses = match_instances(all_gather_list(poses), dataset.coco, instances)
+    return {**accuracy(poses, dataset, thresholds), "boxes": FULL_FRAME,
+            "matched": len({p["ann_id"] for p in poses} - {None}), "instances": len(dataset.records)}
+
+
+def number(value, digits):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def report_columns(report):
+    """(title, metrics, instances) of each column: val / train x ground-truth boxes / full frame."""
+    columns = []
+    for name, r in (("val, ", report), ("train, ", report.get("train"))):
+        name = name if "train" in report else ""
+        if r is not None:
+            columns.append((name + "ground-truth boxes", r, str(r["instances"])))
+        if r is not None and "full_frame" in r:
+            f = r["full_frame"]
+            columns.append((name + "full frame", f, f"{f['matched']} of {f['instances']}"))
+    return columns
+
+
+def pixel_lines(report, detail):
+    """The pixel errors of every column side by side; with detail per body part too."""
+    columns, cut = report_columns(report), f"p >= {report['pcutoff']:g}"
+    rows = [("RMSE px", "rmse_px", 2), ("mean error px", "mean_error_px", 2)]
+    rows += [(f"PCK@{t:g} px", f"pck_{t:g}px", 3) for t in report["pck_pixels"]]
+    rows += [(f"RMSE px, {cut}", "pcutoff_rmse_px", 2), (f"mean error px, {cut}",
+             "pcutoff_mean_error_px", 2), (f"kept at {cut}", "pcutoff_kept", 3),
+             (f"PCK@{report['pck_threshold']:g} of the box", "pck", 3)]
+
+    def row(label, values):
+        return f"| {label} |" + "".join(f" {v} |" for v in values)
+
+    head = [row("", [c[0] for c in columns]), "|---|" + "---|" * len(columns)]
+    lines = head + [row("instances", [c[2] for c in columns])]
+    lines += [row(label, [number(c[1][key], d) for c in columns]) for label, key, d in rows]
+    lines.append(f"ground-truth boxes: {GT_BOXES}" + (f"; full frame: {FULL_FRAME}" if any(
+        "full frame" in c[0] for c in columns) else ""))
+    if detail:
+        lines += ["", "Per body part, RMSE / mean error px (PCK and p-cutoff errors per body "
+                  "part: metrics.json):", *head]
+        lines += [row(k, [" / ".join(number(c[1]["per_keypoint"].get(k, {}).get(m), 2)
+                                     for m in ("rmse_px", "mean_error_px")) for c in columns])
+                  for k in report["per_keypoint"]]
+    return lines
+
+
 def format_report(report, detail=True):
-    """The report as markdown tables: AP/AR, PCK and pixel error; with detail also per
-    keypoint, per species and per family (worst first)."""
+    """The report as markdown tables. With OKS sigmas (AP-10K): AP/AR, PCK and pixel error;
+    with detail also per keypoint, per species and per family (worst first), and the pixel
+    table when there is more than one column (full frame, train). Without sigmas (a
+    DeepLabCut project): the pixel table first, then AP, marked as resting on a placeholder."""
     stats = report["stats"]
     lines = ["| " + " | ".join(STAT_NAMES[:6]) + " |", "|" + "---|" * 6,
              "| " + " | ".join(f"{stats[k]:.3f}" for k in STAT_NAMES[:6]) + " |"]
+    if not report["sigmas_given"]:
+        return "\n".join(pixel_lines(report, detail) + [
+            "", "AP on a placeholder OKS sigma (the data gives none; --sigmas or the json's "
+            "'sigmas' make it meaningful): compare runs on the pixel errors above"] + lines)
     if report["pck"] is not None:
         lines.append(f"PCK@{report['pck_threshold']:g} {report['pck']:.3f}, RMSE "
                      f"{report['rmse_px']:.2f} px, mean error {report['mean_error_px']:.2f} px "
@@ -202,6 +311,8 @@ def format_report(report, detail=True):
         lines += ["", "Per family (worst first):", "| family | instances | AP |", "|---|---|---|"]
         lines += [f"| {f['family']} | {f['instances']} | {f['AP']:.3f} |"
                   for f in sorted(report["families"], key=lambda f: np.nan_to_num(f["AP"]))]
+    if report["pck"] is not None and ("train" in report or "full_frame" in report):
+        lines += ["", *pixel_lines(report, detail)]
     return "\n".join(lines)
 
 
@@ -242,11 +353,15 @@ def check_keypoints_match(ckpt_names, dataset_names, ann_file):
 
 
 def run_sigmas(ckpt, sigmas):
-    """--sigmas if given (checked against the keypoint count), else the run's."""
+    """--sigmas if given (checked against the keypoint count), else the run's; None where the
+    run had only the placeholder (it chose best.pt by pixel error): the json's own are read
+    then, or the placeholder again, and dataset.sigmas_given says which."""
     K = len(ckpt["keypoint_names"])
     if sigmas is not None and len(sigmas) != K:
         raise ValueError(f"--sigmas: {len(sigmas)} values given, the checkpoint has {K} keypoints")
-    return sigmas if sigmas is not None else ckpt["sigmas"]
+    if sigmas is not None:
+        return sigmas
+    return ckpt["sigmas"] if ckpt.get("selected_by", "val_AP") == "val_AP" else None
 
 
 def evaluation_dataset(ckpt, ann, image_dir, sigmas, det_boxes=None, det_score_threshold=0.0):
@@ -274,24 +389,51 @@ def evaluation_dataset(ckpt, ann, image_dir, sigmas, det_boxes=None, det_score_t
     return dataset
 
 
+def train_dataset(ckpt, sigmas):
+    """--train-too: the run's --train-ann, scored as its val json is (ground-truth boxes)."""
+    run_args = ckpt.get("args", {})
+    if not run_args.get("train_ann") or not run_args.get("images"):
+        raise ValueError("--train-too: the checkpoint stores no --train-ann / --images (not made "
+                         "by train.py?); score the train json with --ann TRAIN_JSON --images DIR")
+    return evaluation_dataset(ckpt, run_args["train_ann"], run_args["images"], sigmas)
+
+
+def flat(report):
+    return {**report["stats"], **{k: v for k, v in report.items() if k != "stats"}}
+
+
 def run_dataset(model, ckpt, args, flip, device, rank, world, out_dir):
-    """Score a COCO keypoint json; rank 0 writes results.json, metrics.json and figures."""
+    """Score a COCO keypoint json, with --train-too the run's train json beside it, each also
+    on the full frame where asked; rank 0 writes results.json (of the first json),
+    metrics.json and figures."""
     dataset = evaluation_dataset(ckpt, args.ann, args.images[0] if args.images else None,
                                  args.sigmas, args.det_boxes, args.det_score_threshold)
-    start = time.time()
-    results, report = evaluate_dataset(model, dataset, batch_size=args.batch_size,
-                                       workers=args.workers, flip=flip, amp=args.amp,
-                                       device=device, rank=rank, world=world, progress=rank == 0,
-                                       pck_threshold=args.pck_threshold)
+    sets = [dataset] + ([train_dataset(ckpt, args.sigmas)] if args.train_too else [])
+    full_frame = (args.full_frame if args.full_frame is not None else
+                  not (dataset.sigmas_given or args.det_boxes))
+    predictor = Predictor.from_checkpoint(model, ckpt, flip, args.amp, device, args.batch_size)
+    thresholds = Thresholds(args.pck_threshold, tuple(args.pck_pixels), args.pcutoff)
+    start, reports = time.time(), []
+    for ds in sets:
+        results, report = evaluate_dataset(
+            model, ds, batch_size=args.batch_size, workers=args.workers, flip=flip, amp=args.amp,
+            device=device, rank=rank, world=world, progress=rank == 0, thresholds=thresholds)
+        if full_frame:  # every rank searches its share of the images
+            full = full_frame_report(predictor, ds, thresholds, rank, world)
+            if report is not None:
+                report["full_frame"] = full
+        reports.append((results, report))
     if rank != 0:
         return None
+    (results, report), train = reports[0], reports[1:]
+    report.update({"train": flat(train[0][1])} if train else {})
     write_json(os.path.join(out_dir, "results.json"), results)
     write_json(os.path.join(out_dir, "metrics.json"), {
         "checkpoint": os.path.abspath(args.checkpoint), "ann": dataset.ann_file,
         "images": dataset.image_dir, "boxes": os.path.abspath(args.det_boxes) if args.det_boxes
-        else "ground truth", "flip_test": flip, "world_size": world,
-        "sigmas": [float(s) for s in dataset.sigmas], **report["stats"],
-        **{k: v for k, v in report.items() if k != "stats"}}, indent=1)
+        else f"ground truth: {GT_BOXES}", "flip_test": flip, "world_size": world,
+        "sigmas": [float(s) for s in dataset.sigmas], "keypoint_score": KEYPOINT_SCORE,
+        **flat(report)}, indent=1)
     print(f"{len(results)} instances from {dataset.ann_file} in {time.time() - start:.1f}s "
           f"(flip test {'on' if flip else 'off'}, amp {args.amp}, batch {args.batch_size}, "
           f"{world} process(es))")

@@ -1,6 +1,7 @@
 """The numbers of an evaluation, from predictions and a COCO ground truth (numpy and
 pycocotools only): OKS-NMS and COCO keypoint AP as the authors ran them (mmpose), per-species
-and per-family AP, PCK and pixel errors.
+and per-family AP, PCK and pixel errors, and for a tracking user (a DeepLabCut project) PCK at
+pixel thresholds, the error "with p-cutoff" and the matching of a found pose to its instance.
 """
 import contextlib
 import io
@@ -9,7 +10,7 @@ from collections import defaultdict
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
-from dataset import clip_box, index_coco
+from annotations import clip_box, index_coco
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL"]
 OKS_NMS_THRESHOLD = 0.9   # drop an instance whose OKS with a better one exceeds this (oks_thr)
@@ -96,8 +97,9 @@ def group_table(coco_gt, per_category):
 
 def matched_keypoints(results, coco):
     """Predictions made from ground-truth boxes next to their instance: pred (N, K, 2),
-    gt (N, K, 2), labeled (N, K) bool (v > 0), box (N, 2) = (w, h) of the instance's box
-    clipped to the image. Predictions from detections (ann_id None) have no instance."""
+    scores (N, K), gt (N, K, 2), labeled (N, K) bool (v > 0), box (N, 2) = (w, h) of the
+    instance's box clipped to the image. Predictions from detections (ann_id None) have no
+    instance."""
     rows = [r for r in results if r["ann_id"] is not None]
     anns = [coco.anns[r["ann_id"]] for r in rows]
     K = len(results[0]["keypoints"]) // 3 if results else 0
@@ -105,7 +107,7 @@ def matched_keypoints(results, coco):
     gt = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(rows), K, 3)
     box = np.array([clip_box(a["bbox"], coco.imgs[a["image_id"]]["width"],
                              coco.imgs[a["image_id"]]["height"])[2:] for a in anns]).reshape(-1, 2)
-    return pred[..., :2], gt[..., :2], gt[..., 2] > 0, box
+    return pred[..., :2], pred[..., 2], gt[..., :2], gt[..., 2] > 0, box
 
 
 def pck_accuracy(pred, gt, labeled, normalize, threshold):
@@ -138,16 +140,89 @@ def pixel_errors(pred, gt, labeled):
     return rmse_k, rmse, mean_k, mean
 
 
-def keypoint_accuracy(results, coco, names, pck_threshold):
-    """PCK and pixel errors of the ground-truth-box predictions, overall and per keypoint
-    (None when every box is a detection)."""
-    pred, gt, labeled, box = matched_keypoints(results, coco)
+def pck_pixels(pred, gt, labeled, thresholds):
+    """PCK at pixel thresholds: a labeled keypoint is correct when its error is below t image
+    pixels. Returns (overall (T,): the fraction of all labeled keypoints, pooled as the pixel
+    errors are; per keypoint (T, K), nan where never labeled)."""
+    d = np.linalg.norm(pred - gt, axis=-1)                                       # (N, K)
+    t = np.asarray(thresholds, np.float64)[:, None, None]                        # (T, 1, 1)
+    correct = (d[None] < t) & labeled[None]                                      # (T, N, K)
+    count = labeled.sum(0)                                                       # (K,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_keypoint = correct.sum(1) / count                                    # (T, K)
+        overall = correct.sum((1, 2)) / labeled.sum()                            # (T,)
+    return overall, per_keypoint
+
+
+def pcutoff_errors(pred, gt, labeled, scores, pcutoff):
+    """DeepLabCut's error "with p-cutoff": the pixel errors of the labeled keypoints predicted
+    with a score of at least `pcutoff` only (a keypoint the model is unsure of is one a user
+    drops). scores (N, K). Returns (pixel_errors(...) of those, kept (K,), kept overall): kept
+    is the fraction of the labeled keypoints that pass the cutoff (nan where never labeled)."""
+    sure = labeled & (scores >= pcutoff)                                         # (N, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kept = sure.sum(0) / labeled.sum(0)
+    return pixel_errors(pred, gt, sure), kept, float(sure.sum() / max(labeled.sum(), 1))
+
+
+def nearest_instance(pose, truths, labeled):
+    """The ground-truth instance a found pose belongs to: the one whose labeled keypoints lie
+    nearest on average. pose (K, 2), truths (M, K, 2), labeled (M, K) -> index, or None when
+    no instance has a labeled keypoint. (OKS would weigh keypoints by sigmas a DeepLabCut
+    project does not have; the mean distance needs none.)"""
+    d = np.linalg.norm(truths - pose[None], axis=-1)                             # (M, K)
+    count = labeled.sum(1)
+    if not count.any():
+        return None
+    mean = np.where(count > 0, (d * labeled).sum(1) / np.maximum(count, 1), np.inf)
+    return int(mean.argmin())
+
+
+def match_instances(poses, coco, instances):
+    """Give each found pose (COCO results: 'image_id', flat 'keypoints') the 'ann_id' of the
+    nearest of its image's instances (instances: {image_id: [ann ids]}), None where none has a
+    labeled keypoint. Each pose is matched on its own: one animal per image is the case this
+    serves (a DeepLabCut project); with several, two poses may pick one instance."""
+    for pose in poses:
+        ann_ids = instances[pose["image_id"]]
+        truth = np.array([coco.anns[a]["keypoints"] for a in ann_ids],
+                         np.float64).reshape(len(ann_ids), -1, 3)                    # (M, K, 3)
+        n = nearest_instance(np.reshape(pose["keypoints"], (-1, 3))[:, :2], truth[..., :2],
+                             truth[..., 2] > 0)
+        pose["ann_id"] = None if n is None else ann_ids[n]
+    return poses
+
+
+def keypoint_accuracy(results, coco, names, pck_threshold, pixel_thresholds=(), pcutoff=None):
+    """PCK (box-relative) and pixel errors of the predictions that belong to a ground-truth
+    instance, overall and per keypoint (None when every box is a detection); PCK at each of
+    pixel_thresholds ('pck_5px', ...); with pcutoff also the errors with p-cutoff
+    ('pcutoff_rmse_px', 'pcutoff_mean_error_px', 'pcutoff_kept')."""
+    pred, scores, gt, labeled, box = matched_keypoints(results, coco)
     if not labeled.any():
-        return {"pck": None, "rmse_px": None, "mean_error_px": None, "per_keypoint": {}}
+        return {**dict.fromkeys(["pck", "rmse_px", "mean_error_px", "pcutoff_rmse_px",
+                                 "pcutoff_mean_error_px", "pcutoff_kept"]
+                                + [f"pck_{t:g}px" for t in pixel_thresholds]), "per_keypoint": {}}
+    overall, per_keypoint = {}, [{"labeled": int(n)} for n in labeled.sum(0)]
+
+    def add(key, per_k, value):  # one metric: its per-keypoint values (K,) and overall value
+        overall[key] = value
+        for entry, v in zip(per_keypoint, per_k):
+            entry[key] = v
+
     side = box.max(1, keepdims=True).repeat(2, 1)                                # (N, 2)
     pck_k, pck = pck_accuracy(pred, gt, labeled, side, pck_threshold)
     rmse_k, rmse, mean_k, mean = pixel_errors(pred, gt, labeled)
-    per_keypoint = {n: {"labeled": int(labeled[:, k].sum()), "pck": float(pck_k[k]),
-                        "rmse_px": float(rmse_k[k]), "mean_error_px": float(mean_k[k])}
-                    for k, n in enumerate(names)}
-    return {"pck": pck, "rmse_px": rmse, "mean_error_px": mean, "per_keypoint": per_keypoint}
+    add("pck", pck_k.tolist(), pck)
+    add("rmse_px", rmse_k.tolist(), rmse)
+    add("mean_error_px", mean_k.tolist(), mean)
+    pck_all, pck_k = pck_pixels(pred, gt, labeled, pixel_thresholds)
+    for t, per_k, value in zip(pixel_thresholds, pck_k.tolist(), pck_all.tolist()):
+        add(f"pck_{t:g}px", per_k, value)
+    if pcutoff is not None:
+        (rmse_k, rmse, mean_k, mean), kept_k, kept = pcutoff_errors(pred, gt, labeled, scores,
+                                                                    pcutoff)
+        add("pcutoff_rmse_px", rmse_k.tolist(), rmse)
+        add("pcutoff_mean_error_px", mean_k.tolist(), mean)
+        add("pcutoff_kept", kept_k.tolist(), kept)
+    return {**overall, "per_keypoint": dict(zip(names, per_keypoint))}

@@ -26,9 +26,9 @@ import torch
 from tqdm import tqdm
 
 import visualize
+from annotations import clip_box
 from checkpoint import model_from_checkpoint
-from dataset import clip_box, finite_number, finite_numbers
-from files import read_json, write_json
+from files import finite_number, finite_numbers, read_json, write_json
 from keypoints import keypoint_sides
 from model import autocast
 from transforms import (TopDownTransform, box_to_center_scale, flip_back_heatmaps,
@@ -62,6 +62,17 @@ def predict_heatmaps(model, images, flip_pairs, flip, amp):
     return heatmaps
 
 
+KEYPOINT_SCORE = "the heatmap maximum at the keypoint, clipped to [0, 1]"  # named in the outputs
+
+
+def keypoint_scores(maxvals):
+    """The score written for each keypoint: its heatmap maximum (the peak Eq. 1 decodes)
+    clipped to [0, 1]. The heatmaps regress Gaussians of peak 1, so a maximum overshoots 1 a
+    little (1.06 seen) or dips below 0; clipped it reads on a likelihood's scale, though it is
+    no calibrated probability. instance_scores keeps the raw maxima (mmpose), so AP is unchanged."""
+    return np.clip(maxvals, 0.0, 1.0)
+
+
 def instance_scores(maxvals, box_scores):
     """mmpose's rescoring: box score x mean of the keypoint maxima above VIS_THRESHOLD (0 when
     none is). maxvals (B, K), box_scores (B,) -> (B,)."""
@@ -84,7 +95,9 @@ def predict_batches(model, loader, flip_pairs, flip, amp, device, progress, desc
         images = batch["image"].to(device, non_blocking=True)
         heatmaps = predict_heatmaps(model, images, flip_pairs, flip, amp)
         keypoints = keypoints_from_heatmaps(heatmaps, batch["center"].numpy(), batch["scale"].numpy())
-        yield batch, keypoints, instance_scores(keypoints[..., 2], batch["bbox_score"].numpy())
+        scores = instance_scores(keypoints[..., 2], batch["bbox_score"].numpy())
+        keypoints[..., 2] = keypoint_scores(keypoints[..., 2])
+        yield batch, keypoints, scores
 
 
 def prepare_model(ckpt, device, compile_model):
@@ -195,7 +208,7 @@ def find_poses(predictor, images, given, whole=False, source="boxes"):
     (found as `source` says: "boxes" for --boxes), or None: search it (the whole image with
     whole=True). -> per image a list of instances {bbox, score, box (how the box was found:
     boxes / follow / search / whole), keypoints (K, 3)}, keypoints clipped to the image (a
-    point in the crop's black border is put at its edge)."""
+    point in the crop's black border is put at its edge) and scores clipped (keypoint_scores)."""
     todo = [i for i, g in enumerate(given) if g is None]
     found = (search(predictor, [images[i] for i in todo]) if not whole else
              [whole_box(images[i]) for i in todo])
@@ -211,7 +224,8 @@ def find_poses(predictor, images, given, whole=False, source="boxes"):
     poses = [[] for _ in images]
     for i, (bbox, _, how), k, s in zip(owners, items, keypoints, scores):
         h, w = images[i].shape[:2]
-        k[:, 0], k[:, 1] = k[:, 0].clip(0, w - 1), k[:, 1].clip(0, h - 1)
+        k[:, 0], k[:, 1], k[:, 2] = k[:, 0].clip(0, w - 1), k[:, 1].clip(0, h - 1), \
+            keypoint_scores(k[:, 2])
         poses[i].append({"bbox": [round(float(v), 2) for v in bbox], "score": float(s),
                          "box": how, "keypoints": k})
     return poses
@@ -322,7 +336,8 @@ def run_photos(model, ckpt, args, flip, device, out_dir):
     """Own photos -> photo_results.json (COCO keypoint results: image_id, file_name,
     category_id 1, bbox, box (boxes / search / whole), flat keypoints, score),
     photo_images.json (COCO images + the category with the keypoint names:
-    COCO(photo_images.json).loadRes(photo_results.json) works) and an overlay per photo in vis/."""
+    COCO(photo_images.json).loadRes(photo_results.json) works; what a keypoint's score is)
+    and an overlay per photo in vis/."""
     photos = read_photos(args.images)
     boxes = photo_boxes(args.boxes, photos) if args.boxes else None
     for p, name in zip(photos, overlay_names(photos)):
@@ -339,8 +354,9 @@ def run_photos(model, ckpt, args, flip, device, out_dir):
     predictor = Predictor.from_checkpoint(model, ckpt, flip, args.amp, device, args.batch_size)
     results = photo_poses(predictor, photos, boxes, args.whole_frame, overlay)
     write_json(os.path.join(out_dir, "photo_results.json"), results)
-    write_json(os.path.join(out_dir, "photo_images.json"),
-               {"images": photos, "categories": coco_categories(ckpt)}, indent=1)
+    write_json(os.path.join(out_dir, "photo_images.json"), {
+        "images": photos, "categories": coco_categories(ckpt), "keypoint_score": KEYPOINT_SCORE},
+        indent=1)
     without = len(photos) - len({r["image_id"] for r in results})
     how = ("--boxes" if boxes is not None else "the whole photo" if args.whole_frame else
            "a searched box")
@@ -349,9 +365,3 @@ def run_photos(model, ckpt, args, flip, device, out_dir):
           + f" -> {os.path.join(out_dir, 'photo_results.json')} (COCO results; keypoint names "
             f"in photo_images.json), overlays in {os.path.join(out_dir, 'vis')}")
 
-
-def run_video(model, ckpt, args, flip, device, out_dir):
-    """`evaluate.py --video`: video.run_video (imported here, where it is used: video.py
-    builds on this file)."""
-    import video
-    return video.run_video(model, ckpt, args, flip, device, out_dir)

@@ -1,5 +1,6 @@
-"""Tests for dataset.py: geometry round trips, flips and flip pairs, heatmap targets, augmentation,
-bad input, evaluation exclusions, detections, few-shot, loaders."""
+"""Tests for dataset.py: samples through the real loader (flips, targets, augmentation, decoding,
+EXIF), flip pairs and prompts from json, bad input, evaluation exclusions, detections,
+few-shot, loaders."""
 import contextlib
 import io
 import json
@@ -14,6 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+import annotations as A
 import dataset as D
 import keypoints as KP
 import transforms as T
@@ -494,8 +496,8 @@ def test_boxes_clipped_zero_area_skipped_and_summarised(tmp_path):
     # the authors' box: far corner one pixel in (x + w - 1 = 59), clipped to the pixels
     np.testing.assert_allclose(train.records[0]["box"], [0, 0, 59, 49])
     np.testing.assert_allclose(train.records[0]["center"], [29.5, 24.5])
-    np.testing.assert_allclose(D.instance_box([10, 20, 30, 40], 100, 80), [10, 20, 29, 39])
-    np.testing.assert_allclose(D.instance_box([90, 70, 30, 40], 100, 80), [90, 70, 9, 9])
+    np.testing.assert_allclose(A.instance_box([10, 20, 30, 40], 100, 80), [10, 20, 29, 39])
+    np.testing.assert_allclose(A.instance_box([90, 70, 30, 40], 100, 80), [90, 70, 9, 9])
     assert "4 skipped" in train.skip_summary and "zero-area box: 2" in train.skip_summary
     assert "crowd: 1" in train.skip_summary and "no labeled keypoint: 1" in train.skip_summary
     assert "1 boxes clipped" in train.skip_summary
@@ -695,24 +697,24 @@ def test_load_detections_maps_filters_and_validates(tmp_path):
             {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.1}]
     path = write_detections(tmp_path, dets)
     with pytest.warns(UserWarning, match="2 categories"):
-        kept = D.load_detections(path, ds.coco, score_threshold=0.5)
+        kept = A.load_detections(path, ds.coco, score_threshold=0.5)
     assert [(d["score"], d["category_id"]) for d in kept] == [(0.9, 1), (0.6, 1)]  # one keypoint category: all of it
     with pytest.warns(UserWarning):
-        assert len(D.load_detections(path, ann_file, 0.0)) == 3          # the ground truth by its path
+        assert len(A.load_detections(path, ann_file, 0.0)) == 3          # the ground truth by its path
     for bad, msg in [([dict(dets[0], image_id=99)], r"detection #0: image id 99 is not in the ground-truth json"),
                      ([dets[0], dict(dets[0], bbox=[1, float("nan"), 3, 4])], r"detection #1: 'bbox'\[1\] is nan"),
                      ([{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}], r"detection #0: 'score' is None"),
                      ([dict(dets[0], bbox=[1, 2, 3])], r"detection #0: 'bbox' must be a list of 4 numbers"),
                      ({"image_id": 1}, "expected a list of detections")]:
         with pytest.raises(ValueError, match=r"dets\.json: " + msg):
-            D.load_detections(write_detections(tmp_path, bad), ds.coco, 0.0)
+            A.load_detections(write_detections(tmp_path, bad), ds.coco, 0.0)
     few_ann, few_dir = few_shot_json(tmp_path / "species")                 # 3 keypoint categories
     multi = D.KeypointDataset(few_ann, few_dir, train=False)
     path = write_detections(tmp_path, [dict(dets[0], category_id=2)])
-    assert D.load_detections(path, multi.coco)[0]["category_id"] == 2
+    assert A.load_detections(path, multi.coco)[0]["category_id"] == 2
     path = write_detections(tmp_path, [dict(dets[0], category_id=7)])
     with pytest.raises(ValueError, match=r"detection #0: category_id 7 is not a keypoint category"):
-        D.load_detections(path, multi.coco)
+        A.load_detections(path, multi.coco)
 
 
 def test_dataset_with_detected_boxes(tmp_path):

@@ -23,7 +23,8 @@ import metrics
 import predict
 import visualize
 from checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from dataset import KeypointDataset, load_detections
+from annotations import load_detections
+from dataset import KeypointDataset
 from keypoints import AP10K_SIGMAS, keypoint_sides
 from model import build_model, default_config
 from synthetic import generate
