@@ -145,9 +145,10 @@ def fuse(feature_map, score_map):
 class KeypointHead(nn.Module):
     """SimpleBaseline's keypoint predictor f_pred: n x [deconv k4 s2, BN, ReLU], 1x1 conv.
 
-    (B, in_channels, h0, w0) -> (B, out_channels, h0 * 2^n, w0 * 2^n). init_std: SimpleBaseline's
-    init (convolutions N(0, init_std), final bias 0); None keeps PyTorch's default init, as the
-    authors' code leaves the pixel head that upsamples S for L_pixel (Eq. 5).
+    (B, in_channels, h0, w0) -> (B, out_channels, h0 * 2^n, w0 * 2^n), initialised as
+    SimpleBaseline (convolutions N(0, 0.001), final bias 0). Also the pixel head that
+    upsamples S for L_pixel (Eq. 5); the authors' code never initialises that one (it is built
+    after init_weights) and its PyTorch-init noise delays the language branch (README, demo).
     """
 
     def __init__(self, in_channels, out_channels, num_deconv, channels=256, init_std=0.001):
@@ -159,11 +160,10 @@ class KeypointHead(nn.Module):
             in_channels = channels
         self.deconv_layers = nn.Sequential(*layers)
         self.final_layer = nn.Conv2d(in_channels, out_channels, 1)
-        if init_std is not None:
-            for m in self.modules():
-                if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):
-                    nn.init.normal_(m.weight, std=init_std)
-            nn.init.zeros_(self.final_layer.bias)
+        for m in self.modules():
+            if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):
+                nn.init.normal_(m.weight, std=init_std)
+        nn.init.zeros_(self.final_layer.bias)
 
     def forward(self, x):
         return self.final_layer(self.deconv_layers(x))
@@ -253,9 +253,8 @@ class PoseModel(nn.Module):
                                                   cfg["decoder_heads"], cfg["decoder_layers"],
                                                   cfg["decoder_dropout"])
             self.gamma = nn.Parameter(torch.full((embed_dim,), 1e-3))
-        if cfg["use_pixel"]:  # the authors leave this head at PyTorch's init (init_std None)
-            self.pixel_head = KeypointHead(K, K, n_deconv, cfg["pixel_head_channels"] or K,
-                                           init_std=None)
+        if cfg["use_pixel"]:
+            self.pixel_head = KeypointHead(K, K, n_deconv, cfg["pixel_head_channels"] or K)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # used by L_semantic
 
     def train(self, mode=True):
