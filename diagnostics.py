@@ -14,6 +14,8 @@ a heatmap of width w spans [-0.5, w - 0.5], and feature cell j of w0 covers
 """
 import torch
 
+from dataset import make_loader
+from distributed import all_reduce_sum
 from losses import sample_keypoint_features, similarity_matrix
 
 
@@ -67,3 +69,61 @@ def score_map_hits(score_map, keypoints, visible, heatmap_size):
     peak = score_map.reshape(B, K, h0 * w0).argmax(dim=2)  # (B, K) flat cell index
     hit = visible & (peak == row * w0 + col)
     return {"hits": hit.sum(dim=0), "counts": visible.sum(dim=0), "chance": 1.0 / (h0 * w0)}
+
+
+# ----------------------------------------------------------------------------- over a dataset
+@torch.no_grad()
+def branch_diagnostics(model, dataset, *, batch_size, workers, device, rank=0, world=1):
+    """semantic_top1 and score_map_hits over the ground-truth boxes of a KeypointDataset (eval
+    crops, no flip test), rank r taking boxes r, r + world, ...; the counts are summed over the
+    ranks (distributed.all_reduce_sum). -> {"semantic_top1", "score_map_hit"}: each {"value",
+    "chance", "per_keypoint": {name: {"value", "chance", "labeled"}}}, values over the labeled
+    keypoints; score_map_hit is None for a model without the pixel-level branch (no S)."""
+    model.eval()
+    size, K = tuple(dataset.heatmap_size), len(dataset.keypoint_names)
+    # rows: semantic hits, semantic chance (per keypoint: 1 / labeled keypoints of its crop),
+    # score-map hits, labeled counts; sums over crops (K,) each
+    sums, cells = torch.zeros(4, K, dtype=torch.float64, device=device), None
+    subset = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
+    for batch in make_loader(subset, batch_size, workers, shuffle=False):
+        out = model(batch["image"].to(device), return_extras=True)
+        keypoints, visible = batch["keypoints"].to(device), batch["target_weight"].to(device) > 0
+        top1 = semantic_top1(out["dense"], out["prompts"], keypoints, visible, size)
+        sums[0] += top1["hits"]
+        # semantic_top1's chance_sum kept per keypoint, for a per-keypoint chance level
+        sums[1] += (visible / visible.sum(1, keepdim=True).clamp(min=1)).sum(0)  # (K,)
+        sums[3] += top1["counts"]
+        if "score_map" in out:
+            cells = out["score_map"].shape[-2] * out["score_map"].shape[-1]
+            sums[2] += score_map_hits(out["score_map"], keypoints, visible, size)["hits"]
+    sums = all_reduce_sum(sums).cpu()
+
+    def summary(hits, chance):  # (K,) sums -> overall (over labeled keypoints) and per keypoint
+        labeled = sums[3]
+        per_k = {n: {"value": float(hits[k] / labeled[k]) if labeled[k] else None,
+                     "chance": float(chance[k] / labeled[k]) if labeled[k] else None,
+                     "labeled": int(labeled[k])} for k, n in enumerate(dataset.keypoint_names)}
+        total = max(float(labeled.sum()), 1.0)
+        return {"value": float(hits.sum()) / total, "chance": float(chance.sum()) / total,
+                "per_keypoint": per_k}
+
+    return {"semantic_top1": summary(sums[0], sums[1]),  # cells: None where no S (or no boxes)
+            "score_map_hit": summary(sums[2], sums[3] / cells) if cells else None}
+
+
+def format_branch_diagnostics(diagnostics, detail=True):
+    """Markdown lines: both measurements overall beside their chance, with detail per keypoint."""
+    top1, hit = diagnostics["semantic_top1"], diagnostics["score_map_hit"]
+    lines = [f"Language branch (ground-truth boxes, no flip test): semantic top-1 (Eq. 6-7) "
+             f"{top1['value']:.3f} (chance {top1['chance']:.3f})" + (
+                 f", score-map hit (Eq. 3-4) {hit['value']:.3f} (chance {hit['chance']:.3f})"
+                 if hit else ", no score maps (no pixel-level branch)")]
+    if detail:
+        lines += ["| keypoint | labeled | semantic top-1 (chance) | score-map hit (chance) |",
+                  "|---|---|---|---|"]
+        for name, v in top1["per_keypoint"].items():
+            h = hit["per_keypoint"][name] if hit else {"value": None}
+            cells = [f"{x['value']:.3f} ({x['chance']:.3f})" if x["value"] is not None else "-"
+                     for x in (v, h)]
+            lines.append(f"| {name} | {v['labeled']} | {cells[0]} | {cells[1]} |")
+    return lines

@@ -15,11 +15,9 @@ test), decode with Eq. 1 and map back to the image. Instance score = box score x
 keypoint maxima above 0.2; then OKS-NMS at 0.9 among the instances of each image. AP/AR are
 pycocotools' keypoint statistics with the run's own OKS sigmas (pycocotools silently uses the
 COCO *human* sigmas otherwise). PCK and pixel errors compare each ground-truth box's prediction
-with that instance. The checkpoint is the config: model, keypoints, flip pairs and sigmas.
-
-Data without OKS sigmas (a DeepLabCut project) is reported in a tracking user's terms first:
-pixel errors, PCK at pixels, the error with p-cutoff, per body part, on the ground-truth boxes
-and on the full frame (the model's own search, as for photos); then AP, on a placeholder sigma.
+with that instance. The checkpoint is the config: model, keypoints, flip pairs and sigmas. Data
+without OKS sigmas (a DeepLabCut project) is reported in a tracking user's terms first (pixel
+errors, on the ground-truth boxes and on the full frame: format_report), AP after.
 """
 import argparse
 import os
@@ -31,9 +29,10 @@ import numpy as np
 import torch
 
 import visualize
-from checkpoint import load_checkpoint
 from annotations import load_coco_json, load_detections, read_keypoint_set
-from dataset import KeypointDataset, default_workers, make_loader
+from checkpoint import load_checkpoint
+from dataset import KeypointDataset, default_workers
+from diagnostics import branch_diagnostics, format_branch_diagnostics
 from distributed import (HelpFormatter, all_gather_list, cleanup, finite_float, init_distributed,
                          non_negative_int, number_list, on_rank0, own_shard, positive, print0,
                          run_cli)
@@ -43,8 +42,7 @@ from metrics import (OKS_NMS_THRESHOLD, STAT_NAMES, coco_keypoint_eval, group_ta
                      keypoint_accuracy, match_instances, nms_per_image)
 from model import AMP_DTYPES
 from predict import (KEYPOINT_SCORE, PCUTOFF, VIS_THRESHOLD, Predictor, draw_context,
-                     photo_poses, predict_batches, predict_heatmaps, prepare_model, rounded_list,
-                     run_photos)
+                     photo_poses, predict_dataset, predict_heatmaps, prepare_model, run_photos)
 from transforms import keypoints_from_heatmaps, read_image
 from video import FOLLOW_MIN_SCORE, parse_frames, run_video
 
@@ -64,6 +62,10 @@ class Thresholds:
     box: float = PCK_THRESHOLD
     pixels: tuple = PCK_PIXELS
     pcutoff: float = PCUTOFF
+
+    def accuracy(self, results, dataset):
+        return keypoint_accuracy(results, dataset.coco, dataset.keypoint_names, self.box,
+                                 self.pixels, self.pcutoff)
 
 
 def get_args_parser():
@@ -167,31 +169,6 @@ def check_flag_combination(args):
     return "video" if args.video else "photos" if photos else "dataset"
 
 
-def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
-                    progress=False):
-    """Every box of a KeypointDataset -> one prediction each, COCO results format plus
-    'ann_id' (None for detections), 'center' and 'scale' (the crop), in dataset order. Rank r
-    predicts indices r, r + world, ...; the lists are gathered, so every rank gets all."""
-    indices = list(range(rank, len(dataset), world))
-    loader = make_loader(torch.utils.data.Subset(dataset, indices), batch_size, workers,
-                         shuffle=False, pin_memory=device.type == "cuda")
-    results = []
-    with own_shard():  # an image of this rank's share that fails is said by this rank
-        for batch, keypoints, scores in predict_batches(model, loader, dataset.flip_pairs, flip,
-                                                        amp, device, progress, "eval"):
-            for i in range(len(scores)):
-                results.append({
-                    "index": indices[len(results)], "image_id": int(batch["image_id"][i]),
-                    "category_id": int(batch["category_id"][i]),
-                    "ann_id": None if batch["detection"][i] else int(batch["ann_id"][i]),
-                    "keypoints": rounded_list(keypoints[i]),
-                    "score": float(scores[i]),
-                    "center": rounded_list(batch["center"][i]),
-                    "scale": rounded_list(batch["scale"][i])})
-    results = sorted(all_gather_list(results), key=lambda r: r["index"])
-    return [{k: v for k, v in r.items() if k != "index"} for r in results]
-
-
 def evaluate_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
                      progress=False, thresholds=Thresholds()):
     """Predict every box, OKS-NMS per image, COCO keypoint AP with dataset.sigmas, PCK and
@@ -208,17 +185,12 @@ def evaluate_dataset(model, dataset, *, batch_size, workers, flip, amp, device, 
     species, families = group_table(dataset.coco, per_category)
     report = {"stats": stats, "sigmas_given": dataset.sigmas_given, "pck_threshold": thresholds.box,
               "pck_pixels": list(thresholds.pixels), "pcutoff": thresholds.pcutoff,
-              **accuracy(predictions, dataset, thresholds),
+              **thresholds.accuracy(predictions, dataset),
               "species": [dict(zip(("species", "family", "instances", "AP"), s)) for s in species],
               "families": [dict(zip(("family", "instances", "AP"), f)) for f in families],
               "skipped": dataset.skip_summary, "instances": len(predictions),
               "nms_removed": len(predictions) - len(results)}
     return results, report
-
-
-def accuracy(results, dataset, thresholds):
-    return keypoint_accuracy(results, dataset.coco, dataset.keypoint_names, thresholds.box,
-                             thresholds.pixels, thresholds.pcutoff)
 
 
 def full_frame_report(predictor, dataset, thresholds, rank=0, world=1):
@@ -232,24 +204,21 @@ def full_frame_report(predictor, dataset, thresholds, rank=0, world=1):
         paths[r["image_id"]] = r["path"]
     photos = [{"id": i, "file_name": paths[i]} for i in sorted(paths)[rank::world]]
     with own_shard():
-        poses = photo_poses(predictor, photos, None, False, lambda *_: None)
-    poses = match_instances(all_gather_list(poses), dataset.coco, instances)
-    return {**accuracy(poses, dataset, thresholds), "boxes": FULL_FRAME,
-            "matched": len({p["ann_id"] for p in poses} - {None}), "instances": len(dataset.records)}
-
-
-def number(value, digits):
-    return "-" if value is None else f"{value:.{digits}f}"
+        poses = photo_poses(predictor, photos, boxes=None, whole=False, overlay=lambda *_: None)
+    poses = sorted(all_gather_list(poses), key=lambda pose: pose["image_id"])  # as one process
+    poses = match_instances(poses, dataset.coco, instances)
+    return {**thresholds.accuracy(poses, dataset), "boxes": FULL_FRAME, "instances":
+            len(dataset.records), "matched": len({p["ann_id"] for p in poses} - {None})}
 
 
 def report_columns(report):
     """(title, metrics, instances) of each column: val / train x ground-truth boxes / full frame."""
+    sets = [("val, ", report)] + ([("train, ", report["train"])] if "train" in report else [])
     columns = []
-    for name, r in (("val, ", report), ("train, ", report.get("train"))):
-        name = name if "train" in report else ""
-        if r is not None:
-            columns.append((name + "ground-truth boxes", r, str(r["instances"])))
-        if r is not None and "full_frame" in r:
+    for name, r in sets:
+        name = name if len(sets) > 1 else ""
+        columns.append((name + "ground-truth boxes", r, str(r["instances"])))
+        if r.get("full_frame"):
             f = r["full_frame"]
             columns.append((name + "full frame", f, f"{f['matched']} of {f['instances']}"))
     return columns
@@ -261,17 +230,20 @@ def pixel_lines(report, detail):
     rows = [("RMSE px", "rmse_px", 2), ("mean error px", "mean_error_px", 2)]
     rows += [(f"PCK@{t:g} px", f"pck_{t:g}px", 3) for t in report["pck_pixels"]]
     rows += [(f"RMSE px, {cut}", "pcutoff_rmse_px", 2), (f"mean error px, {cut}",
-             "pcutoff_mean_error_px", 2), (f"kept at {cut}", "pcutoff_kept", 3),
-             (f"PCK@{report['pck_threshold']:g} of the box", "pck", 3)]
+             "pcutoff_mean_error_px", 2), (f"kept at {cut}", "pcutoff_kept", 3)]
 
     def row(label, values):
         return f"| {label} |" + "".join(f" {v} |" for v in values)
+
+    def number(value, digits):
+        return "-" if value is None else f"{value:.{digits}f}"
 
     head = [row("", [c[0] for c in columns]), "|---|" + "---|" * len(columns)]
     lines = head + [row("instances", [c[2] for c in columns])]
     lines += [row(label, [number(c[1][key], d) for c in columns]) for label, key, d in rows]
     lines.append(f"ground-truth boxes: {GT_BOXES}" + (f"; full frame: {FULL_FRAME}" if any(
-        "full frame" in c[0] for c in columns) else ""))
+        "full frame" in c[0] for c in columns) else "") + ". DeepLabCut's train / test error "
+        "(evaluate_network) is the mean error: its 'RMSE' is each point's distance, averaged")
     if detail:
         lines += ["", "Per body part, RMSE / mean error px (PCK and p-cutoff errors per body "
                   "part: metrics.json):", *head]
@@ -285,20 +257,26 @@ def format_report(report, detail=True):
     """The report as markdown tables. With OKS sigmas (AP-10K): AP/AR, PCK and pixel error;
     with detail also per keypoint, per species and per family (worst first), and the pixel
     table when there is more than one column (full frame, train). Without sigmas (a
-    DeepLabCut project): the pixel table first, then AP, marked as resting on a placeholder."""
+    DeepLabCut project): the pixel table first, then AP, marked as resting on a placeholder;
+    without detail (a training log) one line of them."""
     stats = report["stats"]
-    lines = ["| " + " | ".join(STAT_NAMES[:6]) + " |", "|" + "---|" * 6,
+    table = ["| " + " | ".join(STAT_NAMES[:6]) + " |", "|" + "---|" * 6,
              "| " + " | ".join(f"{stats[k]:.3f}" for k in STAT_NAMES[:6]) + " |"]
+    counts = (f"{report['instances']} instances, {report['nms_removed']} removed by OKS-NMS at "
+              f"{OKS_NMS_THRESHOLD}; {report['skipped']}")
+    if not report["sigmas_given"] and not detail:  # one line in a training log
+        pck = [f"PCK@{t:g} px {report[f'pck_{t:g}px']:.3f}" for t in report["pck_pixels"]]
+        return (f"RMSE {report['rmse_px']:.2f} px, mean error {report['mean_error_px']:.2f} px, "
+                f"{', '.join(pck)} (ground-truth boxes); AP {stats['AP']:.3f} on a placeholder "
+                f"OKS sigma")
     if not report["sigmas_given"]:
         return "\n".join(pixel_lines(report, detail) + [
             "", "AP on a placeholder OKS sigma (the data gives none; --sigmas or the json's "
-            "'sigmas' make it meaningful): compare runs on the pixel errors above"] + lines)
-    if report["pck"] is not None:
-        lines.append(f"PCK@{report['pck_threshold']:g} {report['pck']:.3f}, RMSE "
-                     f"{report['rmse_px']:.2f} px, mean error {report['mean_error_px']:.2f} px "
-                     f"(ground-truth boxes, labeled keypoints)")
-    lines.append(f"{report['instances']} instances, {report['nms_removed']} removed by OKS-NMS "
-                 f"at {OKS_NMS_THRESHOLD}; {report['skipped']}")
+            "'sigmas' make it meaningful): compare runs on the pixel errors above", *table, counts])
+    lines = table + ([f"PCK@{report['pck_threshold']:g} {report['pck']:.3f}, RMSE "
+                      f"{report['rmse_px']:.2f} px, mean error {report['mean_error_px']:.2f} px "
+                      f"(ground-truth boxes, labeled keypoints)"] if report["pck"] is not None
+                     else []) + [counts]
     if detail and report["per_keypoint"]:
         lines += ["", "| keypoint | labeled | PCK | RMSE px |", "|---|---|---|---|"]
         lines += [f"| {n} | {v['labeled']} | {v['pck']:.3f} | {v['rmse_px']:.2f} |"
@@ -392,10 +370,10 @@ def evaluation_dataset(ckpt, ann, image_dir, sigmas, det_boxes=None, det_score_t
 def train_dataset(ckpt, sigmas):
     """--train-too: the run's --train-ann, scored as its val json is (ground-truth boxes)."""
     run_args = ckpt.get("args", {})
-    if not run_args.get("train_ann") or not run_args.get("images"):
-        raise ValueError("--train-too: the checkpoint stores no --train-ann / --images (not made "
-                         "by train.py?); score the train json with --ann TRAIN_JSON --images DIR")
-    return evaluation_dataset(ckpt, run_args["train_ann"], run_args["images"], sigmas)
+    if not run_args.get("train_ann"):
+        raise ValueError("--train-too: the checkpoint stores no --train-ann (not made by "
+                         "train.py?); score the train json with --ann TRAIN_JSON --images DIR")
+    return evaluation_dataset(ckpt, run_args["train_ann"], run_args.get("images"), sigmas)
 
 
 def flat(report):
@@ -413,7 +391,7 @@ def run_dataset(model, ckpt, args, flip, device, rank, world, out_dir):
                   not (dataset.sigmas_given or args.det_boxes))
     predictor = Predictor.from_checkpoint(model, ckpt, flip, args.amp, device, args.batch_size)
     thresholds = Thresholds(args.pck_threshold, tuple(args.pck_pixels), args.pcutoff)
-    start, reports = time.time(), []
+    start, reports, branch = time.time(), [], None
     for ds in sets:
         results, report = evaluate_dataset(
             model, ds, batch_size=args.batch_size, workers=args.workers, flip=flip, amp=args.amp,
@@ -423,10 +401,13 @@ def run_dataset(model, ckpt, args, flip, device, rank, world, out_dir):
             if report is not None:
                 report["full_frame"] = full
         reports.append((results, report))
+    if ckpt["model_config"]["method"] == "promptpose" and not args.det_boxes:
+        branch = branch_diagnostics(model, dataset, batch_size=args.batch_size,
+                                    workers=args.workers, device=device, rank=rank, world=world)
     if rank != 0:
         return None
     (results, report), train = reports[0], reports[1:]
-    report.update({"train": flat(train[0][1])} if train else {})
+    report.update({"train": flat(train[0][1])} if train else {}, language_branch=branch)
     write_json(os.path.join(out_dir, "results.json"), results)
     write_json(os.path.join(out_dir, "metrics.json"), {
         "checkpoint": os.path.abspath(args.checkpoint), "ann": dataset.ann_file,
@@ -434,10 +415,13 @@ def run_dataset(model, ckpt, args, flip, device, rank, world, out_dir):
         else f"ground truth: {GT_BOXES}", "flip_test": flip, "world_size": world,
         "sigmas": [float(s) for s in dataset.sigmas], "keypoint_score": KEYPOINT_SCORE,
         **flat(report)}, indent=1)
-    print(f"{len(results)} instances from {dataset.ann_file} in {time.time() - start:.1f}s "
-          f"(flip test {'on' if flip else 'off'}, amp {args.amp}, batch {args.batch_size}, "
+    print(f"{len(results)} instances from {dataset.ann_file}" + (" and the run's train json" if
+          train else "") + f" in {time.time() - start:.1f}s (flip test {'on' if flip else 'off'}, "
+          f"full frame {'on' if full_frame else 'off'}, amp {args.amp}, batch {args.batch_size}, "
           f"{world} process(es))")
     print(format_report(report))
+    if branch:
+        print("\n".join(["", *format_branch_diagnostics(branch)]))
     if args.vis:
         write_figures(model, dataset, args.vis, out_dir, device, flip, args.amp, ckpt,
                       args.vis_names)

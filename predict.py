@@ -1,4 +1,5 @@
-"""A trained model on your own photos, and the pieces the video path (video.py) builds on.
+"""A trained model on the boxes of a dataset (`predict_dataset`, what evaluate.py scores), on
+your own photos, and the pieces the video path (video.py) builds on.
 
 `python evaluate.py CKPT --images ...` runs `run_photos`; `--video ...` runs video.run_video.
 Every box is cropped as in evaluation, predicted with the flip test and decoded with Eq. 1
@@ -28,6 +29,8 @@ from tqdm import tqdm
 import visualize
 from annotations import clip_box
 from checkpoint import model_from_checkpoint
+from dataset import make_loader
+from distributed import all_gather_list, own_shard
 from files import finite_number, finite_numbers, read_json, write_json
 from keypoints import keypoint_sides
 from model import autocast
@@ -98,6 +101,31 @@ def predict_batches(model, loader, flip_pairs, flip, amp, device, progress, desc
         scores = instance_scores(keypoints[..., 2], batch["bbox_score"].numpy())
         keypoints[..., 2] = keypoint_scores(keypoints[..., 2])
         yield batch, keypoints, scores
+
+
+def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
+                    progress=False):
+    """Every box of a KeypointDataset -> one prediction each, COCO results format plus
+    'ann_id' (None for detections), 'center' and 'scale' (the crop), in dataset order. Rank r
+    predicts indices r, r + world, ...; the lists are gathered, so every rank gets all."""
+    indices = list(range(rank, len(dataset), world))
+    loader = make_loader(torch.utils.data.Subset(dataset, indices), batch_size, workers,
+                         shuffle=False, pin_memory=device.type == "cuda")
+    results = []
+    with own_shard():  # an image of this rank's share that fails is said by this rank
+        for batch, keypoints, scores in predict_batches(model, loader, dataset.flip_pairs, flip,
+                                                        amp, device, progress, "eval"):
+            for i in range(len(scores)):
+                results.append({
+                    "index": indices[len(results)], "image_id": int(batch["image_id"][i]),
+                    "category_id": int(batch["category_id"][i]),
+                    "ann_id": None if batch["detection"][i] else int(batch["ann_id"][i]),
+                    "keypoints": rounded_list(keypoints[i]),
+                    "score": float(scores[i]),
+                    "center": rounded_list(batch["center"][i]),
+                    "scale": rounded_list(batch["scale"][i])})
+    results = sorted(all_gather_list(results), key=lambda r: r["index"])
+    return [{k: v for k, v in r.items() if k != "index"} for r in results]
 
 
 def prepare_model(ckpt, device, compile_model):

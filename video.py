@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 import visualize
 from files import atomic_file, write_json
-from predict import (Predictor, box_around, check_box, draw_context, find_poses, read_box_list,
-                     rounded_list)
+from predict import (KEYPOINT_SCORE, Predictor, box_around, check_box, draw_context, find_poses,
+                     keypoint_scores, read_box_list, rounded_list)
 
 FOLLOW_MIN_SCORE = 0.3    # --follow: a pose whose keypoints score less on average is lost
 
@@ -226,7 +226,8 @@ def chunk_poses(predictor, chunk, given, mode, previous):
 def write_dlc_csv(path, scorer, names, records):
     """DeepLabCut's analyze_videos CSV: a frame-number column, header rows scorer / bodyparts /
     coords (+ individuals, 'instance1', ..., when a frame holds several poses), x, y and
-    likelihood (the score clipped to [0, 1]) per body part; empty cells where a frame has
+    likelihood per body part (predict.keypoint_scores: the heatmap maximum clipped to [0, 1];
+    the column keeps DeepLabCut's name, which its tools read); empty cells where a frame has
     fewer poses. records: [{"frame", "instances": [{"keypoints": (K, 3)}, ...]}]."""
     slots = max([len(r["instances"]) for r in records] + [1])
     header = [["scorer"], ["individuals"], ["bodyparts"], ["coords"]]
@@ -244,7 +245,7 @@ def write_dlc_csv(path, scorer, names, records):
             cells = []
             for pose in r["instances"]:
                 for x, y, p in np.asarray(pose["keypoints"], np.float64).reshape(-1, 3):
-                    cells += [f"{x:.2f}", f"{y:.2f}", f"{min(max(p, 0.0), 1.0):.4f}"]
+                    cells += [f"{x:.2f}", f"{y:.2f}", f"{keypoint_scores(p):.4f}"]
             out.writerow([r["frame"]] + cells + [""] * (3 * len(names) * slots - len(cells)))
 
 
@@ -366,6 +367,7 @@ def analyze_video(predictor, ckpt, path, out_dir, frames=None, boxes=None, mode=
     write_json(stem + "_keypoints.json", {
         "video": os.path.abspath(path), "fps": fps, "width": width, "height": height,
         "frames": len(records), "box_mode": mode, "keypoint_names": names,
+        "keypoint_score": KEYPOINT_SCORE,
         "skeleton": ckpt["skeleton"], "predictions": [{"frame": r["frame"], "instances": [
             {**{k: v for k, v in p.items() if k != "keypoints"},
              "keypoints": rounded_list(p["keypoints"])} for p in r["instances"]]}
@@ -380,9 +382,9 @@ def analyze_video(predictor, ckpt, path, out_dir, frames=None, boxes=None, mode=
 
 def run_video(model, ckpt, args, flip, device, out_dir):
     """Pose on the frames of --video: <stem>_pose.mp4 (same size and fps, mp4v, poses and
-    boxes drawn), <stem>_keypoints.json (keypoint names once, then per frame its instances:
-    bbox, box (how it was found), score, flat keypoints), <stem>_keypoints.csv (DeepLabCut's
-    layout) and <stem>_trajectories.png."""
+    boxes drawn), <stem>_keypoints.json (keypoint names and what a keypoint's score is once,
+    then per frame its instances: bbox, box (how it was found), score, flat keypoints),
+    <stem>_keypoints.csv (DeepLabCut's layout) and <stem>_trajectories.png."""
     mode = "follow" if args.follow else "whole" if args.whole_frame else "search"
     predictor = Predictor.from_checkpoint(model, ckpt, flip, args.amp, device, args.batch_size)
     frames = parse_frames(args.frames) if args.frames else None

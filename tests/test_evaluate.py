@@ -1,8 +1,11 @@
-"""Tests of evaluate.py and visualize.py: metrics against hand-computed values, ground truth in
--> perfect scores out (ground-truth and detected boxes), and the entry point as a user runs it
-(checkpoint sigmas, any working directory, outputs never overwritten, --det-boxes, one-line
-errors). Own photos and videos: tests/test_predict.py. A tiny synthetic AP-10K and a small random
-model keep it to seconds on a CPU."""
+"""Tests of evaluate.py and visualize.py: metrics against hand-computed values (PCK, pixel
+errors, PCK at pixels, the error with p-cutoff, matching a found pose to its instance), ground
+truth in -> perfect scores out (ground-truth and detected boxes), scores clipped where written
+but not where rescored, and the entry point as a user runs it (checkpoint sigmas, any working
+directory, outputs never overwritten, --det-boxes, data without sigmas reported in pixels first
+with --train-too and the full frame, the language-branch diagnostics, one-line errors). Own
+photos and videos: tests/test_predict.py. A tiny synthetic AP-10K and a small random model keep
+it to seconds on a CPU."""
 import hashlib
 import json
 import os
@@ -70,6 +73,36 @@ def checkpoint(data, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("run") / "final.pt")
     save_checkpoint(path, make_checkpoint(model, info, args, 0, -1.0, "0" * 40))
     return path
+
+
+@pytest.fixture(scope="module")
+def no_sigmas(data, tmp_path_factory):
+    """The synthetic data as a DeepLabCut project reads: keypoint names of no known set, no OKS
+    sigmas in the json; a small random PromptPose saved as train.py saves such a run (best.pt
+    by pixel error), its train json stored."""
+    out = tmp_path_factory.mktemp("no_sigmas")
+    paths = {}
+    for split in ("train", "val"):
+        ann = json.load(open(data["val"].replace("-val-", f"-{split}-")))
+        for cat in ann["categories"]:
+            cat["keypoints"] = [f"spot{k}" for k in range(17)]
+        paths[split] = str(out / f"{split}.json")
+        json.dump(ann, open(paths[split], "w"))
+    cfg = default_config("clip-rn50", "promptpose", small=True, image_size=(64, 64))
+    with pytest.warns(UserWarning, match="unknown keypoint set"):
+        ds = KeypointDataset(paths["val"], data["images"], train=False,
+                             image_size=cfg["image_size"], heatmap_size=cfg["heatmap_size"])
+    assert not ds.sigmas_given
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.keypoint_names, ds.prompt_texts)
+    info = {"flip_pairs": ds.flip_pairs, "skeleton": ds.skeleton, "sigmas": ds.sigmas,
+            "selected_by": "val_RMSE_px"}
+    args = {"train_ann": paths["train"], "val_ann": paths["val"],
+            "images": os.path.abspath(data["images"])}
+    path = str(out / "run" / "final.pt")
+    os.makedirs(out / "run")
+    save_checkpoint(path, make_checkpoint(model, info, args, 0, -1.0, "0" * 40))
+    return {"checkpoint": path, **paths}
 
 
 def copy_checkpoint(path, directory, **changes):
@@ -154,6 +187,48 @@ def test_pck_and_pixel_error_hand_computed():
         pytest.approx(0.5)
     assert metrics.keypoint_accuracy(results[2:], coco, ["left_eye", "nose"], 0.2)["pck"] is None
 
+    # PCK at pixels (strict): errors 5 and 9 (left_eye), 30 (nose); 5 px passes none, 10 px two
+    # of the three labeled keypoints (pooled over keypoints, as the pixel errors are)
+    acc = metrics.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.2, (5, 10))
+    assert (acc["pck_5px"], acc["pck_10px"]) == pytest.approx((0.0, 2 / 3))
+    assert acc["per_keypoint"]["left_eye"]["pck_10px"] == 1.0
+    assert acc["per_keypoint"]["nose"]["pck_10px"] == 0.0
+    # with p-cutoff 0.5: the nose (error 30) scores 0.3 and drops out; a score equal to the
+    # cutoff stays (DeepLabCut keeps likelihood >= pcutoff); the unlabeled keypoint never counts
+    results[0]["keypoints"][5], results[1]["keypoints"][2] = 0.3, 0.5
+    acc = metrics.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.2, (), pcutoff=0.5)
+    assert acc["pcutoff_rmse_px"] == pytest.approx(np.sqrt((25 + 81) / 2))
+    assert acc["pcutoff_mean_error_px"] == pytest.approx(7.0)
+    assert acc["pcutoff_kept"] == pytest.approx(2 / 3) and acc["rmse_px"] == pytest.approx(
+        np.sqrt((25 + 900 + 81) / 3))                                   # the plain error keeps all
+    assert acc["per_keypoint"]["nose"]["pcutoff_kept"] == 0.0
+    assert np.isnan(acc["per_keypoint"]["nose"]["pcutoff_rmse_px"])
+    assert metrics.keypoint_accuracy(results, coco, ["left_eye", "nose"], 0.2, (),
+                                     pcutoff=0.95)["pcutoff_kept"] == 0.0
+
+
+def test_found_pose_goes_to_the_nearest_labeled_instance():
+    truths = np.array([[[10.0, 10.0], [20.0, 20.0]], [[100.0, 100.0], [0.0, 0.0]]])
+    labeled = np.array([[True, True], [True, False]])
+    # to instance 0: distances 90 * sqrt(2) and 80 * sqrt(2) -> mean 85 sqrt(2) = 120.2; to
+    # instance 1 only its labeled keypoint counts: 0 (its unlabeled (0, 0) would make it 141)
+    pose = np.array([[100.0, 100.0], [100.0, 100.0]])
+    assert metrics.nearest_instance(pose, truths, labeled) == 1
+    assert metrics.nearest_instance(np.full((2, 2), 12.0), truths, labeled) == 0
+    assert metrics.nearest_instance(pose, truths, np.zeros((2, 2), bool)) is None
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "width": 200, "height": 200}],
+                    "categories": [{"id": 1, "name": "a", "keypoints": ["p", "q"]}],
+                    "annotations": [
+                        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 30, 30],
+                         "keypoints": [10, 10, 2, 20, 20, 2]},
+                        {"id": 8, "image_id": 1, "category_id": 1, "bbox": [90, 90, 20, 20],
+                         "keypoints": [100, 100, 2, 0, 0, 0]}]}
+    coco.createIndex()
+    poses = [{"image_id": 1, "keypoints": [99, 101, 0.9, 98, 99, 0.9]}]
+    assert metrics.match_instances(poses, coco, {1: [7, 8]})[0]["ann_id"] == 8
+    assert metrics.match_instances(poses, coco, {1: [7]})[0]["ann_id"] == 7
+
 
 # ----------------------------------------------------------------------------- ground truth in
 def crop_key(image):
@@ -222,6 +297,41 @@ def test_ground_truth_in_gives_perfect_scores(data, tmp_path):
     assert report["stats"]["AP"] == pytest.approx(1.0) and report["pck"] is None
 
 
+class OvershootingModel(torch.nn.Module):
+    """A model whose heatmap maxima leave [0, 1] (as regressed Gaussians do): the ground-truth
+    maps x 1.1 - 0.05, so a labeled keypoint peaks at ~1.05 and an unlabeled one at -0.05."""
+
+    def __init__(self, truth):
+        super().__init__()
+        self.truth = truth
+
+    def forward(self, images):
+        return {"heatmaps": 1.1 * self.truth(images)["heatmaps"] - 0.05}
+
+
+def test_scores_clipped_where_written_raw_where_rescored(data):
+    """Keypoint scores are written clipped to [0, 1] (results.json, photos, videos); the
+    instance score keeps mmpose's rescoring of the raw maxima, so AP does not move."""
+    size = dict(image_size=(256, 256), heatmap_size=(256, 256))
+    dataset = KeypointDataset(data["val"], data["images"], train=False, **size)
+    common = dict(batch_size=4, workers=0, flip=False, amp="none", device=torch.device("cpu"))
+    exact, report = evaluate.evaluate_dataset(GroundTruthModel(dataset), dataset, **common)
+    over, over_report = evaluate.evaluate_dataset(OvershootingModel(GroundTruthModel(dataset)),
+                                                  dataset, **common)
+    scores = np.array([np.reshape(r["keypoints"], (-1, 3))[:, 2] for r in over])
+    assert scores.min() == 0.0 and scores.max() == 1.0                 # -0.05 and ~1.05 clipped
+    assert max(r["score"] for r in over) > 1.0                         # rescored from raw maxima
+    assert over_report["stats"]["AP"] == report["stats"]["AP"] == pytest.approx(1.0)
+
+    class Fixed:  # stands in for predict.Predictor: a pose with scores outside [0, 1]
+        def keypoints(self, images, boxes, flip=None):
+            return np.array([[[5.0, 5.0, 1.3], [6.0, 6.0, -0.2], [7.0, 7.0, 0.5]]] * len(boxes))
+
+    pose = predict.find_poses(Fixed(), [np.zeros((20, 20, 3), np.uint8)], [[([0, 0, 20, 20], 1.0)]])
+    assert pose[0][0]["keypoints"][:, 2].tolist() == [1.0, 0.0, 0.5]
+    assert pose[0][0]["score"] == pytest.approx((1.3 + 0.5) / 2)       # raw maxima above 0.2
+
+
 # ----------------------------------------------------------------------------- the entry point
 def test_checkpoint_sigmas_any_cwd_and_outputs_kept(checkpoint, data, tmp_path):
     """evaluate.py CKPT from another directory: the run's sigmas (the AP train.py logged),
@@ -238,6 +348,21 @@ def test_checkpoint_sigmas_any_cwd_and_outputs_kept(checkpoint, data, tmp_path):
     assert first["AP"] != in_process_ap(ckpt, data, AP10K_SIGMAS.tolist())   # sigmas matter here
     assert "PCK@0.2" in proc.stdout and "RMSE" in proc.stdout and "\r" not in proc.stderr
     assert 0 <= first["pck"] <= 1 and first["rmse_px"] > 0 and len(first["per_keypoint"]) == 17
+    # data with sigmas: today's report (AP first), ground-truth boxes only (no full-frame search)
+    assert proc.stdout.index("| AP |") < proc.stdout.index("PCK@0.2")
+    assert "full frame |" not in proc.stdout
+    assert first["sigmas_given"] and "full_frame" not in first and "train" not in first
+    assert 0 <= first["pck_5px"] <= first["pck_10px"] <= 1 and first["pcutoff"] == 0.4
+    # the language branch of a PromptPose: each measurement beside its chance level
+    branch = first["language_branch"]
+    grid = 64 // 32                                            # the 64 px crop's feature grid
+    assert branch["score_map_hit"]["chance"] == pytest.approx(1 / grid ** 2)
+    assert 1 / 17 <= branch["semantic_top1"]["chance"] <= 1
+    for m in ("semantic_top1", "score_map_hit"):
+        assert 0 <= branch[m]["value"] <= 1 and len(branch[m]["per_keypoint"]) == 17
+        labeled = sum(v["labeled"] for v in branch[m]["per_keypoint"].values())
+        assert labeled == sum(v["labeled"] for v in first["per_keypoint"].values())
+    assert "semantic top-1" in proc.stdout and "chance" in proc.stdout
 
     sigmas = ",".join(str(s) for s in AP10K_SIGMAS)
     proc = run([ckpt, "--workers", "0", "--sigmas", sigmas, "--pck-threshold", "0.5"], cwd=elsewhere)
@@ -251,6 +376,8 @@ def test_checkpoint_sigmas_any_cwd_and_outputs_kept(checkpoint, data, tmp_path):
     assert "(default: 0.2)" in help_text and "else 32)" in help_text
     proc = run([ckpt, "--sigmas", "0.1,0.2"], check=False)
     assert_one_line_error(proc, "--sigmas", "17")
+    proc = run([ckpt, "--train-too"], check=False)     # a checkpoint that stores no train json
+    assert_one_line_error(proc, "--train-too", "--train-ann")
 
 
 def test_det_boxes_and_no_flip_pairs(checkpoint, data, tmp_path):
@@ -273,6 +400,65 @@ def test_det_boxes_and_no_flip_pairs(checkpoint, data, tmp_path):
     assert metrics["boxes"] == str(tmp_path / "dets.json") and metrics["pck"] is None
     assert metrics["flip_test"] is False and "AP" in metrics
     assert any(f.endswith("_overlay.png") for f in os.listdir(out / "vis"))
+
+
+def test_no_sigmas_reported_in_pixels_with_train_and_full_frame(no_sigmas, tmp_path):
+    """Data without OKS sigmas (a DeepLabCut project): the pixel errors lead the report, AP
+    follows marked as resting on a placeholder; --train-too scores the run's train json beside
+    val, and the full frame (the model's own search, on by default here) beside the
+    ground-truth boxes, in the printed report and in metrics.json."""
+    out = tmp_path / "out"
+    proc = run([no_sigmas["checkpoint"], "--train-too", "--workers", "0", "--output-dir", str(out)])
+    text = proc.stdout
+    assert text.index("RMSE px") < text.index("PCK@5 px") < text.index("| AP |")
+    assert "placeholder OKS sigma" in text and "Per body part" in text and "| spot16 |" in text
+    for column in ("val, ground-truth boxes", "val, full frame", "train, ground-truth boxes",
+                   "train, full frame"):
+        assert column in text
+    m = json.load(open(out / "metrics.json"))
+    assert m["sigmas_given"] is False and m["pck_pixels"] == [5, 10] and m["pcutoff"] == 0.4
+    val = json.load(open(no_sigmas["val"]))
+    train = json.load(open(no_sigmas["train"]))
+    assert m["instances"] == len(val["annotations"])
+    assert m["train"]["instances"] == len(train["annotations"])
+    for r in (m, m["train"], m["full_frame"], m["train"]["full_frame"]):
+        assert r["rmse_px"] > 0 and 0 <= r["pck_5px"] <= r["pck_10px"] <= 1
+        assert 0 <= r["pcutoff_kept"] <= 1 and set(r["per_keypoint"]["spot3"]) >= {
+            "rmse_px", "mean_error_px", "pck_5px", "pck_10px", "pcutoff_rmse_px"}
+    # one pose per image in the full frame, each matched to an instance of its image
+    assert m["full_frame"]["matched"] == len(val["images"]) <= m["full_frame"]["instances"]
+    assert "ground truth: the json's" in m["boxes"] and "nearest" in m["full_frame"]["boxes"]
+    assert "heatmap maximum" in m["keypoint_score"] and m["language_branch"]["semantic_top1"]
+    results = json.load(open(out / "results.json"))
+    assert all(0 <= v <= 1 for r in results for v in r["keypoints"][2::3])
+
+    proc = run([no_sigmas["checkpoint"], "--no-full-frame", "--pck-pixels", "3", "--pcutoff",
+                "0.2", "--workers", "0", "--output-dir", str(tmp_path / "two")])
+    m = json.load(open(tmp_path / "two" / "metrics.json"))
+    assert "full_frame" not in m and "pck_3px" in m and "pck_5px" not in m and m["pcutoff"] == 0.2
+    assert "RMSE px, p >= 0.2" in proc.stdout and "full frame |" not in proc.stdout
+    # train.py's log after a validation: one line, pixels first
+    ckpt = load_checkpoint(no_sigmas["checkpoint"])
+    with pytest.warns(UserWarning, match="unknown keypoint set"):
+        dataset = evaluate.evaluation_dataset(ckpt, None, None, None)
+    _, report = evaluate.evaluate_dataset(model_from_checkpoint(ckpt), dataset, batch_size=8,
+                                          workers=0, flip=False, amp="none",
+                                          device=torch.device("cpu"))
+    line = evaluate.format_report(report, detail=False)
+    assert "\n" not in line and line.startswith("RMSE ") and "placeholder" in line
+
+
+def test_flag_combinations_refused_with_one_line():
+    for flags, message in ((["--train-too", "--ann", "a.json"], "leave out --ann"),
+                           (["--full-frame", "--det-boxes", "d.json"], "leave out --det-boxes"),
+                           (["--train-too", "--images", "photos/"], "--train-too and --full-frame"),
+                           (["--pck-pixels", "5,0"], "--pck-pixels: thresholds are positive"),
+                           (["--whole-frame"], "--whole-frame is for own photos")):
+        with pytest.raises(ValueError, match=message):
+            evaluate.check_flag_combination(evaluate.get_args_parser().parse_args(["c.pt", *flags]))
+    # --pcutoff serves the error with p-cutoff as well as the overlays: accepted everywhere
+    for flags in (["--pcutoff", "0.6"], ["--pcutoff", "0.6", "--images", "p/"]):
+        evaluate.check_flag_combination(evaluate.get_args_parser().parse_args(["c.pt", *flags]))
 
 
 def test_bad_input_gives_one_line(checkpoint, data, tmp_path):
