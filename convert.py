@@ -433,7 +433,7 @@ def print_report(summary, project_dir, out_dir, copy):
     print("To try the pipeline (no downloaded weights: a small randomly initialised model, a "
           "schedule for a small set):")
     print(f"  torchrun --nproc_per_node=1 train.py {data} --backbone clip-rn50 --method promptpose "
-          f"--small --random-init --input-size 128 --epochs 60 --warmup-iters 0 --lr-steps 45 "
+          f"--small --random-init --input-size 128 --epochs 150 --warmup-iters 0 --lr-steps 120 "
           f"--lr 2e-3 --batch-size {batch} --output-dir {run}-try")
     print("To train for real (the body part names above become the text prompts) with OpenAI's "
           "CLIP weights RN50.pt (ViT-B-16.pt with --backbone clip-vitb16; the README gives "

@@ -78,8 +78,9 @@ def flip_back(heatmaps, permutation):
 
 def decode(heatmaps, center, scale):
     """transforms.keypoints_from_heatmaps (Eq. 1): heatmaps (N, K, h, w) -> (N, K, 3)
-    [x, y, maxval] in image pixels: argmax, a quarter-pixel step toward the higher neighbour
-    where both exist, then back through the crop."""
+    [x, y, score] in image pixels: argmax, a quarter-pixel step toward the higher neighbour
+    where 1 < x < w - 1 and 1 < y < h - 1 (the authors' rule), back through the crop; the
+    score is the heatmap maximum clipped to [0, 1], as every written output."""
     N, K, h, w = heatmaps.shape
     flat = heatmaps.reshape(N, K, h * w)
     maxvals, index = flat.max(2)                                              # (N, K)
@@ -88,12 +89,13 @@ def decode(heatmaps, center, scale):
     def at(xx, yy):
         return flat.gather(2, (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1))[..., None])[..., 0]
 
-    dx = torch.where((x > 0) & (x < w - 1), torch.sign(at(x + 1, y) - at(x - 1, y)), 0.0)
-    dy = torch.where((y > 0) & (y < h - 1), torch.sign(at(x, y + 1) - at(x, y - 1)), 0.0)
+    inside = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1)
+    dx = torch.where(inside, torch.sign(at(x + 1, y) - at(x - 1, y)), 0.0)
+    dy = torch.where(inside, torch.sign(at(x, y + 1) - at(x, y - 1)), 0.0)
     coords = torch.stack([x + 0.25 * dx, y + 0.25 * dy], -1)                  # (N, K, 2)
     size = torch.tensor([w, h], dtype=torch.float32, device=heatmaps.device)
     points = coords * scale[:, None] / size + center[:, None] - scale[:, None] / 2
-    return torch.cat([points, maxvals[..., None]], -1)
+    return torch.cat([points, maxvals.clamp(0, 1)[..., None]], -1)
 
 
 class ExportedPose(torch.nn.Module):

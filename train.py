@@ -344,8 +344,8 @@ def log_epoch(output_dir, record):
     append_line(path, record)
     if "val_AP" in record:
         plot_training_curves(read_lines(path), os.path.join(output_dir, "curves.png"))
-    print0(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in record.items() if not k.startswith("val_") or k == "val_AP"))
+    print0(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in
+                    record.items() if not k.startswith("val_") or k in ("val_AP", "val_RMSE_px")))
 
 
 def selected_by(val_set):

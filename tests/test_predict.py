@@ -322,3 +322,20 @@ def test_export_matches_evaluate(checkpoint, data, tmp_path):
     ap = [metrics.coco_keypoint_eval(dataset.coco, metrics.nms_per_image(p, dataset.sigmas),
                                       dataset.sigmas)[0]["AP"] for p in (predictions, mine)]
     assert abs(ap[0] - ap[1]) <= 0.01, ap
+
+
+def test_exported_decoding_is_eq1_of_transforms():
+    """export.decode (torch) equals transforms.keypoints_from_heatmaps (numpy) everywhere,
+    peaks on the edge rows and columns included, scores clipped to [0, 1]."""
+    import export
+    import transforms
+    rng = np.random.default_rng(0)
+    heatmaps = rng.random((6, 5, 16, 12)).astype(np.float32) * 1.2
+    for n, (y, x) in enumerate([(0, 0), (1, 5), (8, 1), (15, 11), (7, 10), (14, 6)]):
+        heatmaps[n, :, y, x] = 2.0                     # the peaks, edges and next-to-edges
+    center, scale = rng.random((6, 2)) * 100, rng.random((6, 2)) * 50 + 20
+    want = transforms.keypoints_from_heatmaps(heatmaps, center, scale)
+    want[..., 2] = np.clip(want[..., 2], 0, 1)
+    got = export.decode(torch.from_numpy(heatmaps), torch.tensor(center, dtype=torch.float32),
+                        torch.tensor(scale, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
