@@ -25,7 +25,7 @@ rm -rf "$OUT/run"   # a fresh run each time (train.py never overwrites one)
     --val-ann "$OUT/data/annotations/ap10k-val-split1.json" \
     --images "$OUT/data/data" --output-dir "$OUT/run" \
     --backbone clip-rn50 --method promptpose --small --random-init --input-size 128 \
-    --epochs 22 --batch-size 32 --workers 2 --lr 2e-3 --warmup-iters 20 --lr-steps 18 \
+    --epochs 24 --batch-size 32 --workers 2 --lr 2e-3 --warmup-iters 20 --lr-steps 20 \
     --eval-interval 100
 "$PY" evaluate.py "$OUT/run/final.pt" --workers 2 --vis 4 --output-dir "$OUT/run/eval"
 echo "demo finished in $(( $(date +%s) - start )) s; figures in $OUT/run/eval/vis," \
