@@ -56,6 +56,7 @@ def check_coco(data, path, keypoint_category_ids, num_keypoints):
         for field in ("width", "height"):
             finite_number(im.get(field), where, field, minimum=0)
     images = {im["id"] for im in data["images"]}
+    add_unlisted_categories(data, path, keypoint_category_ids, num_keypoints)
     categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
     for ann in data["annotations"]:
         where = f"{path}: annotation id {ann['id']}"
@@ -80,6 +81,23 @@ def check_coco(data, path, keypoint_category_ids, num_keypoints):
         if ann["area"] == 0 < min(w, h) and ann["num_keypoints"] > 0 and not ann["iscrowd"]:
             raise ValueError(f"{where}: 'area' is 0, and OKS divides by it (AP 0 for this instance)"
                              f": give the instance's area, or leave 'area' out to use the box's w * h")
+
+
+def add_unlisted_categories(data, path, keypoint_category_ids, num_keypoints):
+    """Keypoint annotations (3K keypoint values) of a category id the file does not list (as
+    mmpose's Animal Kingdom sample) get a category of the file's one keypoint set, said once."""
+    listed = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    unlisted = sorted({a.get("category_id") for a in data["annotations"] if type(a.get(
+        "category_id")) is int and a["category_id"] not in listed and isinstance(a.get(
+            "keypoints"), list) and len(a["keypoints"]) == 3 * num_keypoints})
+    if not unlisted:
+        return
+    template = next(c for c in data["categories"] if c.get("id") in keypoint_category_ids)
+    for cid in unlisted:
+        data["categories"].append(dict(template, id=cid, name=f"category {cid}"))
+        keypoint_category_ids.add(cid)
+    warnings.warn(f"{path}: annotations of category id(s) {unlisted[:10]} that 'categories' does "
+                  "not list: taken as instances of its keypoint set, named 'category <id>'")
 
 
 def read_skeleton(skeleton, num_keypoints, path):

@@ -565,6 +565,22 @@ def test_skeleton_forms_and_spaced_names_never_block_training(tmp_path):
     assert (0, 1) in ds.flip_pairs and (11, 14) in ds.flip_pairs
 
 
+def test_keypoint_annotations_of_an_unlisted_category_are_taken(tmp_path):
+    """mmpose's Animal Kingdom sample lists categories 1-2 and annotates category 4: such
+    keypoint annotations join the file's keypoint set as 'category 4', with one warning; an
+    annotation of an unlisted category without keypoints is still an error."""
+    box, rng = (10, 10, 60, 40), np.random.default_rng(0)
+    ann_file, img_dir = simple_json(tmp_path, anns=[annotation(11, 1, box, keypoints_for(box, rng),
+                                                              category_id=4)])
+    with pytest.warns(UserWarning, match=r"ann\.json: annotations of category id\(s\) \[4\]"):
+        ds = D.KeypointDataset(ann_file, img_dir, train=False)
+    assert len(ds) == 1 and ds.coco.cats[4]["name"] == "category 4" and 4 in ds.keypoint_category_ids
+    bad = {"id": 12, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]}
+    ann_file, img_dir = simple_json(tmp_path / "b", anns=[bad])
+    with pytest.raises(ValueError, match="annotation id 12 refers to unknown category id 7"):
+        D.KeypointDataset(ann_file, img_dir, train=False)
+
+
 def test_keypoints_with_the_same_prompt_text_are_refused(tmp_path):
     for names, prompts in ((["Neck", "neck", "tail"], None), (["neck ", "neck", "tail"], None),
                            (["a", "b", "c"], ["the  Neck", "the neck", "tail"])):
