@@ -11,6 +11,7 @@ import sys
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pycocotools.coco import COCO
@@ -24,7 +25,6 @@ import visualize
 from checkpoint import load_checkpoint
 from test_evaluate import ENV, assert_one_line_error, checkpoint, data, run  # noqa: F401
 
-pd = pytest.importorskip("pandas")
 
 
 def write_clip(path, frames=6, size=(96, 64)):
