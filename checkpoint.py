@@ -31,6 +31,7 @@ import errno
 import fcntl
 import glob
 import os
+import signal
 import subprocess
 
 import torch
@@ -86,7 +87,9 @@ def lock_run_dir(run_dir):
 
 # ----------------------------------------------------------------------------- write / read
 def save_checkpoint(path, ckpt):
-    """Atomic write of a checkpoint dict (see the module docstring)."""
+    """Atomic write of a checkpoint dict (see the module docstring). Ctrl-C waits for the end
+    of the write: inside torch.save it would surface as a RuntimeError of the zip writer."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         with atomic_file(path) as f:
             torch.save(ckpt, f)
@@ -94,6 +97,8 @@ def save_checkpoint(path, ckpt):
         reason = getattr(e, "strerror", None) or "disk full or a file size limit?"
         raise OSError(getattr(e, "errno", None) or errno.EIO, f"could not write checkpoint {path} "
                       f"({reason}); the previous one is intact: free space, then --resume") from e
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a Ctrl-C held back lands now
 
 
 def make_checkpoint(model, data_info, args, epoch, best_ap, commit, optimizer=None,

@@ -247,7 +247,7 @@ def test_second_writer_is_refused_while_the_first_runs(data, tmp_path):
     finally:
         first.send_signal(signal.SIGINT)                     # Ctrl-C: one line, exit 130
         _, err = first.communicate(timeout=120)
-    assert first.returncode == 130 and "Traceback" not in err and "interrupted" in err + _
+    assert first.returncode == 130 and "Traceback" not in err and "interrupted" in err + _, err
 
 
 def test_failed_checkpoint_write_leaves_no_litter(data, tmp_path):
