@@ -6,12 +6,14 @@ Bad input ends in one line `error: ...` (exit 1), never a traceback (`run_cli`).
 """
 import argparse
 import contextlib
+import datetime
 import json
 import math
 import os
 import signal
 import sys
 import time
+import uuid
 
 import torch
 import torch.distributed as dist
@@ -37,8 +39,49 @@ def init_distributed(device=None):
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                  world, is_master=False, timeout=STORE_TIMEOUT)
+            store = dist.PrefixStore(launch_namespace(store, rank, world), store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend)
     return rank, local_rank, world, device
+
+
+STORE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for the process group
+
+
+def launch_namespace(store, rank, world):
+    """A store prefix that this launch of the workers alone uses, agreed by all ranks.
+
+    torchrun's agent keeps one key-value store for all its restarts (`--max-restarts`), and
+    the process group finds its peers' addresses under fixed keys in it: a restarted worker
+    could read the address of a peer that died (gloo: "Connection refused"; NCCL: a stale
+    unique id). Here rank 0 draws a fresh name and hands it to each rank in answer to that
+    rank's own fresh token, so that a key left over from an earlier launch is never read.
+    """
+    if rank != 0:
+        token = uuid.uuid4().hex
+        store.set(f"launch/token/{rank}", token)
+        store.wait([f"launch/answer/{token}"])
+        name = store.get(f"launch/answer/{token}").decode()
+        store.set(f"launch/{name}/joined/{rank}", "1")
+        return f"launch/{name}/"
+    name, waiting = uuid.uuid4().hex, set(range(1, world))
+    deadline = time.time() + STORE_TIMEOUT.total_seconds()
+    while waiting:
+        for r in sorted(waiting):
+            if store.check([f"launch/{name}/joined/{r}"]):
+                waiting.discard(r)
+            elif store.check([f"launch/token/{r}"]):  # possibly an earlier launch's: answered too
+                store.set(f"launch/answer/{store.get(f'launch/token/{r}').decode()}", name)
+        if time.time() > deadline:
+            raise RuntimeError(f"rank(s) {sorted(waiting)} never joined this run's process group "
+                               f"within {STORE_TIMEOUT}")
+        time.sleep(0.02)
+    return f"launch/{name}/"
 
 
 def is_distributed():

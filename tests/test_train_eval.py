@@ -415,6 +415,34 @@ def reaped():
         proc.wait()
 
 
+def test_each_launch_of_the_workers_agrees_on_its_own_store_namespace():
+    """torchrun's agent keeps one store across restarts: the workers of a new launch must agree
+    on a namespace of their own even when ranks 1 and 2 come first and the store still holds an
+    earlier launch's keys, including those of a worker killed half-way (token, no answer)."""
+    import threading
+    from distributed import launch_namespace
+    server = torch.distributed.TCPStore("127.0.0.1", 0, 1, is_master=True)
+
+    def launch(ranks_first, world=3):
+        names, threads = {}, []
+        for rank in ranks_first + [r for r in range(world) if r not in ranks_first]:
+            client = torch.distributed.TCPStore("127.0.0.1", server.port, world, is_master=False)
+            threads.append(threading.Thread(target=lambda r=rank, c=client: names.__setitem__(
+                r, launch_namespace(c, r, world))))
+            threads[-1].start()
+            time.sleep(0.2)  # the later ranks find the earlier ones' keys already set
+        for t in threads:
+            t.join(timeout=30)
+        assert len(names) == world and len(set(names.values())) == 1, names
+        return names[0]
+
+    first = launch([0])
+    server.set("launch/token/2", "a-worker-killed-before-its-answer")
+    second = launch([1, 2])
+    third = launch([2, 1])
+    assert len({first, second, third}) == 3
+
+
 def test_elastic_restart_resumes_and_a_dead_node_stops_the_other(data, tmp_path, reaped):
     """torchrun --max-restarts 1 with --resume auto: a worker killed (SIGKILL) mid-run comes back
     and the run continues from its last checkpoint by itself, to the same epoch count and a
