@@ -168,10 +168,11 @@ def own_shard():
         raise
 
 
-def report(message):
-    """The one line on stderr; under torchrun also in the worker's error file, so that the
+def report(message, say=True):
+    """The one line on stderr (say); under torchrun also in the worker's error file, so that the
     failure summary torchrun prints last ends with it instead of a hint about tracebacks."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    if say:
+        print(f"error: {message}", file=sys.stderr, flush=True)
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
         with contextlib.suppress(OSError), open(path, "w") as f:
@@ -198,8 +199,8 @@ def run_cli(main_fn, parse, on_interrupt="interrupted"):
         peer_gone = int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(s in message for s in PEER_GONE)
         if isinstance(e, RuntimeError) and "DataLoader worker" not in str(e) and not peer_gone:
             raise
-        if not peer_gone and (is_main() or getattr(e, "own_shard", False)):
-            report(message)
+        if not peer_gone:  # every rank's error file: torchrun names whichever ended first
+            report(message, say=is_main() or getattr(e, "own_shard", False))
         elif peer_gone and os.environ.get("LOCAL_RANK", "0") == "0":
             print(f"stopped: another process of this run ended (rank {os.environ.get('RANK')} "
                   f"saw: {message[:120]}); its own line above says why, unless its machine died",
