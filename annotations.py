@@ -1,14 +1,13 @@
 """A COCO-format keypoint json, read and checked in one pass, and the boxes in it.
 
-The json: `images` [{id, file_name, width, height}], `annotations` [{id, image_id,
-category_id, bbox [x, y, w, h], keypoints [x1, y1, v1, ...] (v 0 unlabeled, 1 occluded, 2
-visible), optional area (default w * h), iscrowd (default 0), num_keypoints (default: the
-labeled count)}], `categories` [{id, name, keypoints [names], skeleton (1-based pairs)}].
-Optional category fields: `keypoint_prompts` (one text per keypoint, Eq. 2), `flip_pairs`
-(0-based index pairs or name pairs), `sigmas` (one OKS sigma per keypoint). Detections for
-evaluation are COCO detection results [{image_id, category_id, bbox, score}]. Every problem
-is one ValueError naming the file, the id and the field.
-"""
+The json: `images` [{id, file_name, width, height}], `annotations` [{id, image_id, category_id,
+bbox [x, y, w, h], keypoints [x1, y1, v1, ...] (v 0 unlabeled, 1 occluded, 2 visible), optional
+area (default w * h), iscrowd (default 0), num_keypoints (default: the labeled count)}],
+`categories` [{id, name, keypoints [names], skeleton (1-based pairs)}]. Optional category fields:
+`keypoint_prompts` (one text per keypoint, Eq. 2), `flip_pairs` (0-based index pairs or name
+pairs), `sigmas` (one OKS sigma per keypoint). Detections for evaluation are COCO detection
+results [{image_id, category_id, bbox, score}]. Every problem is one ValueError naming the file,
+the id and the field."""
 import contextlib
 import io
 import warnings
@@ -42,11 +41,11 @@ def unique_ids(items, kind, path):
 
 
 def check_coco(data, path, keypoint_category_ids, num_keypoints):
-    """One pass over the images and annotations: unique integer ids; images with a file_name
-    and finite width / height >= 0 (0: their instances are skipped); annotations of a known
-    image and category, and for keypoint categories 3K finite keypoint numbers and a finite
-    bbox. Fills what COCOeval reads where the file leaves it out: area (bbox w * h), iscrowd
-    (0), num_keypoints (the labeled count). A scored instance with a box needs area > 0."""
+    """One pass over the images and annotations: unique integer ids; images with a file_name and
+    finite width / height >= 0 (0: their instances are skipped); annotations of a known image and
+    category, and for keypoint categories 3K finite keypoint numbers and a finite bbox. Fills what
+    COCOeval reads where the file leaves it out: area (bbox w * h), iscrowd (0), num_keypoints
+    (the labeled count). A scored instance with a box needs area > 0."""
     unique_ids(data["images"], "image", path)
     unique_ids(data["annotations"], "annotation", path)
     for im in data["images"]:
@@ -74,10 +73,8 @@ def check_coco(data, path, keypoint_category_ids, num_keypoints):
             raise ValueError(f"{where} has no 4-number bbox [x, y, w, h]")
         x, y, w, h = finite_numbers(ann["bbox"], 4, where, "bbox")
         ann["area"] = finite_number(ann.get("area", float(w * h)), where, "area", minimum=0)
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("num_keypoints", labeled)
-        for field in ("iscrowd", "num_keypoints"):
-            finite_number(ann[field], where, field, minimum=0)
+        for field, default in (("iscrowd", 0), ("num_keypoints", labeled)):
+            finite_number(ann.setdefault(field, default), where, field, minimum=0)
         if ann["area"] == 0 < min(w, h) and ann["num_keypoints"] > 0 and not ann["iscrowd"]:
             raise ValueError(f"{where}: 'area' is 0, and OKS divides by it (AP 0 for this instance)"
                              f": give the instance's area, or leave 'area' out to use the box's w * h")
@@ -153,8 +150,7 @@ def read_keypoint_set(data, path):
     if prompts is not None and not (isinstance(prompts, list) and len(prompts) == K and all(
             isinstance(p, str) and p.strip() for p in prompts)):
         raise ValueError(f"{path}: 'keypoint_prompts' must be {K} non-empty strings, one per keypoint")
-    pairs = category_field(cats, "flip_pairs", path)
-    sigmas = category_field(cats, "sigmas", path)
+    pairs, sigmas = category_field(cats, "flip_pairs", path), category_field(cats, "sigmas", path)
     return dict(
         names=list(names), category_ids={c["id"] for c in cats},
         skeleton=read_skeleton(cats[0].get("skeleton"), K, path),
@@ -174,15 +170,12 @@ def index_coco(data):
 
 
 def load_detections(path, coco, score_threshold=0.0):
-    """Detected boxes for evaluation: a COCO detection-results json [{"image_id",
-    "category_id", "bbox", "score"}, ...] -> the entries with score >= score_threshold.
-
-    coco: the keypoint ground truth (a pycocotools COCO, e.g. KeypointDataset.coco, or the
-    path of its json). A detection for an image not in it is an error. Categories: with one
-    keypoint category (COCO person) every detection becomes that category (filter a
-    multi-class detector's file to its person/animal class first); with several (AP-10K
-    species) a detection must name one of them.
-    """
+    """Detected boxes for evaluation: a COCO detection-results json [{"image_id", "category_id",
+    "bbox", "score"}, ...] -> the entries with score >= score_threshold. coco: the keypoint ground
+    truth (a pycocotools COCO, e.g. KeypointDataset.coco, or the path of its json); a detection for
+    an image not in it is an error. With one keypoint category (COCO person) every detection
+    becomes that category (filter a multi-class detector's file to its person/animal class first);
+    with several (AP-10K species) a detection must name one of them."""
     data = load_coco_json(coco) if isinstance(coco, str) else coco.dataset
     dets = read_json(path, "detections")
     if not isinstance(dets, list):
@@ -216,10 +209,9 @@ def check_detection(det, where, images):
         integer_id(det, key, where)
     if det["image_id"] not in images:
         raise ValueError(f"{where}: image id {det['image_id']} is not in the ground-truth json")
-    bbox = finite_numbers(det.get("bbox"), 4, where, "bbox")
-    score = finite_number(det.get("score"), where, "score")
     return {"image_id": det["image_id"], "category_id": det["category_id"],
-            "bbox": bbox.tolist(), "score": score}
+            "bbox": finite_numbers(det.get("bbox"), 4, where, "bbox").tolist(),
+            "score": finite_number(det.get("score"), where, "score")}
 
 
 def clip_box(bbox, width, height):

@@ -28,7 +28,6 @@ SMALL_VISION = {  # same structure, tiny (for CPU tests and the demo; never from
     "clip-vitb16": dict(type="clip-vit", patch_size=16, width=64, layers=2, heads=2, output_dim=64),
     "imagenet-rn50": dict(type="resnet", layers=[1, 1, 1, 1], width=16),
 }
-TOWER_TYPE = {backbone: cfg["type"] for backbone, cfg in FULL_VISION.items()}
 
 
 def resize_positional_table(pos, old_grid, new_grid):
@@ -81,15 +80,12 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
         self.relu = nn.ReLU(inplace=True)
-        if stride == 1 and inplanes == out:
-            self.downsample = None
-        elif antialias:  # OpenAI names the pool "-1" so the conv/bn keep indices 0 and 1
-            self.downsample = nn.Sequential(OrderedDict([
-                ("-1", nn.AvgPool2d(stride)), ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
-                ("1", nn.BatchNorm2d(out))]))
-        else:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(out))
+        self.downsample = None
+        if stride != 1 or inplanes != out:  # OpenAI names CLIP's pool "-1": conv/bn keep keys 0, 1
+            pool = [("-1", nn.AvgPool2d(stride))] if antialias else []
+            conv = nn.Conv2d(inplanes, out, 1, stride=1 if antialias else stride, bias=False)
+            self.downsample = nn.Sequential(OrderedDict(pool + [("0", conv),
+                                                                ("1", nn.BatchNorm2d(out))]))
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -137,22 +133,18 @@ class AttentionPool2d(nn.Module):
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)  # (B, 1+hw, C)
         tokens = tokens + self.positional_embedding.to(x.dtype)
         L, nh = tokens.shape[1], self.num_heads
-
-        def heads(t):  # (B, L, C) -> (B, nh, L, C/nh)
-            return t.reshape(B, L, nh, C // nh).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(heads(self.q_proj(tokens)), heads(self.k_proj(tokens)),
-                                             heads(self.v_proj(tokens)))  # (B, nh, L, C/nh)
+        q, k, v = (proj(tokens).reshape(B, L, nh, C // nh).transpose(1, 2)  # (B, nh, L, C/nh)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, nh, L, C/nh)
         out = self.c_proj(out.transpose(1, 2).reshape(B, L, C))  # (B, 1+hw, out)
         return out[:, 0], tokens_to_map(out[:, 1:], h, w)
 
 
 class ModifiedResNet(nn.Module):
-    """CLIP's ResNet image tower (3-conv stem, anti-aliased strides, attention pool).
-
-    forward(images (B,3,H,W)) -> feature_map (B, 32*width, H/32, W/32), global (B, output_dim)
-    == CLIP encode_image, dense (B, output_dim, H/32, W/32); projector=False (SimpleBaseline):
-    no attnpool, the last two None. grid: the (H/32, W/32) grid of the positional table."""
+    """CLIP's ResNet image tower (3-conv stem, anti-aliased strides, attention pool): images
+    (B, 3, H, W) -> feature_map (B, 32*width, H/32, W/32), global (B, output_dim) == CLIP
+    encode_image, dense (B, output_dim, H/32, W/32); projector=False (SimpleBaseline): no
+    attnpool, the last two None. grid: the (H/32, W/32) grid of the positional table."""
 
     stride = 32
 
@@ -186,12 +178,10 @@ class ModifiedResNet(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """CLIP's ViT image tower (patch conv, class token, ln_pre, transformer, ln_post, proj).
-
-    forward(images) -> feature_map (B, width, H/p, W/p) (patch tokens before ln_post), global
-    (B, output_dim) == CLIP encode_image, dense (B, output_dim, H/p, W/p) (ln_post and proj on
-    every patch token); projector=False: no ln_post/proj. drop_path: stochastic depth rising
-    linearly from 0 at the first block to this rate at the last."""
+    """CLIP's ViT image tower (patch conv, class token, ln_pre, transformer, ln_post, proj):
+    images -> feature_map (B, width, H/p, W/p) (patch tokens before ln_post), global (B,
+    output_dim) == CLIP encode_image, dense (B, output_dim, H/p, W/p) (ln_post and proj on every
+    patch token); projector=False: no ln_post/proj. drop_path: the last block's stochastic depth."""
 
     def __init__(self, grid=(14, 14), patch_size=16, width=768, layers=12, heads=12,
                  output_dim=512, projector=True, drop_path=0.0):

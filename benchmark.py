@@ -6,14 +6,13 @@
     python benchmark.py --amp bf16 --compile --peak-tflops 989   # on a GPU, as train.py runs there
 
 The code measured is the project's: train.train_step with train.py's optimiser, schedule,
-GradScaler, loss weights and compilation for its default flags; evaluate.predict_heatmaps and
+GradScaler, loss weights and compilation for its default flags; predict.predict_heatmaps and
 predict_dataset; KeypointDataset and make_loader on synthetic 1024x768 AP-10K photos;
-video.analyze_video on a 640x480 video of them; random
-weights (speed does not depend on them). Contenders run round-robin (A B, B A, ...) after
---warmup rounds, so a load change on a shared machine hits both; ratios are per round, shown
-as median [min, max], rates as median (min-max). FLOPs: FlopCounterMode on an extra eager
-call (matmuls, convolutions, attention; not element-wise work).
-"""
+video.analyze_video on a 640x480 video of them; random weights (speed does not depend on them).
+Contenders run round-robin (A B, B A, ...) after --warmup rounds, so a load change on a shared
+machine hits both; ratios are per round, shown as median [min, max], rates as median (min-max).
+FLOPs: FlopCounterMode on an extra eager call (matmuls, convolutions, attention; not element-wise
+work)."""
 import argparse
 import datetime
 import json
@@ -89,8 +88,7 @@ def measure(contenders, device, warmup, reps):
 
 
 def flop_count(fn):
-    """FLOPs of a steady-state call of fn by FlopCounterMode: fn runs once first (filling the
-    prompt cache of an inference call), then once counted."""
+    """FLOPs of a steady-state call of fn (FlopCounterMode): an uncounted call fills caches."""
     fn()
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -123,9 +121,8 @@ def make_model(backbone, method, small, image_size, device):
 
 def make_dataset(data, cfg, train_mode, reduced_decode=False):
     """KeypointDataset of the benchmark's (json, image dir) at the model's sizes."""
-    return KeypointDataset(*data, train=train_mode, image_size=cfg["image_size"],
-                           heatmap_size=cfg["heatmap_size"], normalize=cfg["normalize"],
-                           reduced_decode=reduced_decode)
+    inputs = {k: cfg[k] for k in ("image_size", "heatmap_size", "normalize")}
+    return KeypointDataset(*data, train=train_mode, reduced_decode=reduced_decode, **inputs)
 
 
 def make_batch(data, cfg, batch_size, device):
@@ -153,7 +150,7 @@ def train_step_fn(model, batch, amp, compile_model=False):
 
 
 def inference_fn(model, batch, amp, compile_model=False):
-    """evaluate.predict_heatmaps of the batch, no flip, in eval mode (the prompt cache on)."""
+    """predict.predict_heatmaps of the batch, no flip, in eval mode (the prompt cache on)."""
     run = torch.compile(model) if compile_model else model
     model.eval()
     return lambda: predict_heatmaps(run, batch["image"], [], False, amp)
@@ -324,8 +321,7 @@ def write_test_video(path, data, frames, size=(640, 480)):
     their first animal's box -> (the boxes' path, [(frame, box)] as written)."""
     ann = json.load(open(data[0]))
     first = {a["image_id"]: a["bbox"] for a in reversed(ann["annotations"])}
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30.0, size)
-    written = []
+    writer, written = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 30.0, size), []
     for n in range(frames):
         image = ann["images"][n % len(ann["images"])]
         fx, fy = size[0] / image["width"], size[1] / image["height"]
@@ -340,11 +336,10 @@ def write_test_video(path, data, frames, size=(640, 480)):
 
 
 def section_video(args, device, data):
-    """video.analyze_video with --boxes (decoding, crops, model, drawing, encoding, the json,
-    csv and figure) vs the model alone (predict_heatmaps with the flip test on the same
-    number of crops, already made) at the same batch size, round-robin; then the default
-    search once. (--follow is left out: with random weights no pose is ever sure enough to
-    follow, so it would measure the search.)"""
+    """video.analyze_video with --boxes (decoding, crops, model, drawing, encoding, the json, csv
+    and figure) vs the model alone (predict_heatmaps with the flip test on as many crops, already
+    made) at the same batch size, round-robin; then the default search once. (--follow is left
+    out: with random weights no pose is ever sure enough to follow; it would measure the search.)"""
     model = make_model("clip-rn50", "promptpose", args.quick, args.input_size, device)
     ckpt = {"keypoint_names": AP10K_KEYPOINTS, "flip_pairs": AP10K_FLIP_PAIRS,
             "skeleton": [[a - 1, b - 1] for a, b in AP10K_SKELETON], "model_config": model.cfg}
@@ -389,8 +384,7 @@ def describe_run(args, device):
 
 
 def write_results(path, device, text):
-    """Replace (or append) this device type's generated block in the markdown file; the text
-    outside the blocks (notes written by people) is kept."""
+    """Replace (or append) this device type's block in the markdown file; notes outside it stay."""
     begin, end = (f"<!-- benchmark.py {device.type}: {w} -->" for w in ("begin", "end"))
     old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
     block = f"{begin}\n{text}\n{end}"

@@ -59,8 +59,7 @@ def git_commit():
 
 
 def lock_run_dir(run_dir):
-    """Create run_dir and hold its lock for the life of this process. Returns the open lock
-    file (keep a reference). A second writer stops with the pid of the one holding it."""
+    """Create run_dir and lock it -> the open lock file (keep it); a second writer is refused."""
     lock = os.path.join(run_dir, ".lock")
     try:
         os.makedirs(run_dir, exist_ok=True)
@@ -103,8 +102,7 @@ def save_checkpoint(path, ckpt):
 
 def make_checkpoint(model, data_info, args, epoch, best_ap, commit, optimizer=None,
                     scheduler=None, scaler=None):
-    """The checkpoint dict of the module docstring. data_info: the dataset's flip_pairs,
-    skeleton and sigmas; model-only when no optimizer is given."""
+    """The checkpoint dict of the module docstring; model-only when no optimizer is given."""
     ckpt = {"kind": "model-only" if optimizer is None else "full", "model": model.state_dict(),
             "model_config": model.cfg, "keypoint_names": list(model.keypoint_names),
             "prompt_texts": list(model.prompt_texts),
@@ -120,7 +118,6 @@ def make_checkpoint(model, data_info, args, epoch, best_ap, commit, optimizer=No
 
 
 def model_only(ckpt):
-    """The shareable form of a full checkpoint: no optimiser, scheduler or scaler state."""
     return {**{k: v for k, v in ckpt.items() if k not in TRAINING_FIELDS}, "kind": "model-only"}
 
 
@@ -167,8 +164,7 @@ def keypoint_block(model, name, shape):
 
 
 def remap_keypoint_rows(target, source, offset, names, source_names):
-    """Copy `source` rows into a clone of `target`: rows before `offset` as they are, keypoint
-    rows by keypoint name; rows of keypoints the source lacks keep their initial value."""
+    """A clone of `target` taking `source`'s rows before `offset` and its keypoint rows by name."""
     new = target.clone()
     new[:offset] = source[:offset]
     for j, n in enumerate(names):
@@ -177,25 +173,19 @@ def remap_keypoint_rows(target, source, offset, names, source_names):
     return new
 
 
-def check_same_towers(model, ckpt, path, partial):
-    """Refuse an --init-from whose backbone or tower type differs, unless partial."""
-    mine, theirs = model.cfg, ckpt["model_config"]
-    if not partial and (mine["backbone"] != theirs["backbone"]
-                        or mine["vision"]["type"] != theirs["vision"]["type"]):
-        raise ValueError(f"--init-from {path}: trained with --backbone {theirs['backbone']} "
-                         f"({theirs['vision']['type']}), this run uses {mine['backbone']} "
-                         f"({mine['vision']['type']}); --init-from-partial loads only what matches")
-
-
 def init_from(model, path, partial=False):
     """Initialise from another run's checkpoint (COCO human pre-training -> AP-10K, Tables 3-4):
     tensors whose name and shape match are copied, positional tables of another grid resized,
     keypoint-indexed rows matched by keypoint *name* (COCO and AP-10K share eyes, nose, ...).
     Prints and returns {"loaded", "resized", "remapped", "skipped", "untouched"} name lists."""
     ckpt = load_checkpoint(path)
-    check_same_towers(model, ckpt, path, partial)
-    source, resized = resize_positional_tables(ckpt["model"], model,
-                                               ckpt["model_config"]["vision"].get("grid"))
+    mine, theirs = model.cfg, ckpt["model_config"]
+    if not partial and (mine["backbone"] != theirs["backbone"]
+                        or mine["vision"]["type"] != theirs["vision"]["type"]):
+        raise ValueError(f"--init-from {path}: trained with --backbone {theirs['backbone']} "
+                         f"({theirs['vision']['type']}), this run uses {mine['backbone']} "
+                         f"({mine['vision']['type']}); --init-from-partial loads only what matches")
+    source, resized = resize_positional_tables(ckpt["model"], model, theirs["vision"].get("grid"))
     source_names, names = list(ckpt["keypoint_names"]), list(model.keypoint_names)
     target = model.state_dict()
     report = {"loaded": [], "resized": resized, "remapped": [], "skipped": [], "untouched": []}
@@ -292,8 +282,7 @@ def absolute(dest, value):
 
 
 def open_run(args):
-    """Rank 0: lock the run directory, refuse to start over an existing run (any RUN_FILES),
-    clean stale temporary files -> the lock (keep it), or None on other ranks."""
+    """Rank 0: lock the run dir, refuse an existing run, clean stale writes -> the lock, or None."""
     if not is_main():
         return None
     lock = lock_run_dir(args.output_dir)

@@ -1,9 +1,8 @@
 """CLIP's text side, written out by hand and kept key-compatible with OpenAI's checkpoints.
 
-Top to bottom: the transformer pieces shared with the image towers of `backbones.py`, the
-byte-level BPE tokenizer (`tokenize`), the text encoder (`TextEncoder` == CLIP's `encode_text`)
-and `load_clip_state_dict`. The prompt learner of PromptPose (paper Eq. 2) builds on
-`TextEncoder` in `model.py`. All sequence tensors are batch-first: (B, L, d).
+Top to bottom: the transformer pieces shared with `backbones.py`'s image towers, the byte-level
+BPE tokenizer (`tokenize`), the text encoder (`TextEncoder` == CLIP's `encode_text`; `model.py`'s
+Eq. 2 prompt learner builds on it), `load_clip_state_dict`. Tensors are batch-first: (B, L, d).
 """
 import functools
 import gzip
@@ -106,7 +105,6 @@ class Transformer(nn.Module):
         super().__init__()
         if not 0 <= drop_path < 1:
             raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
-        self.width, self.layers, self.heads = width, layers, heads
         rates = torch.linspace(0, drop_path, layers).tolist()
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, rate) for rate in rates])
 
@@ -211,8 +209,7 @@ def _default_tokenizer():
 def tokenize(texts, context_length=77, truncate=False):
     """Texts -> LongTensor (N, context_length): [SOT, tokens..., EOT, 0, 0, ...]. A longer text
     raises ValueError, unless truncate=True: then it is cut, EOT kept as the last id."""
-    if isinstance(texts, str):
-        texts = [texts]
+    texts = [texts] if isinstance(texts, str) else texts
     tokenizer = _default_tokenizer()
     result = torch.zeros(len(texts), context_length, dtype=torch.long)
     for i, text in enumerate(texts):
@@ -247,11 +244,7 @@ class TextEncoder(nn.Module):
         self.transformer = Transformer(width, layers, heads)
         self.ln_final = LayerNorm(width)
         self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
-        self.initialize_parameters()
-
-    def initialize_parameters(self):
-        """CLIP's random init (std 0.02 tokens, 0.01 positions, width-scaled blocks)."""
-        width, layers = self.transformer.width, self.transformer.layers
+        # CLIP's random init (std 0.02 tokens, 0.01 positions, width-scaled blocks)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         proj_std = (width ** -0.5) * ((2 * layers) ** -0.5)
@@ -331,6 +324,5 @@ def load_clip_state_dict(path):
         found = ", ".join(list(state_dict)[:5])
         raise ValueError(f"{path} is not a CLIP checkpoint: missing {missing or 'visual.* keys'} "
                          f"(found {len(state_dict)} keys: {found}, ...); expected {expected}")
-    for key in _TORCHSCRIPT_META_KEYS:
-        state_dict.pop(key, None)
-    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()
+            if k not in _TORCHSCRIPT_META_KEYS}

@@ -109,12 +109,9 @@ def read_dlc_config(project_dir):
         raise ValueError(f"{path}: required key 'Task' is missing (or empty)")
     if not (multi is None or isinstance(multi, bool)):
         raise ValueError(f"{path}: 'multianimalproject' must be true or false, found {multi!r}")
-    if multi:
-        keypoints = _names(raw, "multianimalbodyparts", path)
-        individuals = _names(raw, "individuals", path)
-        unique = _names(raw, "uniquebodyparts", path, required=False)
-    else:
-        keypoints, individuals, unique = _names(raw, "bodyparts", path), [None], []
+    keypoints = _names(raw, "multianimalbodyparts" if multi else "bodyparts", path)
+    individuals = _names(raw, "individuals", path) if multi else [None]
+    unique = _names(raw, "uniquebodyparts", path, required=False) if multi else []
     fraction = raw.get("TrainingFraction")     # DeepLabCut's share of frames for training
     if isinstance(fraction, list) and fraction:
         fraction = fraction[0]
@@ -291,8 +288,7 @@ def coco_instance(xy, width, height, margin):
 
 
 def split_frames(n, val_fraction, seed):
-    """Seeded split of n frames -> sorted (train, val) indices; val gets round(val_fraction * n)
-    frames, but at least one and at most n - 1."""
+    """Seeded split of n frames -> sorted (train, val) indices; 1 <= len(val) <= n - 1."""
     if n < 2:
         raise ValueError(f"found {n} labeled frame(s); a train/val split needs at least 2")
     n_val = min(max(int(round(val_fraction * n)), 1), n - 1)
@@ -425,9 +421,9 @@ def print_report(summary, project_dir, out_dir, copy):
               f"{counts['unique']} labeled point(s) left out")
     for note in cfg["notes"]:
         print(f"note: {note}")
-    out = lambda p: shlex.quote(os.path.join(out_dir, p))  # noqa: E731
+    out = {p: shlex.quote(os.path.join(out_dir, p)) for p in ("train.json", "val.json", "images")}
     run = "runs/" + "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg["task"])
-    data = f"--train-ann {out('train.json')} --val-ann {out('val.json')} --images {out('images')}"
+    data = f"--train-ann {out['train.json']} --val-ann {out['val.json']} --images {out['images']}"
     # train.py drops the last incomplete batch: a batch larger than the set trains nothing
     batch = min(16, len(summary["files"]["train"]["annotations"]))
     print("To try the pipeline (no downloaded weights: a small randomly initialised model, a "

@@ -1,10 +1,9 @@
 """Top-down keypoint data (paper Sec. 4.1): records -> crops + heatmaps.
 
-Each usable instance of a COCO-format keypoint file (read and checked by annotations.py)
-becomes a record: an image and a box, ground truth or a detection for evaluation. The AP-10K
-few-shot split (Table 2) keeps `shots` images per species; `transforms.TopDownTransform`
-makes each sample; `make_loader` batches them.
-"""
+Each usable instance of a COCO-format keypoint file (read and checked by annotations.py) becomes a
+record: an image and a box, ground truth or a detection for evaluation. The AP-10K few-shot split
+(Table 2) keeps `shots` images per species; `transforms.TopDownTransform` makes each sample;
+`make_loader` batches them."""
 import os
 from collections import Counter
 
@@ -38,12 +37,6 @@ def skip_reason(ann, image, keypoint_category_ids, train):
     return None
 
 
-def scored_by_cocoeval(ann, keypoint_category_ids):
-    """True if COCOeval would count this ground truth (a miss when nothing predicts it)."""
-    return (ann["category_id"] in keypoint_category_ids and not ann["iscrowd"]
-            and ann["num_keypoints"] > 0)
-
-
 def make_record(image, image_dir, box, aspect_ratio, **fields):
     """One sample's record: the image, the clipped box (read by the box jitter), centre, scale."""
     return dict(path=os.path.join(image_dir, image["file_name"]), image_id=int(image["id"]),
@@ -65,7 +58,8 @@ def ground_truth_records(coco, image_dir, keypoint_category_ids, num_keypoints, 
         reason = skip_reason(ann, image, keypoint_category_ids, train)
         if reason is not None:
             skipped[reason] += 1
-            if scored_by_cocoeval(ann, keypoint_category_ids):
+            if (ann["category_id"] in keypoint_category_ids and not ann["iscrowd"]
+                    and ann["num_keypoints"] > 0):  # COCOeval scores it: a miss, never predicted
                 unpredictable.append(ann_id)
             continue
         box = instance_box(ann["bbox"], image["width"], image["height"])
@@ -79,8 +73,7 @@ def ground_truth_records(coco, image_dir, keypoint_category_ids, num_keypoints, 
 
 def detection_records(boxes, coco, image_dir, keypoint_category_ids, num_keypoints, aspect_ratio):
     """One evaluation record per detection (detection True, bbox_score = its score) -> (records,
-    skipped Counter, boxes clipped). Detections must name a keypoint category (load_detections
-    maps them)."""
+    skipped Counter, boxes clipped); it must name a keypoint category (load_detections maps it)."""
     records, skipped, clipped = [], Counter(), 0
     for n, det in enumerate(boxes):
         det = check_detection(det, f"boxes[{n}]", coco.imgs)
@@ -101,14 +94,12 @@ def detection_records(boxes, coco, image_dir, keypoint_category_ids, num_keypoin
 
 def check_image_files(records, ann_file):
     """Every record's image file exists and is not empty, else one error naming a file."""
-    missing, empty = {}, {}
-    sizes = {}
+    ann_ids = {}   # path -> its records' annotation ids
     for rec in records:
-        if rec["path"] not in sizes:
-            sizes[rec["path"]] = os.path.getsize(rec["path"]) if os.path.isfile(rec["path"]) else None
-        size = sizes[rec["path"]]
-        if size is None or size == 0:
-            (missing if size is None else empty).setdefault(rec["path"], []).append(rec["ann_id"])
+        ann_ids.setdefault(rec["path"], []).append(rec["ann_id"])
+    missing = {path: ids for path, ids in ann_ids.items() if not os.path.isfile(path)}
+    empty = {path: ids for path, ids in ann_ids.items()
+             if path not in missing and os.path.getsize(path) == 0}
     if missing:
         path, ids = next(iter(missing.items()))
         raise FileNotFoundError(f"{ann_file}: {len(missing)} image file(s) missing, e.g. {path} "
@@ -120,12 +111,10 @@ def check_image_files(records, ann_file):
 
 
 def sample_few_shot(coco, shots, seed, keypoint_category_ids=None):
-    """Few-shot split (Table 2): `shots` images per species (category_id), sorted image ids.
-
-    Candidates for a species are the images holding at least one usable instance of it;
-    species c draws with np.random.default_rng([seed, c]) so a species' choice does not depend
-    on the others. Species with fewer candidates keep all of them.
-    """
+    """Few-shot split (Table 2): `shots` images per species (category_id), sorted image ids. The
+    candidates of a species are the images holding a usable instance of it; species c draws with
+    np.random.default_rng([seed, c]) so that its choice does not depend on the others. Species
+    with fewer candidates keep all of them."""
     if keypoint_category_ids is None:
         keypoint_category_ids = {c["id"] for c in coco.dataset["categories"] if c.get("keypoints")}
     chosen = set()
@@ -174,7 +163,13 @@ class KeypointDataset(Dataset):
         data = load_coco_json(self.ann_file)                       # json -> validated records
         keypoint_set = read_keypoint_set(data, self.ann_file)
         check_coco(data, self.ann_file, keypoint_set["category_ids"], len(keypoint_set["names"]))
-        self._set_keypoint_set(keypoint_set, sigmas, flip_pairs, flip)
+        self.keypoint_names, self.num_keypoints = keypoint_set["names"], len(keypoint_set["names"])
+        self.skeleton = keypoint_set["skeleton"]                      # 0-based pairs
+        self.keypoint_category_ids = keypoint_set["category_ids"]
+        meta = keypoint_metadata(keypoint_set, self.ann_file, sigmas, flip_pairs, flip)
+        self.prompt_texts, self._flip_pairs = meta["prompt_texts"], meta["flip_pairs"]
+        self.sigmas, self.upper_body_ids = meta["sigmas"], meta["upper_body"]
+        self.sigmas_given = meta["sigmas_given"]  # False: a placeholder; AP means little
         self.transform = TopDownTransform(image_size, heatmap_size, normalize, self.flip_pairs,
                                           self.upper_body_ids, flip, reduced_decode)
         self.image_size, self.heatmap_size = self.transform.image_size, self.transform.heatmap_size
@@ -185,33 +180,20 @@ class KeypointDataset(Dataset):
         self._build_records(boxes)
         self._rng, self._rng_key = None, None
 
-    def _set_keypoint_set(self, keypoint_set, sigmas, flip_pairs, flip):
-        """Names, skeleton, prompt texts, flip pairs, OKS sigmas, half-body groups (keypoint_metadata)."""
-        self.keypoint_names = keypoint_set["names"]
-        self.num_keypoints = len(self.keypoint_names)
-        self.keypoint_category_ids = keypoint_set["category_ids"]
-        self.skeleton = keypoint_set["skeleton"]                      # 0-based pairs
-        meta = keypoint_metadata(keypoint_set, self.ann_file, sigmas, flip_pairs, flip)
-        self.prompt_texts, self._flip_pairs = meta["prompt_texts"], meta["flip_pairs"]
-        self.sigmas, self.upper_body_ids = meta["sigmas"], meta["upper_body"]
-        self.sigmas_given = meta["sigmas_given"]  # False: a placeholder; AP means little
-
     def _build_records(self, boxes):
-        name = os.path.basename(self.ann_file)
         args = (self.coco, self.image_dir, self.keypoint_category_ids, self.num_keypoints,
                 self.transform.aspect_ratio)
         keep = set(self.few_shot_image_ids) if self.few_shot_image_ids is not None else None
         records, skipped, clipped, unpredictable = ground_truth_records(*args, self.train, keep)
-        removed = sorted(set(unpredictable) | {a["id"] for a in self.coco.dataset["annotations"]
-                                               if a["category_id"] not in self.keypoint_category_ids})
+        removed = set(unpredictable) | {a["id"] for a in self.coco.dataset["annotations"]
+                                        if a["category_id"] not in self.keypoint_category_ids}
         if removed and not self.train:   # the scored ground truth = what can be predicted
-            drop = set(removed)
             self.coco = index_coco(dict(self.coco.dataset, annotations=[
-                a for a in self.coco.dataset["annotations"] if a["id"] not in drop]))
-        mode = "train" if self.train else "eval"
-        self.skip_summary = skip_line(name, mode, len(records), skipped, clipped,
-                                      len(removed) if not self.train else 0,
-                                      len(keep) if keep is not None else None)
+                a for a in self.coco.dataset["annotations"] if a["id"] not in removed]))
+        self.skip_summary = skip_line(
+            os.path.basename(self.ann_file), "train" if self.train else "eval", len(records),
+            skipped, clipped, 0 if self.train else len(removed),
+            None if keep is None else len(keep))
         if boxes is not None:
             records, det_skipped, det_clipped = detection_records(boxes, *args)
             self.skip_summary += "; " + skip_line(f"{len(boxes)} detections", "eval", len(records),

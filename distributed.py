@@ -20,11 +20,8 @@ import torch.distributed as dist
 
 
 def init_distributed(device=None):
-    """Join the process group when torchrun started us. -> (rank, local_rank, world, device).
-
-    device: None picks cuda:LOCAL_RANK when a GPU is visible, else the CPU; a string is
-    checked ('cuda' without a GPU is a clear error, not a crash later).
-    """
+    """Join torchrun's process group, if any -> (rank, local_rank, world, device). device None:
+    cuda:LOCAL_RANK when a GPU is visible, else the CPU ('cuda' without a GPU: a clear error)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -54,14 +51,12 @@ STORE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for the proces
 
 
 def launch_namespace(store, rank, world):
-    """A store prefix that this launch of the workers alone uses, agreed by all ranks.
-
+    """A store prefix that this launch of the workers alone uses, agreed by all ranks:
     torchrun's agent keeps one key-value store for all its restarts (`--max-restarts`), and
     the process group finds its peers' addresses under fixed keys in it: a restarted worker
     could read the address of a peer that died (gloo: "Connection refused"; NCCL: a stale
     unique id). Here rank 0 draws a fresh name and hands it to each rank in answer to that
-    rank's own fresh token, so that a key left over from an earlier launch is never read.
-    """
+    rank's own fresh token, so that a key left over from an earlier launch is never read."""
     if rank != 0:
         token = uuid.uuid4().hex
         store.set(f"launch/token/{rank}", token)
@@ -89,7 +84,6 @@ def is_distributed():
 
 
 def is_main():
-    """True on rank 0 (and in a single-process run)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -108,34 +102,26 @@ def all_gather_list(items):
 
 
 def all_reduce_sum(tensor):
-    """Sum a tensor over ranks in place (no-op for one process); returns it."""
+    """Sum a tensor over ranks in place (no-op for one process)."""
     if is_distributed():
         dist.all_reduce(tensor)
     return tensor
 
 
-def broadcast_object(obj):
-    """Rank 0's python object on every rank (one process: obj)."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def on_rank0(fn, *args):
-    """fn(*args) on rank 0 only; every rank gets its result, or raises its error, so that no
-    process waits for one that stopped (one process: fn(*args))."""
-    result = None
+    """fn(*args) on rank 0 only; every rank gets its result or raises its error (none waits)."""
+    box = [None]  # rank 0's (value, error class name, message), broadcast to every rank
     if is_main():
         try:
-            result = (fn(*args), None)
+            box = [(fn(*args), None, None)]
         except (OSError, ValueError) as e:
-            result = (None, f"{type(e).__name__}: {e}")
-    value, error = broadcast_object(result)
-    if error:
-        kind, message = error.split(": ", 1)
-        raise (OSError if kind in ("OSError", "FileNotFoundError", "PermissionError") else ValueError)(message)
+            box = [(None, type(e).__name__, str(e))]
+    if is_distributed():
+        dist.broadcast_object_list(box, src=0)
+    value, kind, message = box[0]
+    if kind:
+        is_os = kind in ("OSError", "FileNotFoundError", "PermissionError")
+        raise (OSError if is_os else ValueError)(message)
     return value
 
 
@@ -168,17 +154,6 @@ def own_shard():
         raise
 
 
-def report(message, say=True):
-    """The one line on stderr (say); under torchrun also in the worker's error file, so that the
-    failure summary torchrun prints last ends with it instead of a hint about tracebacks."""
-    if say:
-        print(f"error: {message}", file=sys.stderr, flush=True)
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if path:
-        with contextlib.suppress(OSError), open(path, "w") as f:
-            json.dump({"message": f"error: {message}", "timestamp": int(time.time())}, f)
-
-
 # A collective whose peer process stopped: the peer's own error is the cause, said by the peer.
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL error")
 
@@ -199,9 +174,16 @@ def run_cli(main_fn, parse, on_interrupt="interrupted"):
         peer_gone = int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(s in message for s in PEER_GONE)
         if isinstance(e, RuntimeError) and "DataLoader worker" not in str(e) and not peer_gone:
             raise
-        if not peer_gone:  # every rank's error file: torchrun names whichever ended first
-            report(message, say=is_main() or getattr(e, "own_shard", False))
-        elif peer_gone and os.environ.get("LOCAL_RANK", "0") == "0":
+        if not peer_gone:
+            if is_main() or getattr(e, "own_shard", False):
+                print(f"error: {message}", file=sys.stderr, flush=True)
+            # every rank's error file (torchrun names whichever ended first), so that the failure
+            # summary torchrun prints last ends with this line, not a hint about tracebacks
+            path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+            if path:
+                with contextlib.suppress(OSError), open(path, "w") as f:
+                    json.dump({"message": f"error: {message}", "timestamp": int(time.time())}, f)
+        elif os.environ.get("LOCAL_RANK", "0") == "0":
             print(f"stopped: another process of this run ended (rank {os.environ.get('RANK')} "
                   f"saw: {message[:120]}); its own line above says why, unless its machine died",
                   file=sys.stderr, flush=True)
@@ -210,7 +192,6 @@ def run_cli(main_fn, parse, on_interrupt="interrupted"):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows every default; a default that is None or a switch is said in words."""
-
     def _get_help_string(self, action):
         if action.default is None or isinstance(action.default, bool):
             return action.help
@@ -224,12 +205,12 @@ def number_in(kind, low=-math.inf, high=math.inf, above=False):
         try:
             value = kind(text)
         except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value < low or value > high or \
-                (above and value == low):
-            bounds = (f" {'>' if above else '>='} {low:g}" if low > -math.inf else "") + \
-                (f" and <= {high:g}" if high < math.inf else "")
-            raise argparse.ArgumentTypeError(f"expected a finite {kind.__name__}{bounds}, got {text!r}")
+            value = math.nan  # not a number: refused below
+        if not (math.isfinite(value) and low <= value <= high) or (above and value == low):
+            bounds = (f" {'>' if above else '>='} {low:g}" if low > -math.inf else "") + (
+                f" and <= {high:g}" if high < math.inf else "")
+            raise argparse.ArgumentTypeError(f"expected a finite {kind.__name__}{bounds}, "
+                                             f"got {text!r}")
         return value
     return parse
 
@@ -256,8 +237,7 @@ def number_list(kind):
 
 
 def n_ctx(text):
-    """Context vectors of Eq. 2: at least 1, and room left in CLIP's 77 text positions for
-    SOT, a few name tokens and EOT."""
+    """Context vectors of Eq. 2: 1 to 64, leaving CLIP's 77 text positions room for the names."""
     value = positive(int)(text)
     if value > 64:
         raise argparse.ArgumentTypeError(f"{value} context vectors leave too few of CLIP's 77 "

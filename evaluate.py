@@ -9,15 +9,15 @@
     python evaluate.py RUN/final.pt --video clip.mp4 [--boxes boxes.json]   # a video, every frame
     torchrun --nproc_per_node=8 evaluate.py RUN/final.pt    # sharded; identical numbers
 
-Top-down protocol of the paper (Sec. 4.1), as the authors ran it (mmpose): crop every box
-(ground truth, or detections), predict heatmaps averaged with those of the flipped crop (flip
-test), decode with Eq. 1 and map back to the image. Instance score = box score x mean of the
-keypoint maxima above 0.2; then OKS-NMS at 0.9 among the instances of each image. AP/AR are
-pycocotools' keypoint statistics with the run's own OKS sigmas (pycocotools silently uses the
-COCO *human* sigmas otherwise). PCK and pixel errors compare each ground-truth box's prediction
-with that instance. The checkpoint is the config: model, keypoints, flip pairs and sigmas. Data
-without OKS sigmas (a DeepLabCut project) is reported in a tracking user's terms first (pixel
-errors, on the ground-truth boxes and on the full frame: format_report), AP after.
+Top-down protocol of the paper (Sec. 4.1), as the authors ran it (mmpose): crop every box (ground
+truth, or detections), predict heatmaps averaged with those of the flipped crop (flip test),
+decode with Eq. 1 and map back to the image. Instance score = box score x mean of the keypoint
+maxima above 0.2; then OKS-NMS at 0.9 among the instances of each image. AP/AR are pycocotools'
+keypoint statistics with the run's own OKS sigmas (pycocotools silently uses the COCO *human*
+sigmas otherwise). PCK and pixel errors compare each ground-truth box's prediction with that
+instance. The checkpoint is the config: model, keypoints, flip pairs and sigmas. Data without OKS
+sigmas (a DeepLabCut project) is reported in a tracking user's terms first (pixel errors, on the
+ground-truth boxes and on the full frame: format_report), AP after.
 """
 import argparse
 import os
@@ -56,9 +56,7 @@ FULL_FRAME = ("each image searched as an own photo without --boxes, the pose mat
 
 @dataclass(frozen=True)
 class Thresholds:
-    """What the keypoint metrics count as right: --pck-threshold (a fraction of the box size),
-    --pck-pixels (image pixels) and --pcutoff (the error with p-cutoff keeps keypoints scoring
-    at least this)."""
+    """What the keypoint metrics count as right: --pck-threshold, --pck-pixels, --pcutoff."""
     box: float = PCK_THRESHOLD
     pixels: tuple = PCK_PIXELS
     pcutoff: float = PCUTOFF
@@ -85,9 +83,8 @@ def get_args_parser():
                    "w, h], \"score\"}, only these boxes get a pose; --video: of {\"frame\", "
                    "\"bbox\", \"score\"}, a frame with entries gets these boxes, the others "
                    "--follow / the search (default: search for the animal)")
-    g.add_argument("--video", help="a video file: pose on its frames, a labelled .mp4, a json, "
-                                   "a DeepLabCut-layout csv, a trajectory figure (default: no "
-                                   "video)")
+    g.add_argument("--video", help="a video file: pose on its frames, a labelled .mp4, a json, a "
+                   "DeepLabCut-layout csv, a trajectory figure (default: no video)")
     g.add_argument("--frames", metavar="START:STOP", help="--video: only these frames, 0-based, "
                    "STOP excluded; START: or :STOP (default: every frame)")
     g.add_argument("--follow", action="store_true", help="--video: each frame's box around the "
@@ -101,10 +98,9 @@ def get_args_parser():
                    "(default: the run's, stored in the checkpoint)")
     g.add_argument("--batch-size", type=positive(int), help="crops per forward pass (default: "
                    "the run's --eval-batch-size, else 32)")
-    g.add_argument("--workers", type=non_negative_int,
-                   default=default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
-                   help="data loader processes (the default: this machine's CPUs per process, "
-                        "at most 8)")
+    g.add_argument("--workers", type=non_negative_int, help="data loader processes (the default: "
+                   "this machine's CPUs per process, at most 8)",
+                   default=default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     g = p.add_argument_group("inference")
     g.add_argument("--no-flip-test", dest="flip_test", action="store_false",
                    help="no flip test (default: the flip test is on, as in the paper; off by "
@@ -169,16 +165,13 @@ def check_flag_combination(args):
     return "video" if args.video else "photos" if photos else "dataset"
 
 
-def evaluate_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
-                     progress=False, thresholds=Thresholds()):
-    """Predict every box, OKS-NMS per image, COCO keypoint AP with dataset.sigmas, PCK and
-    pixel errors. Returns (results: the scored predictions, report) on rank 0, (all
-    predictions, None) on the others. report: stats {AP, AP50, ...}, sigmas_given, the
-    thresholds, keypoint_accuracy's metrics, species, families, skipped, instances, nms_removed."""
-    predictions = predict_dataset(model, dataset, batch_size=batch_size, workers=workers,
-                                  flip=flip, amp=amp, device=device, rank=rank, world=world,
-                                  progress=progress)
-    if rank != 0:
+def evaluate_dataset(model, dataset, *, thresholds=Thresholds(), **predict_args):
+    """Predict every box (predict_args: predict_dataset's batch_size, workers, flip, amp, device,
+    rank, world, progress), OKS-NMS per image, COCO keypoint AP with dataset.sigmas, PCK and pixel
+    errors -> (results: the scored predictions, report) on rank 0, (all predictions, None) on the
+    others."""
+    predictions = predict_dataset(model, dataset, **predict_args)
+    if predict_args.get("rank", 0) != 0:
         return predictions, None
     results = nms_per_image(predictions, dataset.sigmas)
     stats, per_category = coco_keypoint_eval(dataset.coco, results, dataset.sigmas)
@@ -194,10 +187,9 @@ def evaluate_dataset(model, dataset, *, batch_size, workers, flip, amp, device, 
 
 
 def full_frame_report(predictor, dataset, thresholds, rank=0, world=1):
-    """Every image holding a ground-truth instance of `dataset` run as an own photo without
-    --boxes (predict.photo_poses: the search, then the box found, with the flip test), the
-    pose found matched to the nearest instance (metrics.match_instances) -> keypoint_accuracy,
-    with how many instances a pose was matched to. Rank r runs images r, r + world, ..."""
+    """Every image of `dataset` run as an own photo without --boxes, the pose found matched to the
+    nearest instance -> keypoint_accuracy, with how many instances a pose was matched to. Rank r
+    runs images r, r + world, ..."""
     instances, paths = defaultdict(list), {}
     for r in dataset.records:
         instances[r["image_id"]].append(r["ann_id"])
@@ -254,11 +246,10 @@ def pixel_lines(report, detail):
 
 
 def format_report(report, detail=True):
-    """The report as markdown tables. With OKS sigmas (AP-10K): AP/AR, PCK and pixel error;
-    with detail also per keypoint, per species and per family (worst first), and the pixel
-    table when there is more than one column (full frame, train). Without sigmas (a
-    DeepLabCut project): the pixel table first, then AP, marked as resting on a placeholder;
-    without detail (a training log) one line of them."""
+    """The report as markdown tables. With OKS sigmas (AP-10K): AP/AR, PCK and pixel error; with
+    detail also per keypoint, per species and per family (worst first), and the pixel table when
+    there is more than one column (full frame, train). Without sigmas (a DeepLabCut project): the
+    pixel table first, then AP, marked as resting on a placeholder; without detail one line."""
     stats = report["stats"]
     table = ["| " + " | ".join(STAT_NAMES[:6]) + " |", "|" + "---|" * 6,
              "| " + " | ".join(f"{stats[k]:.3f}" for k in STAT_NAMES[:6]) + " |"]
@@ -295,8 +286,8 @@ def format_report(report, detail=True):
 
 
 def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names_on):
-    """For the first `count` boxes: the image with prediction and ground truth, and the
-    paper's Fig. 2 and Fig. 3 of the crop. Files: vis/<image id>_<ann id or det#>_*.png."""
+    """For the first `count` boxes: the image with prediction and ground truth, and the paper's
+    Fig. 2 and Fig. 3 of the crop. Files: vis/<image id>_<ann id or det#>_*.png."""
     os.makedirs(os.path.join(out_dir, "vis"), exist_ok=True)
     style, cfg = draw_context(ckpt, names_on), ckpt["model_config"]
     model.eval()
@@ -316,10 +307,9 @@ def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names
             image, [pred], style["skeleton"], style["sides"], VIS_THRESHOLD, truth, style["names"]))
         fig3, fig2 = visualize.paper_figures(model, item, tuple(cfg["heatmap_size"]),
                                    ckpt["keypoint_names"], cfg["normalize"], device)
-        if fig3 is not None:
-            visualize.write_image(stem + "_scoremaps.png", fig3)
-        if fig2 is not None:
-            visualize.write_image(stem + "_similarity.png", fig2)
+        for name, figure in (("scoremaps", fig3), ("similarity", fig2)):
+            if figure is not None:
+                visualize.write_image(f"{stem}_{name}.png", figure)
 
 
 def check_keypoints_match(ckpt_names, dataset_names, ann_file):
@@ -331,9 +321,9 @@ def check_keypoints_match(ckpt_names, dataset_names, ann_file):
 
 
 def run_sigmas(ckpt, sigmas):
-    """--sigmas if given (checked against the keypoint count), else the run's; None where the
-    run had only the placeholder (it chose best.pt by pixel error): the json's own are read
-    then, or the placeholder again, and dataset.sigmas_given says which."""
+    """--sigmas if given (checked against the keypoint count), else the run's; None where the run
+    had only the placeholder (it chose best.pt by pixel error): the json's own are read then, or
+    the placeholder again, and dataset.sigmas_given says which."""
     K = len(ckpt["keypoint_names"])
     if sigmas is not None and len(sigmas) != K:
         raise ValueError(f"--sigmas: {len(sigmas)} values given, the checkpoint has {K} keypoints")
@@ -343,8 +333,8 @@ def run_sigmas(ckpt, sigmas):
 
 
 def evaluation_dataset(ckpt, ann, image_dir, sigmas, det_boxes=None, det_score_threshold=0.0):
-    """The KeypointDataset to score: the checkpoint's sizes, normalisation, flip pairs and
-    sigmas; ground-truth boxes, or the detections of `det_boxes` above the threshold."""
+    """The KeypointDataset to score: the checkpoint's sizes, normalisation, flip pairs, sigmas;
+    ground-truth boxes, or the detections of `det_boxes` above the threshold."""
     run_args = ckpt.get("args", {})
     ann = ann or run_args.get("val_ann")
     image_dir = image_dir or run_args.get("val_images") or run_args.get("images")
@@ -381,9 +371,9 @@ def flat(report):
 
 
 def run_dataset(model, ckpt, args, flip, device, rank, world, out_dir):
-    """Score a COCO keypoint json, with --train-too the run's train json beside it, each also
-    on the full frame where asked; rank 0 writes results.json (of the first json),
-    metrics.json and figures."""
+    """Score a COCO keypoint json, with --train-too the run's train json beside it, each also on
+    the full frame where asked; rank 0 writes results.json (the first json's), metrics.json and
+    figures."""
     dataset = evaluation_dataset(ckpt, args.ann, args.images[0] if args.images else None,
                                  args.sigmas, args.det_boxes, args.det_score_threshold)
     sets = [dataset] + ([train_dataset(ckpt, args.sigmas)] if args.train_too else [])

@@ -13,13 +13,11 @@ deprecated in the torch this project runs on (they warn so), tracing would freez
 of boxes and the image size, and scripting cannot read the model code. torch.export keeps N, H
 and W symbolic, checks the graph as it traces it, and loads with torch alone.
 
-Inside the program, as evaluate.py does it with numpy and OpenCV (transforms.py): each box
-clipped to the image, filled to the input's aspect ratio and padded x1.25, cropped by
-bilinear sampling with a black border (cv2.warpAffine), normalised, the model run on the crop
-and its mirror (flip test: flip_back_heatmaps), the heatmaps decoded with Eq. 1 (argmax and a
-quarter-pixel step, decode_heatmaps) and mapped back to the image. The crop samples the pixels
-at the same places as OpenCV but in float32 where OpenCV rounds positions to 1/32 px, so the
-keypoints agree to a small fraction of a pixel, except where two heatmap maxima almost tie.
+Inside the program, as evaluate.py does it with numpy and OpenCV (transforms.py): the box to
+a crop (clipped, filled to the input's aspect ratio, x1.25, bilinear with a black border as
+cv2.warpAffine), normalised, the model on the crop and its mirror (flip test), Eq. 1 decoding,
+back to the image. The crop samples where OpenCV does, but in float32 where OpenCV rounds to
+1/32 px: keypoints agree to a small fraction of a pixel, except where two maxima almost tie.
 """
 import argparse
 import json
@@ -38,9 +36,8 @@ METADATA_FILE = "keypoints.json"  # the name of the metadata inside the .pt2 (ex
 
 
 def box_center_scale(boxes, aspect_ratio, width, height):
-    """dataset.clip_box, then transforms.box_to_center_scale for boxes (N, 4) [x, y, w, h] in
-    a width x height image -> center, scale (N, 2): the box clipped to the image, enlarged to
-    `aspect_ratio` (input width / height), then x BOX_PADDING."""
+    """dataset.clip_box + transforms.box_to_center_scale: boxes (N, 4) [x, y, w, h] in a width x
+    height image -> center, scale (N, 2), filled to `aspect_ratio` (w / h), then x BOX_PADDING."""
     x, y = boxes[:, 0].clamp(min=0), boxes[:, 1].clamp(min=0)
     w = (boxes[:, 0] + boxes[:, 2]).clamp(max=width) - x
     h = (boxes[:, 1] + boxes[:, 3]).clamp(max=height) - y
@@ -55,8 +52,7 @@ def crop(image, center, scale, size):
     """Crops (N, 3, H, W) float of image (3, Hi, Wi) float: output pixel (u, v) shows image
     point center + ((u, v) - (W, H) / 2) * scale / (W, H), bilinear, 0 outside (the inverse of
     transforms.get_affine_transform with rotation 0, as cv2.warpAffine samples it)."""
-    H, W = size
-    Hi, Wi = image.shape[1], image.shape[2]
+    (H, W), (Hi, Wi) = size, image.shape[1:]
     u = torch.arange(W, dtype=torch.float32, device=image.device)
     v = torch.arange(H, dtype=torch.float32, device=image.device)
     x = center[:, :1] + (u[None] - W / 2) * (scale[:, :1] / W)                # (N, W)
@@ -77,10 +73,9 @@ def flip_back(heatmaps, permutation):
 
 
 def decode(heatmaps, center, scale):
-    """transforms.keypoints_from_heatmaps (Eq. 1): heatmaps (N, K, h, w) -> (N, K, 3)
-    [x, y, score] in image pixels: argmax, a quarter-pixel step toward the higher neighbour
-    where 1 < x < w - 1 and 1 < y < h - 1 (the authors' rule), back through the crop; the
-    score is the heatmap maximum clipped to [0, 1], as every written output."""
+    """transforms.keypoints_from_heatmaps (Eq. 1): heatmaps (N, K, h, w) -> (N, K, 3) [x, y,
+    score] in image pixels: argmax, a quarter-pixel step toward the higher neighbour where
+    1 < x < w - 1 and 1 < y < h - 1 (the authors' rule); scores clipped to [0, 1] as output."""
     N, K, h, w = heatmaps.shape
     flat = heatmaps.reshape(N, K, h * w)
     maxvals, index = flat.max(2)                                              # (N, K)

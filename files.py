@@ -1,10 +1,9 @@
 """Every file a run or an evaluation reads or writes goes through here.
 
 Writes are atomic: a temporary file beside the target (created new, never through a link),
-flushed, fsynced and renamed over the target, so a crash or a kill at any moment leaves the
-old file or the new one, never a torn one; a failed write removes its temporary file and
-names the path. Logs are appended one whole line per write and read back tolerantly.
-Reads, and the checks of json fields, name the file and what was expected when they fail.
+fsynced and renamed over it, so a crash or a kill at any moment leaves the old file or the new
+one, never a torn one; a failed write removes it and names the path. Logs are appended one whole
+line per write and read back tolerantly. Failed reads and json checks name the file and field.
 """
 import contextlib
 import itertools
@@ -18,7 +17,6 @@ import numpy as np
 # What an evaluation writes: a directory holding any of these is never written into again.
 EVAL_OUTPUTS = ("metrics.json", "results.json", "photo_results.json", "photo_images.json", "vis")
 EVAL_OUTPUT_SUFFIXES = ("_pose.mp4", "_keypoints.json", "_keypoints.csv", "_trajectories.png")
-CLAIM_FILE = ".evaluation"
 
 
 @contextlib.contextmanager
@@ -28,8 +26,7 @@ def atomic_file(path, mode="wb"):
     with contextlib.suppress(FileNotFoundError):
         os.remove(tmp)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -73,8 +70,7 @@ def read_json(path, what="file"):
 
 
 def finite_numbers(values, count, where, field):
-    """`values` must be a list of `count` finite numbers (int/float, not strings) -> float64
-    array; else one ValueError line naming `where` and the field."""
+    """A list of `count` finite numbers (not strings) -> float64 array, or a ValueError line."""
     if not isinstance(values, list) or len(values) != count:
         got = f"{len(values)} values" if isinstance(values, list) else repr(values)
         raise ValueError(f"{where}: '{field}' must be a list of {count} numbers, got {got}")
@@ -147,9 +143,8 @@ def torch_load(path, expected):
 
 
 def claim_output_dir(base):
-    """`base`, or base-2, base-3, ...: the first that is new, or holds no evaluation outputs
-    and is claimed by creating its CLAIM_FILE exclusively (two evaluations started together
-    never share a directory). Returns the absolute path."""
+    """The absolute `base`, or base-2, base-3, ...: the first that holds no evaluation outputs and
+    is claimed by creating its .evaluation exclusively (two evaluations never share one)."""
     base = os.path.abspath(base)
     for n in itertools.count(1):
         path = base if n == 1 else f"{base}-{n}"
@@ -158,7 +153,7 @@ def claim_output_dir(base):
             if not os.path.isdir(path) or any(f in EVAL_OUTPUTS or f.endswith(EVAL_OUTPUT_SUFFIXES)
                                                for f in os.listdir(path)):
                 continue
-            os.close(os.open(os.path.join(path, CLAIM_FILE), os.O_CREAT | os.O_EXCL, 0o644))
+            os.close(os.open(os.path.join(path, ".evaluation"), os.O_CREAT | os.O_EXCL, 0o644))
             return path
         except FileExistsError:
             continue

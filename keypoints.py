@@ -4,7 +4,8 @@ The known sets (AP-10K, COCO) carry all of it. For other data each item comes fr
 applies: the caller (a flag), the json category (`keypoint_prompts`, `flip_pairs`, `sigmas`),
 the known set with exactly these names, else a default: the names with '_' -> ' ' as prompt
 texts, pairs read from the names (`side_key`, the one reading of left/right, used by the flip
-augmentation and by the figures' colours), sigma 0.05 with a warning.
+augmentation and by the figures' colours; an error when a side has no partner, unless flip is
+off), sigma 0.05 with a warning. Only the known sets have half-body groups.
 """
 import argparse
 import re
@@ -13,20 +14,15 @@ import warnings
 import numpy as np
 
 AP10K_KEYPOINTS = [
-    "left_eye", "right_eye", "nose", "neck", "root_of_tail",
-    "left_shoulder", "left_elbow", "left_front_paw", "right_shoulder", "right_elbow",
-    "right_front_paw", "left_hip", "left_knee", "left_back_paw", "right_hip", "right_knee",
-    "right_back_paw"]
+    "left_eye", "right_eye", "nose", "neck", "root_of_tail", "left_shoulder", "left_elbow",
+    "left_front_paw", "right_shoulder", "right_elbow", "right_front_paw", "left_hip", "left_knee",
+    "left_back_paw", "right_hip", "right_knee", "right_back_paw"]
 
 # The authors' prompt words (their `class_names`): the names with '_' -> ' ', but 'tail root'.
-AP10K_PROMPTS = [
-    "left eye", "right eye", "nose", "neck", "tail root",
-    "left shoulder", "left elbow", "left front paw", "right shoulder", "right elbow",
-    "right front paw", "left hip", "left knee", "left back paw", "right hip", "right knee",
-    "right back paw"]
+AP10K_PROMPTS = ["tail root" if n == "root_of_tail" else n.replace("_", " ")
+                 for n in AP10K_KEYPOINTS]
 
 AP10K_FLIP_PAIRS = [(0, 1), (5, 8), (6, 9), (7, 10), (11, 14), (12, 15), (13, 16)]
-
 AP10K_SIGMAS = np.array([.025, .025, .026, .035, .035, .079, .072, .062, .079, .072, .062,
                          .107, .087, .089, .107, .087, .089])
 
@@ -43,12 +39,9 @@ COCO_KEYPOINTS = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
     "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
     "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]
-
 COCO_FLIP_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
-
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07,
                         .87, .87, .89, .89]) / 10.0
-
 COCO_UPPER_BODY = list(range(11))
 
 # What a dataset with exactly these keypoint names gets unless the json or the caller says
@@ -56,9 +49,8 @@ COCO_UPPER_BODY = list(range(11))
 KNOWN_KEYPOINT_SETS = [
     dict(names=AP10K_KEYPOINTS, prompts=AP10K_PROMPTS, flip_pairs=AP10K_FLIP_PAIRS,
          sigmas=AP10K_SIGMAS, upper_body=AP10K_UPPER_BODY),
-    dict(names=COCO_KEYPOINTS, prompts=None, flip_pairs=COCO_FLIP_PAIRS,
-         sigmas=COCO_SIGMAS, upper_body=COCO_UPPER_BODY),
-]
+    dict(names=COCO_KEYPOINTS, prompts=None, flip_pairs=COCO_FLIP_PAIRS, sigmas=COCO_SIGMAS,
+         upper_body=COCO_UPPER_BODY)]
 
 DEFAULT_SIGMA = 0.05  # OKS sigma for keypoints of an unknown dataset when none are given
 
@@ -69,9 +61,8 @@ def default_prompt_texts(keypoint_names):
 
 
 def prompt_texts_for(keypoint_names, keypoint_prompts=None):
-    """The text of each keypoint for its prompt (Eq. 2): the json's `keypoint_prompts` if
-    given, the authors' words for AP-10K ('tail root' for root_of_tail), else the names with
-    '_' -> ' '."""
+    """The text of each keypoint for its prompt (Eq. 2): the json's `keypoint_prompts` if given,
+    the authors' words for AP-10K ('tail root' for root_of_tail), else the names with '_' -> ' '."""
     if keypoint_prompts is not None:
         return list(keypoint_prompts)
     known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == list(keypoint_names)), {})
@@ -97,14 +88,12 @@ PAIRS_HELP = ('give the pairs in the json category ("flip_pairs": [[i, j], ...],
 
 def side_key(name):
     """A keypoint name -> (words with side markers '<L>'/'<R>', how sure: 'word', 'inside' or None).
-
     'word': a whole word left/right/L/R in any case or language ("L_Eye", "eyeR",
     "forelegL1", "Eye_Left", "lft_ear", "Ohr_links"), a word starting with left/right
     ("leftear"), or a limb abbreviation (shoulder_FL / shoulder_FR, paw_HL, LF_paw). 'inside':
     left/right inside a word ("frontleftpaw", "earright"; also "bright", hence only paired,
     never an error). 'ambiguous': LL, LR, RL, RR (rear or right?). Near/Off (Horse-10: nearer /
-    farther from the camera) are not sides: a flip keeps them.
-    """
+    farther from the camera) are not sides: a flip keeps them."""
     words, sure = [], None
     for word in _WORD.findall(name):
         low = word.lower()
@@ -130,18 +119,15 @@ def side_key(name):
 
 
 def derive_flip_pairs(keypoint_names, require_partners=True):
-    """Left/right pairs (i, j), i < j, sorted: names that are each other's mirror by side_key.
-
-    require_partners: a name with a whole-word or ambiguous side and no partner raises
-    ValueError (its flip would teach the wrong side); otherwise such names stay unpaired.
-    """
-    keys = [side_key(n) for n in keypoint_names]
-    index = {}
+    """Left/right pairs (i, j), i < j, sorted: names that are each other's mirror by side_key. A
+    name with a whole-word or ambiguous side and no partner raises ValueError if require_partners
+    (its flip would teach the wrong side); otherwise such names stay unpaired."""
+    keys, index = [side_key(n) for n in keypoint_names], {}
     for i, (key, sure) in enumerate(keys):
-        if sure in ("word", "inside") and key in index:
-            raise ValueError(f"keypoint names {keypoint_names[index[key]]!r} and "
-                             f"{keypoint_names[i]!r} read as the same name; rename one")
         if sure in ("word", "inside"):
+            if key in index:
+                raise ValueError(f"keypoint names {keypoint_names[index[key]]!r} and "
+                                 f"{keypoint_names[i]!r} read as the same name; rename one")
             index[key] = i
     pairs, unpaired = [], []
     for i, (key, sure) in enumerate(keys):
@@ -187,11 +173,8 @@ def check_flip_pairs(pairs, keypoint_names, where):
 def parse_flip_pairs(spec, keypoint_names):
     """The value of `--flip-pairs`, "a,b;c,d", each a keypoint name or a 0-based index
     (an all-digit item is an index), -> sorted [(i, j)]. "" gives no pairs."""
-    pairs = []
-    for item in spec.split(";"):
-        if item.strip():
-            parts = [p.strip() for p in item.split(",")]
-            pairs.append([int(p) if p.isdigit() else p for p in parts])
+    items = [[p.strip() for p in item.split(",")] for item in spec.split(";") if item.strip()]
+    pairs = [[int(p) if p.isdigit() else p for p in parts] for parts in items]
     return check_flip_pairs(pairs, keypoint_names, "--flip-pairs")
 
 
@@ -248,13 +231,8 @@ def check_distinct_prompts(names, prompts, where):
 
 
 def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=True):
-    """prompt texts, flip pairs, OKS sigmas and the upper body for a keypoint set.
-
-    Each comes from (first that applies): the caller's argument, the json's category field,
-    the known set (AP-10K, COCO) with exactly these names, else the default: prompts = names
-    with '_' -> ' ', pairs derived from the names (an error when a side has no partner,
-    unless flip is False), sigma 0.05 with a warning. No half-body for unknown sets.
-    """
+    """Prompt texts, flip pairs, OKS sigmas (sigmas_given False: the default) and the upper body
+    of a keypoint set, each from the first source that applies (the module's docstring)."""
     names = keypoint_set["names"]
     known = next((s for s in KNOWN_KEYPOINT_SETS if s["names"] == names), {})
     prompts = prompt_texts_for(names, keypoint_set["prompts"])
@@ -284,6 +262,5 @@ def keypoint_metadata(keypoint_set, path, sigmas=None, flip_pairs=None, flip=Tru
         warnings.warn(f"{path}: unknown keypoint set, using OKS sigma {DEFAULT_SIGMA} for every "
                       "keypoint (pixel errors lead the report and pick best.pt); give 'sigmas' in "
                       "the json category or --sigmas for meaningful AP")
-    return dict(prompt_texts=prompts, flip_pairs=pairs, sigmas=sigmas,
-                sigmas_given=sigmas_given,
+    return dict(prompt_texts=prompts, flip_pairs=pairs, sigmas=sigmas, sigmas_given=sigmas_given,
                 upper_body=known.get("upper_body"))

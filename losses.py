@@ -2,9 +2,8 @@
 
   L_pred      `pred_loss`      masked heatmap MSE of the keypoint head (Sec. 3.2.4)
   L_pixel     `pixel_loss`     masked heatmap MSE of the upsampled score map S (Eq. 5)
-  L_semantic  `semantic_loss`  keypoint-feature / prompt contrast (Eq. 6-8):
-              `sample_keypoint_features` (Eq. 6), `similarity_matrix` (Eq. 7),
-              `symmetric_cross_entropy` (Eq. 8)
+  L_semantic  `semantic_loss`  keypoint-feature / prompt contrast (Eq. 6-8): Eq. 6
+              `sample_keypoint_features`, Eq. 7 `similarity_matrix`, Eq. 8 `symmetric_cross_entropy`
   L_total     `total_loss`     L_pred + alpha1 L_semantic + alpha2 L_pixel (Eq. 10)
 
 Coordinate convention (shared with dataset.py): keypoints are (x, y) in heatmap pixels;
@@ -29,19 +28,15 @@ def pred_loss(heatmaps, target, target_weight):
 
 
 def pixel_loss(pixel_heatmaps, target, target_weight):
-    """L_pixel = MSE(S, H_target), Eq. 5: the score map S after the pixel head's upsampling
-    (B, K, h, w) vs the same targets, masked like L_pred."""
+    """L_pixel = MSE(S, H_target), Eq. 5: upsampled score map S (B, K, h, w), masked as L_pred."""
     return heatmap_mse(pixel_heatmaps, target, target_weight)
 
 
 def sample_keypoint_features(dense, keypoints, heatmap_size):
-    """F_keypoint, Eq. 6: bilinear grid-sampling of the dense embedding at the keypoints.
-
-    dense (B, C, h0, w0); keypoints (B, K, 2) (x, y) in heatmap pixels (module docstring);
-    heatmap_size (h, w) -> (B, K, C). grid = (x + 0.5) / w * 2 - 1 with align_corners=False
-    maps the heatmap extent onto the dense map's extent, so a keypoint at a cell centre reads
-    exactly that cell; outside the outermost cell centres the border value is used.
-    """
+    """F_keypoint, Eq. 6: bilinear grid-sampling of the dense embedding (B, C, h0, w0) at keypoints
+    (B, K, 2) (x, y) in heatmap pixels (module docstring), heatmap_size (h, w) -> (B, K, C). grid =
+    (x + 0.5) / w * 2 - 1 with align_corners=False maps the heatmap extent onto the dense map's,
+    so a keypoint at a cell centre reads exactly that cell; beyond the outer centres, the border."""
     h, w = heatmap_size
     kp = keypoints.to(dense.dtype)
     grid = torch.stack([(kp[..., 0] + 0.5) / w * 2 - 1,
@@ -52,23 +47,19 @@ def sample_keypoint_features(dense, keypoints, heatmap_size):
 
 
 def similarity_matrix(features, prompts):
-    """M = F^_keypoint E^_prompt^T, Eq. 7: cosine similarity (no temperature) of the
-    L2-normalised keypoint features (B, K, C) and prompt embeddings (B, K, C) -> (B, K, K),
-    M[b, i, j] = cos(feature i, prompt j)."""
+    """M = F^_keypoint E^_prompt^T, Eq. 7: cosine similarity (no temperature) of keypoint features
+    (B, K, C) and prompts (B, K, C) -> (B, K, K), M[b, i, j] = cos(feature i, prompt j)."""
     f = F.normalize(features, dim=-1)  # (B, K, C)
     e = F.normalize(prompts, dim=-1)  # (B, K, C)
     return f @ e.transpose(1, 2)  # (B, K, K)
 
 
 def symmetric_cross_entropy(logits, visible):
-    """(CE(M, M_label) + CE(M^T, M_label)) / 2, Eq. 8, over visible keypoints only.
-
-    logits (B, K, K) (M times the inverse temperature), visible (B, K) bool; M_label = arange.
-    Per sample, with its V visible keypoints, the (V, V) sub-matrix is used: an invisible
-    keypoint is neither a row nor a column (the paper's softmax). The mean is over all B x K
-    entries, an invisible one counting 0 (the authors' normalisation); 0, still attached to
-    the graph, when nothing is visible.
-    """
+    """(CE(M, M_label) + CE(M^T, M_label)) / 2, Eq. 8, over visible keypoints only: logits
+    (B, K, K) (M times the inverse temperature), visible (B, K) bool; M_label = arange. Per
+    sample the (V, V) sub-matrix of its V visible keypoints is used (the paper's softmax). The
+    mean is over all B x K entries, an invisible one counting 0 (the authors' normalisation);
+    0, still attached to the graph, when nothing is visible."""
     visible = visible.bool()
     pair = visible[:, :, None] & visible[:, None, :]  # (B, K, K): both keypoints visible
     M = logits.masked_fill(~pair, torch.finfo(logits.dtype).min)  # finite: masked rows stay NaN-free
@@ -79,35 +70,27 @@ def symmetric_cross_entropy(logits, visible):
 
 
 def semantic_loss(dense, prompts, keypoints, visible, logit_scale, heatmap_size):
-    """L_semantic, Eq. 6-8, over visible keypoints only.
-
-    dense (B, C, h0, w0) projected features; prompts (B, K, C) enhanced prompt embeddings;
-    keypoints (B, K, 2) heatmap pixels; visible (B, K) bool; logit_scale scalar (log of the
-    inverse temperature: scale = exp(logit_scale), not clamped, as the authors' code);
-    heatmap_size (h, w). Computed in fp32.
-    """
+    """L_semantic, Eq. 6-8, over visible keypoints only, in fp32: dense (B, C, h0, w0) projected
+    features; prompts (B, K, C) enhanced prompt embeddings; keypoints (B, K, 2) heatmap pixels;
+    visible (B, K) bool; logit_scale scalar (log of the inverse temperature: scale =
+    exp(logit_scale), not clamped, as the authors' code); heatmap_size (h, w)."""
     visible = visible.bool()
     keypoints = keypoints.masked_fill(~visible[..., None], 0)  # unlabeled may hold NaN / junk
     features = sample_keypoint_features(dense.float(), keypoints, heatmap_size)  # (B, K, C), Eq. 6
-    scale = logit_scale.float().exp()
-    M = scale * similarity_matrix(features, prompts.float())  # (B, K, K), Eq. 7
+    M = logit_scale.float().exp() * similarity_matrix(features, prompts.float())  # (B, K, K), Eq. 7
     return symmetric_cross_entropy(M, visible)  # Eq. 8
 
 
 def total_loss(outputs, batch, logit_scale, alpha1, alpha2):
-    """L_total = L_pred + alpha1 * L_semantic + alpha2 * L_pixel, Eq. 10.
-
-    outputs: the model's training-mode dict ('heatmaps', and for PromptPose 'pixel_heatmaps'
-    when use_pixel, 'dense' and 'prompts'); batch: 'target' (B, K, h, w), 'target_weight'
-    (B, K), 'keypoints' (B, K, 2). A keypoint is visible for L_semantic when its target weight
-    is > 0 (labeled and inside the heatmap). A term whose inputs are absent (SimpleBaseline,
-    pixel branch off) or whose weight is 0 is not computed and reported as 0.
-    Returns (loss, {'pred', 'pixel', 'semantic'} as detached scalars).
-    """
+    """L_total = L_pred + alpha1 * L_semantic + alpha2 * L_pixel, Eq. 10 -> (loss, {'pred',
+    'pixel', 'semantic'} detached). outputs: the model's training-mode dict ('heatmaps'; for
+    PromptPose 'pixel_heatmaps' when use_pixel, 'dense', 'prompts'); batch: 'target' (B, K, h, w),
+    'target_weight' (B, K), 'keypoints' (B, K, 2). A keypoint is visible for L_semantic when its
+    target weight is > 0 (labeled, inside the heatmap). A term whose inputs are absent
+    (SimpleBaseline, pixel branch off) or whose weight is 0 is not computed and reported as 0."""
     target, weight = batch["target"], batch["target_weight"]
-    zero = target.new_zeros(())
     pred = pred_loss(outputs["heatmaps"], target, weight)
-    pixel = semantic = zero
+    pixel = semantic = target.new_zeros(())
     if "pixel_heatmaps" in outputs and alpha2 != 0:
         pixel = pixel_loss(outputs["pixel_heatmaps"], target, weight)
     if "dense" in outputs and logit_scale is not None and alpha1 != 0:

@@ -1,8 +1,7 @@
-"""The numbers of an evaluation, from predictions and a COCO ground truth (numpy and
-pycocotools only): OKS-NMS and COCO keypoint AP as the authors ran them (mmpose), per-species
-and per-family AP, PCK and pixel errors, and for a tracking user (a DeepLabCut project) PCK at
-pixel thresholds, the error "with p-cutoff" and the matching of a found pose to its instance.
-"""
+"""The numbers of an evaluation, from predictions and a COCO ground truth (numpy and pycocotools
+only): OKS-NMS and COCO keypoint AP as the authors ran them (mmpose), per-species and per-family
+AP, PCK and pixel errors, and for a tracking user (a DeepLabCut project) PCK at pixel thresholds,
+the error "with p-cutoff" and the matching of a found pose to its instance."""
 import contextlib
 import io
 from collections import defaultdict
@@ -56,8 +55,7 @@ def nms_per_image(results, sigmas, threshold=OKS_NMS_THRESHOLD):
 
 
 def coco_keypoint_eval(coco_gt, results, sigmas):
-    """pycocotools keypoint evaluation with explicit OKS sigmas.
-    Returns (stats {name: value}, per-category AP {category_id: AP or nan})."""
+    """COCO keypoint AP (pycocotools, given sigmas) -> ({stat: value}, {category_id: AP or nan})."""
     if not results:
         raise ValueError("no predictions to evaluate (no boxes: empty dataset, or every "
                          "detection below --det-score-threshold?)")
@@ -96,10 +94,9 @@ def group_table(coco_gt, per_category):
 
 
 def matched_keypoints(results, coco):
-    """Predictions made from ground-truth boxes next to their instance: pred (N, K, 2),
-    scores (N, K), gt (N, K, 2), labeled (N, K) bool (v > 0), box (N, 2) = (w, h) of the
-    instance's box clipped to the image. Predictions from detections (ann_id None) have no
-    instance."""
+    """Predictions from ground-truth boxes (not detections: ann_id None) next to their instance:
+    pred (N, K, 2), scores (N, K), gt (N, K, 2), labeled (N, K) bool (v > 0), box (N, 2) = (w, h)
+    of the instance's box clipped to the image."""
     rows = [r for r in results if r["ann_id"] is not None]
     anns = [coco.anns[r["ann_id"]] for r in rows]
     K = len(results[0]["keypoints"]) // 3 if results else 0
@@ -112,10 +109,9 @@ def matched_keypoints(results, coco):
 
 def pck_accuracy(pred, gt, labeled, normalize, threshold):
     """PCK as mmpose's keypoint_pck_accuracy: a labeled keypoint is correct when
-    || (pred - gt) / normalize || < threshold, normalize (N, 2) per axis; mmpose's
-    norm_item='bbox' passes (max(w, h), max(w, h)) of the ground-truth box. Returns (per
-    keypoint (K,) with nan where never labeled, overall = mean over the labeled keypoints'
-    values, as mmpose averages)."""
+    || (pred - gt) / normalize || < threshold, normalize (N, 2) per axis; mmpose's norm_item='bbox'
+    passes (max(w, h), max(w, h)) of the ground-truth box. Returns (per keypoint (K,), nan where
+    never labeled; overall = mean over the labeled keypoints' values, as mmpose averages)."""
     valid = labeled & (normalize > 0).all(1)[:, None]                             # (N, K)
     dist = np.linalg.norm((pred - gt) / np.maximum(normalize, 1e-12)[:, None, :], axis=-1)
     count = valid.sum(0)
@@ -194,35 +190,29 @@ def match_instances(poses, coco, instances):
 
 
 def keypoint_accuracy(results, coco, names, pck_threshold, pixel_thresholds=(), pcutoff=None):
-    """PCK (box-relative) and pixel errors of the predictions that belong to a ground-truth
-    instance, overall and per keypoint (None when every box is a detection); PCK at each of
-    pixel_thresholds ('pck_5px', ...); with pcutoff also the errors with p-cutoff
-    ('pcutoff_rmse_px', 'pcutoff_mean_error_px', 'pcutoff_kept')."""
+    """PCK (box-relative), pixel errors and PCK at each of pixel_thresholds ('pck_5px', ...) of the
+    predictions that belong to a ground-truth instance, overall and per keypoint (None when every
+    box is a detection); with pcutoff also the errors with p-cutoff ('pcutoff_rmse_px', ...)."""
     pred, scores, gt, labeled, box = matched_keypoints(results, coco)
     if not labeled.any():
         return {**dict.fromkeys(["pck", "rmse_px", "mean_error_px", "pcutoff_rmse_px",
                                  "pcutoff_mean_error_px", "pcutoff_kept"]
                                 + [f"pck_{t:g}px" for t in pixel_thresholds]), "per_keypoint": {}}
-    overall, per_keypoint = {}, [{"labeled": int(n)} for n in labeled.sum(0)]
-
-    def add(key, per_k, value):  # one metric: its per-keypoint values (K,) and overall value
-        overall[key] = value
-        for entry, v in zip(per_keypoint, per_k):
-            entry[key] = v
-
     side = box.max(1, keepdims=True).repeat(2, 1)                                # (N, 2)
     pck_k, pck = pck_accuracy(pred, gt, labeled, side, pck_threshold)
     rmse_k, rmse, mean_k, mean = pixel_errors(pred, gt, labeled)
-    add("pck", pck_k.tolist(), pck)
-    add("rmse_px", rmse_k.tolist(), rmse)
-    add("mean_error_px", mean_k.tolist(), mean)
-    pck_all, pck_k = pck_pixels(pred, gt, labeled, pixel_thresholds)
-    for t, per_k, value in zip(pixel_thresholds, pck_k.tolist(), pck_all.tolist()):
-        add(f"pck_{t:g}px", per_k, value)
+    pck_all, pck_px = pck_pixels(pred, gt, labeled, pixel_thresholds)
+    # (name, per-keypoint values (K,), overall value) of each metric
+    rows = [("pck", pck_k, pck), ("rmse_px", rmse_k, rmse), ("mean_error_px", mean_k, mean)]
+    rows += [(f"pck_{t:g}px", k, v) for t, k, v in zip(pixel_thresholds, pck_px, pck_all.tolist())]
     if pcutoff is not None:
         (rmse_k, rmse, mean_k, mean), kept_k, kept = pcutoff_errors(pred, gt, labeled, scores,
                                                                     pcutoff)
-        add("pcutoff_rmse_px", rmse_k.tolist(), rmse)
-        add("pcutoff_mean_error_px", mean_k.tolist(), mean)
-        add("pcutoff_kept", kept_k.tolist(), kept)
+        rows += [("pcutoff_rmse_px", rmse_k, rmse), ("pcutoff_mean_error_px", mean_k, mean),
+                 ("pcutoff_kept", kept_k, kept)]
+    overall, per_keypoint = {}, [{"labeled": int(n)} for n in labeled.sum(0)]
+    for key, per_k, value in rows:
+        overall[key] = value
+        for entry, v in zip(per_keypoint, per_k.tolist()):
+            entry[key] = v
     return {**overall, "per_keypoint": dict(zip(names, per_keypoint))}

@@ -2,10 +2,9 @@
 
 Eq. 2 `PromptLearner` -> `PromptEncoder` -> `ContextDecoder` (the prompts attend to the image,
 Sec. 3.2.1) -> Eq. 3-4 `pixel_score_map` -> Eq. 9 `fuse` -> `KeypointHead` (f_pred, and the
-pixel head of L_pixel). `PoseModel` joins them on an image tower of backbones.py: PromptPose,
-or SimpleBaseline (tower + keypoint head). `default_config` / `build_model` make a model from a
-json config, the one its checkpoints store. The losses (Eq. 5-8, 10) are in losses.py.
-Sizes are (H, W); images are (B, 3, H, W).
+pixel head of L_pixel). `PoseModel` joins them on an image tower of backbones.py: PromptPose, or
+SimpleBaseline (tower + keypoint head). `default_config` / `build_model` make a model from a json
+config, the one its checkpoints store. The losses (Eq. 5-8, 10) are in losses.py. Sizes: (H, W).
 """
 import json
 import math
@@ -14,9 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones import (FULL_VISION, SMALL_VISION, TOWER_TYPE, build_visual,
-                       clip_visual_config, feature_grid, load_clip_visual, load_imagenet_resnet,
-                       map_to_tokens, resnet_config)
+from backbones import (FULL_VISION, SMALL_VISION, build_visual, clip_visual_config, feature_grid,
+                       load_clip_visual, load_imagenet_resnet, map_to_tokens, resnet_config)
 from clip_text import (LayerNorm, MultiheadAttention, TextEncoder, Transformer,
                        load_clip_state_dict, text_state_dict, tokenize)
 from distributed import print0
@@ -26,15 +24,13 @@ from transforms import NORMALIZATION
 
 class PromptLearner(nn.Module):
     """Learnable prompts E_prompt^origin = T([SOT] ctx_1..ctx_n [text tokens] [EOT]) (Eq. 2).
-
     One set of n_ctx context vectors (n_ctx, width) is shared by all K prompts, initialised
-    truncated-normal with std ctx_init_std cut at +-2 std (the authors: std 1); the frozen
-    text encoder T maps each prompt to its EOT feature. Each prompt text is tokenised alone
-    ([SOT, text, EOT]) and the context vectors are spliced in after SOT, the layout of CoOp's
-    placeholder text 'X X ... X text'. Because the mask is causal, positions after the longest
-    prompt's EOT cannot change any EOT feature, so the transformer runs only on
-    1 + n_ctx + (longest text + 1) positions (13 for AP-10K with 8 contexts).
-    """
+    truncated-normal with std ctx_init_std cut at +-2 std (the authors: std 1); the frozen text
+    encoder T maps each prompt to its EOT feature. Each prompt text is tokenised alone ([SOT,
+    text, EOT]) and the context vectors are spliced in after SOT, the layout of CoOp's placeholder
+    text 'X X ... X text'. The mask is causal, so positions after the longest prompt's EOT cannot
+    change any EOT feature: the transformer runs only on 1 + n_ctx + (longest text + 1) positions
+    (13 for AP-10K with 8 contexts)."""
 
     def __init__(self, text_encoder, prompt_texts, n_ctx=8, ctx_init_std=1.0):
         super().__init__()
@@ -74,9 +70,8 @@ class PromptEncoder(nn.Module):
 
 
 class ContextDecoderLayer(nn.Module):
-    """Pre-LN decoder layer: self-attention over the prompts, cross-attention to the visual
-    tokens, MLP; dropout on each residual branch (DenseCLIP's context decoder layer, whose
-    q, k, v projections have no bias)."""
+    """Pre-LN decoder layer: self-attention over the prompts, cross-attention to the visual tokens,
+    MLP; dropout on each residual branch (DenseCLIP's layer: q, k, v projections without bias)."""
 
     def __init__(self, width, heads, dropout):
         super().__init__()
@@ -95,12 +90,9 @@ class ContextDecoderLayer(nn.Module):
 
 
 class ContextDecoder(nn.Module):
-    """Cross-attention of the prompts to the visual tokens (Sec. 3.2.1, DenseCLIP style).
-
-    forward(prompts (B, K, C_emb), visual (B, N, C_emb)) -> (B, K, C_emb): both are projected
-    to `width`, run through `layers` decoder layers, and projected back to C_emb. Every
-    projection weight truncated-normal std 0.02, biases 0 (DenseCLIP's init).
-    """
+    """Cross-attention of the prompts to the visual tokens (Sec. 3.2.1, DenseCLIP style): prompts
+    (B, K, C_emb), visual (B, N, C_emb) -> (B, K, C_emb) through `layers` decoder layers `width`
+    wide. Every projection weight truncated-normal std 0.02, biases 0 (DenseCLIP's init)."""
 
     def __init__(self, embed_dim, width=256, heads=4, layers=3, dropout=0.1):
         super().__init__()
@@ -126,12 +118,9 @@ class ContextDecoder(nn.Module):
 
 
 def pixel_score_map(dense, prompts):
-    """Pixel-level text-image matching score S, Eq. 3-4.
-
-    S_ijn = F^_ij . E^_n: cosine similarity (no temperature) of the L2-normalised dense
-    embedding dense (B, C_emb, h0, w0) and prompt embeddings prompts (B, K, C_emb)
-    -> S (B, K, h0, w0).
-    """
+    """Pixel-level text-image matching score S, Eq. 3-4: S_ijn = F^_ij . E^_n, the cosine
+    similarity (no temperature) of the L2-normalised dense embedding dense (B, C_emb, h0, w0) and
+    prompt embeddings prompts (B, K, C_emb) -> S (B, K, h0, w0)."""
     f = F.normalize(dense, dim=1)  # (B, C, h0, w0)
     e = F.normalize(prompts, dim=-1)  # (B, K, C)
     return torch.einsum("bchw,bkc->bkhw", f, e)  # (B, K, h0, w0)
@@ -143,13 +132,10 @@ def fuse(feature_map, score_map):
 
 
 class KeypointHead(nn.Module):
-    """SimpleBaseline's keypoint predictor f_pred: n x [deconv k4 s2, BN, ReLU], 1x1 conv.
-
-    (B, in_channels, h0, w0) -> (B, out_channels, h0 * 2^n, w0 * 2^n), initialised as
-    SimpleBaseline (convolutions N(0, 0.001), final bias 0). Also the pixel head that
-    upsamples S for L_pixel (Eq. 5); the authors' code never initialises that one (it is built
-    after init_weights) and its PyTorch-init noise delays the language branch (README, demo).
-    """
+    """SimpleBaseline's keypoint predictor f_pred and its init: n x [deconv k4 s2, BN, ReLU], 1x1
+    conv, (B, in_channels, h0, w0) -> (B, out_channels, h0 * 2^n, w0 * 2^n). Also the pixel head
+    upsampling S for L_pixel (Eq. 5); the authors' code never initialises that one (it is built
+    after init_weights) and its PyTorch-init noise delays the language branch (README, demo)."""
 
     def __init__(self, in_channels, out_channels, num_deconv, channels=256, init_std=0.001):
         super().__init__()
@@ -200,18 +186,13 @@ class PromptCache:
 
 
 class PoseModel(nn.Module):
-    """PromptPose (cfg['method'] == 'promptpose') or SimpleBaseline ('baseline').
-
-    Submodules: visual, prompt_learner (with .text_encoder, frozen), prompt_encoder,
-    context_decoder, gamma, keypoint_head, pixel_head, logit_scale; the PromptPose-only ones
-    are None for the baseline or when switched off by cfg['use_*'] (ignored for the baseline).
-    prompt_texts: one text per keypoint for Eq. 2 (default `default_prompt_texts`).
-    """
+    """PromptPose (cfg['method'] == 'promptpose') or SimpleBaseline ('baseline'). PromptPose-only
+    submodules are None for the baseline or when switched off by cfg['use_*'] (ignored for the
+    baseline). prompt_texts: one text per keypoint for Eq. 2 (default `default_prompt_texts`)."""
 
     def __init__(self, cfg, keypoint_names, prompt_texts=None):
         super().__init__()
-        self.cfg = cfg
-        self.keypoint_names = list(keypoint_names)
+        self.cfg, self.keypoint_names = cfg, list(keypoint_names)
         self.prompt_texts = list(prompt_texts if prompt_texts is not None
                                  else default_prompt_texts(self.keypoint_names))
         K = len(self.keypoint_names)
@@ -229,10 +210,9 @@ class PoseModel(nn.Module):
         self.prompt_learner = self.prompt_encoder = self.context_decoder = self.pixel_head = None
         self.register_parameter("gamma", None)
         self.register_parameter("logit_scale", None)
-        use_pixel = promptpose and cfg["use_pixel"]
         if promptpose:
             self.build_prompt_side(cfg, n_deconv)
-        in_channels = self.visual.out_channels + (K if use_pixel else 0)
+        in_channels = self.visual.out_channels + (K if promptpose and cfg["use_pixel"] else 0)
         self.keypoint_head = KeypointHead(in_channels, K, n_deconv, cfg["head_channels"])
         self.prompt_cache, self.fixed_prompts = PromptCache(), None
 
@@ -278,21 +258,16 @@ class PoseModel(nn.Module):
         return prompts
 
     def enhance_prompts(self, prompts, global_embedding, dense):
-        """E_prompt = E + gamma * decoder(E, [global token, spatial tokens]) (Sec. 3.2.1).
-
-        prompts (B, K, C), global_embedding (B, C), dense (B, C, h0, w0) -> (B, K, C).
-        """
+        """E_prompt = E + gamma * decoder(E, [global token, spatial tokens]) (Sec. 3.2.1):
+        prompts (B, K, C), global_embedding (B, C), dense (B, C, h0, w0) -> (B, K, C)."""
         memory = torch.cat([global_embedding[:, None], map_to_tokens(dense)], dim=1)  # (B, 1+hw, C)
         return prompts + self.gamma * self.context_decoder(prompts, memory)
 
     def forward(self, images, return_extras=False):
-        """images (B, 3, H, W) -> dict.
-
-        'heatmaps' (B, K, h, w) always. PromptPose adds 'score_map' S (B, K, h0, w0) when
-        use_pixel; in training mode 'pixel_heatmaps' (B, K, h, w) (use_pixel, for L_pixel),
-        'dense' (B, C_emb, h0, w0) and 'prompts' (B, K, C_emb) (for L_semantic); the last two
-        also in eval mode with return_extras=True. The pixel head never runs in eval mode.
-        """
+        """images (B, 3, H, W) -> dict: 'heatmaps' (B, K, h, w) always. PromptPose adds 'score_map'
+        S (B, K, h0, w0) when use_pixel; in training mode 'pixel_heatmaps' (B, K, h, w) (use_pixel,
+        for L_pixel), 'dense' (B, C_emb, h0, w0) and 'prompts' (B, K, C_emb) (for L_semantic); the
+        last two also in eval mode with return_extras=True. The pixel head never runs in eval."""
         feature_map, global_embedding, dense = self.visual(images)
         if self.prompt_learner is None:  # SimpleBaseline
             return {"heatmaps": self.keypoint_head(feature_map)}
@@ -313,7 +288,6 @@ class PoseModel(nn.Module):
 
 
 BACKBONES = ("clip-rn50", "clip-vitb16", "imagenet-rn50")
-
 METHODS = ("promptpose", "baseline")
 
 
@@ -329,17 +303,11 @@ def check_backbone_method(backbone, method):
 def default_config(backbone, method, *, small=False, image_size=(256, 256), heatmap_size=None,
                    **overrides):
     """The full architecture config (json-serialisable) that `build_model` turns into a model;
-    every model default is written here and only here (the authors' values).
-
-    backbone: 'clip-rn50' | 'clip-vitb16' | 'imagenet-rn50'; method: 'promptpose' | 'baseline'
-    (PromptPose needs a CLIP backbone). small=True: a tiny model of the same structure for
-    CPU tests and the demo. Sizes are [H, W]; heatmap_size defaults to image_size / 4; the
-    tower's 'grid' (positional tables) is image_size / stride. overrides: any top-level key
-    (e.g. normalize='clip', drop_path=0.1, n_ctx=16, ctx_init_std=0.02, use_pixel=False).
-    Heads: keypoint head 256 wide (SimpleBaseline); pixel head 256 wide for RN50 (mmpose's
-    default head), K wide for ViT-B (pixel_head_channels None = K); deconvolutions as many
-    as the feature grid needs to reach the heatmap (3 for RN50, 2 for ViT-B at 256).
-    """
+    every model default is written here and only here (the authors' values). backbone in
+    BACKBONES, method in METHODS (PromptPose needs a CLIP backbone); small=True: a tiny model of
+    the same structure for CPU tests and the demo. Sizes are [H, W]; heatmap_size defaults to
+    image_size / 4; the tower's 'grid' (positional tables) is image_size / stride. overrides: any
+    top-level key (e.g. normalize='clip', drop_path=0.1, n_ctx=16, ctx_init_std=0.02)."""
     check_backbone_method(backbone, method)
     image_size = [image_size] * 2 if isinstance(image_size, int) else list(image_size)
     heatmap_size = [s // 4 for s in image_size] if heatmap_size is None else list(heatmap_size)
@@ -347,12 +315,9 @@ def default_config(backbone, method, *, small=False, image_size=(256, 256), heat
     vision = dict((SMALL_VISION if small else FULL_VISION)[backbone])
     if vision["type"] != "resnet":
         vision["grid"] = list(feature_grid(image_size, vision.get("patch_size", 32)))
-    text = None
-    if promptpose:
-        text = {"embed_dim": 64, "context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
-                "layers": 2} if small else \
-               {"embed_dim": vision["output_dim"], "context_length": 77, "vocab_size": 49408,
-                "width": 512, "heads": 8, "layers": 12}
+    text = {"embed_dim": vision["output_dim"], "context_length": 77, "vocab_size": 49408,
+            "width": 64 if small else 512, "heads": 2 if small else 8,
+            "layers": 2 if small else 12} if promptpose else None
     cfg = {
         "backbone": backbone, "method": method, "vision": vision, "text": text,
         "image_size": image_size, "heatmap_size": heatmap_size,
@@ -363,8 +328,8 @@ def default_config(backbone, method, *, small=False, image_size=(256, 256), heat
         "prompt_encoder_heads": 8,
         "decoder_width": 32 if small else 256, "decoder_heads": 2 if small else 4,
         "decoder_layers": 3, "decoder_dropout": 0.1,
-        "head_channels": 64 if small else 256,
-        "pixel_head_channels": None if vit else (32 if small else 256),
+        "head_channels": 64 if small else 256,  # SimpleBaseline's head
+        "pixel_head_channels": None if vit else (32 if small else 256),  # None = K; 256: mmpose's
     }
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
@@ -398,16 +363,11 @@ def read_weights(backbone, method, clip_weights, imagenet_weights, random_init, 
 
 def build_model(cfg, keypoint_names, prompt_texts=None, clip_state_dict=None,
                 imagenet_state_dict=None):
-    """PromptPose / SimpleBaseline from a config, optionally with pretrained weights.
-
-    clip_state_dict (CLIP backbones): cfg['vision'] (and cfg['text'] for PromptPose) are
-    replaced by the sizes inferred from its shapes, the positional table is resized to the
-    grid of cfg['image_size'] and the weights loaded strictly. imagenet_state_dict
-    (imagenet-rn50): torchvision resnet50 weights (a dict, e.g. from `load_imagenet_resnet`, or
-    a file path), `fc.*` dropped. `model.cfg` is the final config: `build_model(model.cfg,
-    names, model.prompt_texts)` + `load_state_dict(sd, strict=True)` rebuilds the trained
-    model without weight files. The use_* switches are ignored by the baseline.
-    """
+    """PromptPose / SimpleBaseline from a config, optionally with pretrained weights, loaded
+    strictly: clip_state_dict (CLIP backbones) sets cfg['vision'] (and cfg['text']) from its
+    shapes, its positional table resized to cfg['image_size']; imagenet_state_dict: torchvision
+    resnet50 weights (dict or path), `fc.*` dropped. `model.cfg` is the final config: with it,
+    `build_model(model.cfg, names, model.prompt_texts)` + `load_state_dict(sd)` rebuilds a model."""
     cfg = json.loads(json.dumps(cfg))  # private, json-clean copy
     backbone, method = cfg["backbone"], cfg["method"]
     check_backbone_method(backbone, method)
@@ -415,7 +375,7 @@ def build_model(cfg, keypoint_names, prompt_texts=None, clip_state_dict=None,
         if not backbone.startswith("clip-"):
             raise ValueError(f"CLIP weights given for backbone {backbone!r}")
         cfg["vision"] = clip_visual_config(clip_state_dict, cfg["image_size"])
-        if cfg["vision"]["type"] != TOWER_TYPE[backbone]:
+        if cfg["vision"]["type"] != FULL_VISION[backbone]["type"]:
             raise ValueError(f"backbone {backbone!r} but the CLIP weights hold a "
                              f"{cfg['vision']['type']} image tower")
         if method == "promptpose":

@@ -1,18 +1,14 @@
 """A trained model on the boxes of a dataset (`predict_dataset`, what evaluate.py scores), on
-your own photos, and the pieces the video path (video.py) builds on.
+your own photos (`run_photos`: `evaluate.py CKPT --images ...`), and the pieces video.py builds on.
 
-`python evaluate.py CKPT --images ...` runs `run_photos`; `--video ...` runs video.run_video.
-Every box is cropped as in evaluation, predicted with the flip test and decoded with Eq. 1
-(`transforms.keypoints_from_heatmaps`). Where no box is given the animal is searched for:
-
-1. coarse pass: the whole image and a grid of square windows (SEARCH_WINDOWS), predicted
-   without the flip test; the window whose keypoints score highest on average wins. A model
-   sees animals at the scale of its training crops only, and an animal that fills a tenth of a
-   video frame looks nothing like that in the whole frame (there it finds confident garbage),
-   hence the windows;
-2. a box around the winner's confident keypoints (score >= SEARCH_MIN_SCORE), grown by
-   SEARCH_MARGIN on each side as a labeled box surrounds its keypoints; the crop pads it by
-   1.25 like every training box (transforms.box_to_center_scale);
+Every box is cropped as in evaluation, predicted with the flip test and decoded with Eq. 1. Where
+no box is given the animal is searched for:
+1. coarse pass: the whole image and a grid of square windows (SEARCH_WINDOWS), predicted without
+   the flip test; the window whose keypoints score highest on average wins. A model sees animals
+   at the scale of its training crops only: a small animal in a whole video frame gets confident
+   garbage, hence the windows;
+2. a box around the winner's keypoints scoring >= SEARCH_MIN_SCORE, grown by SEARCH_MARGIN on
+   each side as a labeled box surrounds its keypoints (the crop pads it by 1.25, as every box);
 3. the real pass on that box, with the flip test.
 `--whole-frame` skips the search (the whole image is the box, as before the search existed).
 """
@@ -38,25 +34,19 @@ from transforms import (TopDownTransform, box_to_center_scale, flip_back_heatmap
                         get_affine_transform, keypoints_from_heatmaps, read_image)
 
 VIS_THRESHOLD = 0.2       # maxima above this count towards the instance score (mmpose vis_thr)
-
 PCUTOFF = 0.4             # default --pcutoff: overlays leave out keypoints scoring below it
                           # (a well-placed keypoint scores 0.5-0.9 here; DeepLabCut's 0.6 is for
                           # its own sigmoid scores)
-
 SEARCH_WINDOWS = (1 / 2, 1 / 3)  # window sides, fractions of the shorter image side, 50% overlap
-
 SEARCH_MIN_SCORE = VIS_THRESHOLD  # keypoints at least this sure span the searched box
-
 SEARCH_MARGIN = 0.15      # that box: their extent + 0.15 x its longer side on every side
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @torch.no_grad()
 def predict_heatmaps(model, images, flip_pairs, flip, amp):
-    """Heatmaps of a batch of crops (B, 3, H, W) -> numpy (B, K, h, w) float32; with the flip
-    test averaged with the heatmaps of the mirrored crops, flipped back (pairs swapped, 1 px
-    shift: transforms.flip_back_heatmaps)."""
+    """Heatmaps of a batch of crops (B, 3, H, W) -> numpy (B, K, h, w) float32; with the flip test
+    averaged with those of the mirrored crops, flipped back (transforms.flip_back_heatmaps)."""
     with autocast(images.device.type, amp):
         heatmaps = model(images)["heatmaps"].float().cpu().numpy()
         if flip:
@@ -69,10 +59,10 @@ KEYPOINT_SCORE = "the heatmap maximum at the keypoint, clipped to [0, 1]"  # nam
 
 
 def keypoint_scores(maxvals):
-    """The score written for each keypoint: its heatmap maximum (the peak Eq. 1 decodes)
-    clipped to [0, 1]. The heatmaps regress Gaussians of peak 1, so a maximum overshoots 1 a
-    little (1.06 seen) or dips below 0; clipped it reads on a likelihood's scale, though it is
-    no calibrated probability. instance_scores keeps the raw maxima (mmpose), so AP is unchanged."""
+    """The score written for each keypoint: its heatmap maximum (the peak Eq. 1 decodes) clipped
+    to [0, 1]. The heatmaps regress Gaussians of peak 1, so a maximum overshoots 1 a little (1.06
+    seen) or dips below 0; clipped it reads on a likelihood's scale, though it is no calibrated
+    probability. instance_scores keeps the raw maxima (mmpose), so AP is unchanged."""
     return np.clip(maxvals, 0.0, 1.0)
 
 
@@ -85,22 +75,8 @@ def instance_scores(maxvals, box_scores):
 
 
 def rounded_list(values):
-    """An array (keypoints (K, 3), a centre (2,)) -> a flat list rounded to 1/1000 px, as
-    COCO results store keypoints."""
+    """An array (keypoints (K, 3), a centre (2,)) -> a flat list rounded to 1/1000 px (COCO's)."""
     return [round(float(v), 3) for v in np.asarray(values).reshape(-1)]
-
-
-def predict_batches(model, loader, flip_pairs, flip, amp, device, progress, desc):
-    """Yield (batch, keypoints (B, K, 3), scores (B,)) for every batch of a crop loader."""
-    model.eval()
-    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and sys.stderr.isatty()))
-    for batch in bar:
-        images = batch["image"].to(device, non_blocking=True)
-        heatmaps = predict_heatmaps(model, images, flip_pairs, flip, amp)
-        keypoints = keypoints_from_heatmaps(heatmaps, batch["center"].numpy(), batch["scale"].numpy())
-        scores = instance_scores(keypoints[..., 2], batch["bbox_score"].numpy())
-        keypoints[..., 2] = keypoint_scores(keypoints[..., 2])
-        yield batch, keypoints, scores
 
 
 def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, rank=0, world=1,
@@ -111,17 +87,23 @@ def predict_dataset(model, dataset, *, batch_size, workers, flip, amp, device, r
     indices = list(range(rank, len(dataset), world))
     loader = make_loader(torch.utils.data.Subset(dataset, indices), batch_size, workers,
                          shuffle=False, pin_memory=device.type == "cuda")
-    results = []
+    results, bar = [], tqdm(loader, desc="eval", leave=False,
+                            disable=not (progress and sys.stderr.isatty()))
+    model.eval()
     with own_shard():  # an image of this rank's share that fails is said by this rank
-        for batch, keypoints, scores in predict_batches(model, loader, dataset.flip_pairs, flip,
-                                                        amp, device, progress, "eval"):
+        for batch in bar:
+            images = batch["image"].to(device, non_blocking=True)
+            heatmaps = predict_heatmaps(model, images, dataset.flip_pairs, flip, amp)
+            keypoints = keypoints_from_heatmaps(heatmaps, batch["center"].numpy(),
+                                                batch["scale"].numpy())  # (B, K, 3)
+            scores = instance_scores(keypoints[..., 2], batch["bbox_score"].numpy())
+            keypoints[..., 2] = keypoint_scores(keypoints[..., 2])
             for i in range(len(scores)):
                 results.append({
                     "index": indices[len(results)], "image_id": int(batch["image_id"][i]),
                     "category_id": int(batch["category_id"][i]),
                     "ann_id": None if batch["detection"][i] else int(batch["ann_id"][i]),
-                    "keypoints": rounded_list(keypoints[i]),
-                    "score": float(scores[i]),
+                    "keypoints": rounded_list(keypoints[i]), "score": float(scores[i]),
                     "center": rounded_list(batch["center"][i]),
                     "scale": rounded_list(batch["scale"][i])})
     results = sorted(all_gather_list(results), key=lambda r: r["index"])
@@ -144,8 +126,8 @@ def draw_context(ckpt, names_on):
 # ----------------------------------------------------------------------------- crops -> poses
 @dataclass
 class Predictor:
-    """A model and how to run it on crops of whole images: crop size and normalisation (the
-    checkpoint's), flip test, autocast dtype, device, crops per forward pass."""
+    """A model and how to run it on crops of whole images (the checkpoint's crop size and
+    normalisation); batch_size: crops per forward pass."""
     model: torch.nn.Module
     transform: TopDownTransform
     flip_pairs: list
@@ -163,31 +145,24 @@ class Predictor:
                    device, batch_size)
 
     def crop(self, image, bbox):
-        """A BGR image and a box [x, y, w, h] -> the network input (3, H, W) float32 and the
-        crop's center, scale (2,) each, as evaluation crops a detected box (clipped to the
-        image first)."""
+        """A BGR image and a box [x, y, w, h] -> the network input (3, H, W) float32 and the crop's
+        center, scale (2,) each, as evaluation crops a detected box (clipped to the image first)."""
         H, W = self.transform.image_size
         center, scale = box_to_center_scale(clip_box(bbox, image.shape[1], image.shape[0]), W / H)
         M = np.vstack([get_affine_transform(center, scale, 0.0, (H, W)), [0, 0, 1]])
         return self.transform.crop(image, M), center, scale
 
     def keypoints(self, images, boxes, flip=None):
-        """Keypoints (N, K, 3) [x, y, score] in image pixels of box n of images[n]; flip=None
-        takes the predictor's flip test."""
-        flip = self.flip if flip is None else flip
-        out = []
+        """Keypoints (N, K, 3) [x, y, score] in image pixels of box n of images[n]; flip=None takes
+        the predictor's flip test."""
+        flip, out = self.flip if flip is None else flip, []
         for start in range(0, len(boxes), self.batch_size):
-            crops = [self.crop(im, b) for im, b in zip(images[start:start + self.batch_size],
-                                                      boxes[start:start + self.batch_size])]
-            batch = torch.from_numpy(np.stack([c[0] for c in crops])).to(self.device)
+            crops, centers, scales = zip(*[self.crop(im, b) for im, b in zip(
+                images[start:start + self.batch_size], boxes[start:start + self.batch_size])])
+            batch = torch.from_numpy(np.stack(crops)).to(self.device)
             heatmaps = predict_heatmaps(self.model, batch, self.flip_pairs, flip, self.amp)
-            out.append(keypoints_from_heatmaps(heatmaps, np.stack([c[1] for c in crops]),
-                                               np.stack([c[2] for c in crops])))
+            out.append(keypoints_from_heatmaps(heatmaps, np.stack(centers), np.stack(scales)))
         return np.concatenate(out) if out else np.zeros((0, 0, 3))
-
-
-def whole_box(image):
-    return [0.0, 0.0, float(image.shape[1]), float(image.shape[0])]
 
 
 def search_windows(width, height):
@@ -232,14 +207,13 @@ def search(predictor, images):
 
 
 def find_poses(predictor, images, given, whole=False, source="boxes"):
-    """Poses in each image: images BGR arrays; given[i] a list of (bbox, score) for image i
-    (found as `source` says: "boxes" for --boxes), or None: search it (the whole image with
-    whole=True). -> per image a list of instances {bbox, score, box (how the box was found:
-    boxes / follow / search / whole), keypoints (K, 3)}, keypoints clipped to the image (a
-    point in the crop's black border is put at its edge) and scores clipped (keypoint_scores)."""
+    """Poses in BGR images: given[i] a list of (bbox, score) for image i (found as `source` says),
+    or None: search it (the whole image with whole=True) -> per image a list of {bbox, score, box
+    (how it was found: boxes / follow / search / whole), keypoints (K, 3)}, keypoints clipped to
+    the image (a point in the crop's black border goes to its edge), scores (keypoint_scores)."""
     todo = [i for i, g in enumerate(given) if g is None]
     found = (search(predictor, [images[i] for i in todo]) if not whole else
-             [whole_box(images[i]) for i in todo])
+             [[0.0, 0.0, float(images[i].shape[1]), float(images[i].shape[0])] for i in todo])
     boxes = {i: [(box, 1.0)] for i, box in zip(todo, found)}
     how = "whole" if whole else "search"
     owners, items = [], []
@@ -279,7 +253,9 @@ def read_box_list(path):
     return entries
 
 
-def list_images(paths):
+def read_photos(paths):
+    """The photos of --images -> [{"id", "file_name" (as listed), "width", "height"}]; each is
+    decoded once here, so a truncated or unreadable file stops the run before any output."""
     files = []
     for p in paths:
         if os.path.isdir(p):
@@ -292,7 +268,11 @@ def list_images(paths):
     if not files:
         raise ValueError(f"--images {' '.join(paths)}: no image files found "
                          f"({', '.join(IMAGE_EXTENSIONS)})")
-    return files
+    photos = []
+    for i, path in enumerate(files):
+        height, width = read_image(path)[0].shape[:2]
+        photos.append({"id": i + 1, "file_name": path, "width": width, "height": height})
+    return photos
 
 
 def photo_boxes(path, photos):
@@ -324,27 +304,10 @@ def overlay_names(photos):
             for s, p in zip(stems, photos)]
 
 
-def read_photos(paths):
-    """The photos of --images -> [{"id", "file_name" (as listed), "width", "height"}]; each is
-    decoded once here, so a truncated or unreadable file stops the run before any output."""
-    photos = []
-    for i, path in enumerate(list_images(paths)):
-        image = read_image(path)[0]
-        photos.append({"id": i + 1, "file_name": path, "width": image.shape[1],
-                       "height": image.shape[0]})
-    return photos
-
-
-def coco_categories(ckpt):
-    """The one category of own-photo results, naming the keypoints and the (1-based) skeleton."""
-    return [{"id": 1, "name": "instance", "keypoints": list(ckpt["keypoint_names"]),
-             "skeleton": [[a + 1, b + 1] for a, b in ckpt["skeleton"]]}]
-
-
 def photo_poses(predictor, photos, boxes, whole, overlay):
-    """Poses of every photo, `batch_size` photos decoded at a time -> COCO results; with
-    --boxes exactly the given boxes (a photo without one gets no pose), else the searched box
-    (or the whole photo). overlay(image, photo, instances) draws each photo once."""
+    """Poses of every photo, `batch_size` photos decoded at a time -> COCO results; with --boxes
+    exactly the given boxes (a photo without one gets no pose), else the searched box (or the
+    whole photo). overlay(image, photo, instances) draws each photo once."""
     results = []
     for start in range(0, len(photos), predictor.batch_size):
         chunk = photos[start:start + predictor.batch_size]
@@ -361,11 +324,9 @@ def photo_poses(predictor, photos, boxes, whole, overlay):
 
 
 def run_photos(model, ckpt, args, flip, device, out_dir):
-    """Own photos -> photo_results.json (COCO keypoint results: image_id, file_name,
-    category_id 1, bbox, box (boxes / search / whole), flat keypoints, score),
-    photo_images.json (COCO images + the category with the keypoint names:
-    COCO(photo_images.json).loadRes(photo_results.json) works; what a keypoint's score is)
-    and an overlay per photo in vis/."""
+    """Own photos -> photo_results.json (COCO keypoint results, plus file_name and box: how it was
+    found), photo_images.json (the images and the category: COCO(photo_images.json).loadRes(
+    photo_results.json) works; what a keypoint's score is) and an overlay per photo in vis/."""
     photos = read_photos(args.images)
     boxes = photo_boxes(args.boxes, photos) if args.boxes else None
     for p, name in zip(photos, overlay_names(photos)):
@@ -382,9 +343,10 @@ def run_photos(model, ckpt, args, flip, device, out_dir):
     predictor = Predictor.from_checkpoint(model, ckpt, flip, args.amp, device, args.batch_size)
     results = photo_poses(predictor, photos, boxes, args.whole_frame, overlay)
     write_json(os.path.join(out_dir, "photo_results.json"), results)
+    category = {"id": 1, "name": "instance", "keypoints": list(ckpt["keypoint_names"]),
+                "skeleton": [[a + 1, b + 1] for a, b in ckpt["skeleton"]]}  # COCO's: 1-based
     write_json(os.path.join(out_dir, "photo_images.json"), {
-        "images": photos, "categories": coco_categories(ckpt), "keypoint_score": KEYPOINT_SCORE},
-        indent=1)
+        "images": photos, "categories": [category], "keypoint_score": KEYPOINT_SCORE}, indent=1)
     without = len(photos) - len({r["image_id"] for r in results})
     how = ("--boxes" if boxes is not None else "the whole photo" if args.whole_frame else
            "a searched box")

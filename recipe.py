@@ -18,8 +18,7 @@ def default_loss_weights(backbone, method, use_pixel):
 
 
 def loss_weights(args, cfg):
-    """(alpha1, alpha2) of Eq. 10: default_loss_weights, overridden by --alpha1 / --alpha2
-    where the term exists (never for SimpleBaseline / --no-pixel)."""
+    """(alpha1, alpha2) of Eq. 10: the defaults, or --alpha1 / --alpha2 where the term exists."""
     alphas = default_loss_weights(cfg["backbone"], cfg["method"], cfg.get("use_pixel", False))
     alpha1 = alphas["alpha1"] if args.alpha1 is None or cfg["method"] == "baseline" else args.alpha1
     alpha2 = alphas["alpha2"] if args.alpha2 is None or alphas["alpha2"] == 0 else args.alpha2
@@ -27,8 +26,7 @@ def loss_weights(args, cfg):
 
 
 def backbone_lr_mult(args):
-    """The image encoder's lr factor: --backbone-lr-mult, else 0.1 for ViT-B (the paper's
-    5e-5 for the ViT-Base backbone at lr 5e-4), else 1."""
+    """--backbone-lr-mult, else 0.1 for ViT-B (the paper's 5e-5 for it at lr 5e-4), else 1."""
     if args.backbone_lr_mult is not None:
         return args.backbone_lr_mult
     return 0.1 if args.backbone == "clip-vitb16" else 1.0

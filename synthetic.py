@@ -77,11 +77,10 @@ def make_animal(rng, species, center, length, heading):
             half = bw * np.sqrt(max(0.0, 1 - ((u + 0.04) / 0.40) ** 2)) * 0.85
             stripe = [P(u, -half), P(u + rng.uniform(-0.04, 0.04), 0), P(u, half)]
             shapes.append(("line", stripe, 0.025 * length, (20, 20, 20)))
-    elif pattern in ("spots", "patches"):
-        n, r = (9, 0.025) if pattern == "spots" else (3, 0.07)
-        for _ in range(n):
-            u, v = rng.uniform(-0.32, 0.25), rng.uniform(-0.6, 0.6) * bw
-            shapes.append(("circle", P(u, v), r * length * rng.uniform(0.7, 1.3), (30, 30, 30)))
+    n_spots, r = {"spots": (9, 0.025), "patches": (3, 0.07)}.get(pattern, (0, 0.0))
+    for _ in range(n_spots):  # spots or patches
+        u, v = rng.uniform(-0.32, 0.25), rng.uniform(-0.6, 0.6) * bw
+        shapes.append(("circle", P(u, v), r * length * rng.uniform(0.7, 1.3), (30, 30, 30)))
     kp[3], kp[4] = P(0.34, 0), P(-0.42, 0)
     # legs: side +1 = left, -1 = right; front legs reach forward, back legs backward
     thick = 0.065 * length
@@ -110,9 +109,8 @@ def make_animal(rng, species, center, length, heading):
         shapes.append(("poly", [H(0.15, side * 0.6 * hw), H(0.02, side * 1.25 * hw), H(0.35, side * 0.8 * hw)], limb))
     shapes.append(("poly", [H(0.5 + 0.5 * np.cos(t), hw * np.sin(t) * (0.8 - 0.4 * np.cos(t))) for t in a], head_c))
     kp[0], kp[1], kp[2] = H(0.6, 0.5 * hw), H(0.6, -0.5 * hw), H(0.97, 0)  # eyes, nose
-    for e in (0, 1):
-        shapes += [("circle", kp[e], 0.03 * length, (245, 245, 245)), ("circle", kp[e], 0.016 * length, (10, 10, 10))]
-    shapes.append(("circle", kp[2], 0.028 * length, (15, 15, 15)))
+    for k, r, c in ((0, 0.03, 245), (0, 0.016, 10), (1, 0.03, 245), (1, 0.016, 10), (2, 0.028, 15)):
+        shapes.append(("circle", kp[k], r * length, (c, c, c)))  # eyes (white, pupil), nose
     return kp, shapes
 
 
@@ -151,8 +149,7 @@ def render_image(rng, size=(320, 240)):
     kinds = [k for k in BACKGROUNDS if all(np.abs(np.array(BACKGROUNDS[k]) - s[3]).sum() > 120 for s in species)]
     kind = int(kinds[rng.integers(len(kinds))]) if kinds else 1
     background = make_background(rng, size, kind)
-    image = background.copy()
-    animals = []
+    image, animals = background.copy(), []
     for sp, (center, length, heading) in zip(species, placed):
         kp, shapes = make_animal(rng, sp, center, length, heading)
         mask = draw(np.zeros((h, w), np.uint8), shapes, 255) > 0  # the pixels it covers

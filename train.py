@@ -11,7 +11,7 @@ The run directory and the checkpoint's fields are described in checkpoint.py. `-
 is per process: the paper's total batch 128 is 8 GPUs x 16.
 """
 import argparse
-import dataclasses
+import collections
 import json
 import os
 import random
@@ -38,9 +38,8 @@ from model import (AMP_DTYPES, BACKBONES, METHODS, autocast, build_model, defaul
 from recipe import backbone_lr_mult, build_optimizer, check_schedule, loss_weights, lr_factor
 from visualize import plot_training_curves
 
+
 # ----------------------------------------------------------------------------- arguments
-
-
 def get_args_parser():
     p = argparse.ArgumentParser("PromptPose training", allow_abbrev=False,
                                 formatter_class=HelpFormatter)
@@ -75,12 +74,10 @@ def get_args_parser():
     g.add_argument("--imagenet-weights", help="torchvision resnet50 state dict for imagenet-rn50")
     g.add_argument("--random-init", action="store_true",
                    help="no pre-trained weights at all: demo and tests only")
-    g.add_argument("--small", action="store_true",
-                   help="a small model of the same structure (CPU demo / tests; needs "
-                        "--random-init)")
-    g.add_argument("--input-size", type=input_size, default=[256, 256],
-                   help="crop HEIGHT[xWIDTH] (AP-10K 256, COCO pre-training 256x192); "
-                        "heatmaps are 1/4 of it")
+    g.add_argument("--small", action="store_true", help="a small model of the same structure "
+                   "(CPU demo / tests; needs --random-init)")
+    g.add_argument("--input-size", type=input_size, default=[256, 256], help="crop HEIGHT[xWIDTH] "
+                   "(AP-10K 256, COCO pre-training 256x192); heatmaps are 1/4 of it")
     g.add_argument("--normalize", choices=["imagenet", "clip"],
                    help="input mean/std (default: imagenet for every backbone, as the authors)")
     g.add_argument("--drop-path", type=number_in(float, 0, 0.99),
@@ -101,9 +98,10 @@ def get_args_parser():
     g.add_argument("--init-from-partial", action="store_true",
                    help="allow --init-from across backbones / tower types (matching tensors only)")
     g = p.add_argument_group("loss (Eq. 10)")
-    g.add_argument("--alpha1", type=number_in(float, 0), help="weight of L_semantic (default 0.0005)")
-    g.add_argument("--alpha2", type=number_in(float, 0), help="weight of L_pixel (default 0.4 "
-                                                              "ResNet-50, 2.0 ViT-B)")
+    g.add_argument("--alpha1", type=number_in(float, 0),
+                   help="weight of L_semantic (default 0.0005)")
+    g.add_argument("--alpha2", type=number_in(float, 0),
+                   help="weight of L_pixel (default 0.4 ResNet-50, 2.0 ViT-B)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive(int), default=210, help="total epochs")
     g.add_argument("--batch-size", type=positive(int), default=16, help="batch size per process")
@@ -189,14 +187,11 @@ def build_train_model(args, cfg, weights, train_set, device, world):
 
 
 # ----------------------------------------------------------------------------- optimisation
-
-
 def build_schedule(args, model, train_set, device, rank, world):
     """Optimiser, lr schedule, GradScaler, sampler and loader of Sec. 4.1."""
     optimizer = build_optimizer(model, args.lr, args.weight_decay, backbone_lr_mult(args))
-    sampler = (torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank,
-                                                   shuffle=True, seed=args.seed, drop_last=True)
-               if world > 1 else None)
+    sampler = None if world == 1 else torch.utils.data.DistributedSampler(
+        train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
     generator = torch.Generator().manual_seed(args.seed)
     loader = make_loader(train_set, args.batch_size, args.workers, shuffle=sampler is None,
                          sampler=sampler, generator=generator, drop_last=True,
@@ -249,42 +244,25 @@ def train_step(model, batch, optimizer, scheduler, scaler, amp, clip_grad, alpha
 
 def check_finite(loss, terms, batch, epoch, lr):
     if not torch.isfinite(loss):
-        ids = batch["image_id"].tolist()[:8]
         raise FloatingPointError(
             f"epoch {epoch}: the loss is {loss.item()} (pred {terms['pred'].item():.4g}, pixel "
             f"{terms['pixel'].item():.4g}, semantic {terms['semantic'].item():.4g}) on the batch "
-            f"of image ids {ids}: if the first batches are already non-finite, check those "
-            f"images' annotations; if it diverged after a while, lower --lr (now {lr:g}) or "
-            f"use --amp bf16 instead of fp16")
+            f"of image ids {batch['image_id'].tolist()[:8]}: if the first batches are already "
+            f"non-finite, check those images' annotations; if it diverged after a while, lower "
+            f"--lr (now {lr:g}) or use --amp bf16 instead of fp16")
 
 
-@dataclasses.dataclass
-class Run:
-    """What the epoch loop works with; `main` builds it step by step. `model` is checkpointed
-    and validated, `train_model` (its DDP / torch.compile wrapper) takes the training steps;
-    `sampler` is None for one process; `alphas` are Eq. 10's (alpha1, alpha2)."""
-    args: argparse.Namespace
-    model: torch.nn.Module
-    train_model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    loader: torch.utils.data.DataLoader
-    sampler: object
-    generator: torch.Generator
-    alphas: tuple
-    train_set: object
-    val_set: object
-    device: torch.device
-    rank: int
-    world: int
-    commit: str
+# What the epoch loop works with; `main` builds it step by step. `model` is checkpointed and
+# validated, `train_model` (its DDP / torch.compile wrapper) takes the training steps; `sampler`
+# is None for one process; `alphas` are Eq. 10's (alpha1, alpha2).
+Run = collections.namedtuple("Run", ["args", "model", "train_model", "optimizer", "scheduler",
+                                     "scaler", "loader", "sampler", "generator", "alphas",
+                                     "val_set", "device", "rank", "world", "commit"])
 
 
 def train_one_epoch(run, epoch):
-    """One pass over the loader. Returns the mean of each loss term over the epoch's samples,
-    reduced across processes as sums and counts. The loss is checked for NaN / inf every 50
-    steps and at the end (a host sync)."""
+    """One pass over the loader -> each loss term's mean over the epoch's samples (reduced across
+    processes as sums and counts); NaN / inf is checked every 50 steps and at the end (a sync)."""
     args, loader = run.args, run.loader
     run.train_model.train()
     sums = torch.zeros(4, dtype=torch.float64, device=run.device)  # total, pred, pixel, semantic
@@ -322,9 +300,8 @@ def validate(run):
 
 
 def save_epoch(run, epoch, best_ap, is_best, last):
-    """last.pt (full) every epoch; best.pt on a new best val AP and final.pt after the last
-    epoch, both model-only. The data fields are the validation set's (what val AP used);
-    with --no-flip no flip pairs are stored, so evaluation runs no flip test either."""
+    """last.pt every epoch; model-only best.pt on a new best and final.pt after the last epoch.
+    Data fields are the val set's (what val AP used); --no-flip stores no pairs: no flip test."""
     args, val_set = run.args, run.val_set
     data_info = {"flip_pairs": val_set.flip_pairs if args.flip else [],
                  "skeleton": val_set.skeleton, "sigmas": val_set.sigmas,
@@ -349,8 +326,7 @@ def log_epoch(output_dir, record):
 
 
 def selected_by(val_set):
-    """What best.pt is chosen by: val AP, or the val RMSE (px) for data without OKS sigmas,
-    whose AP rests on a placeholder sigma."""
+    """best.pt's criterion: val AP, or val RMSE (px) where the AP rests on a placeholder sigma."""
     return "val_AP" if val_set.sigmas_given else "val_RMSE_px"
 
 
@@ -371,8 +347,8 @@ def fit(run, start_epoch, best_ap):
             run.sampler.set_epoch(epoch)
         with own_shard():
             losses = train_one_epoch(run, epoch)
-        record = {"epoch": epoch, **losses,
-                  "lr": run.optimizer.param_groups[0]["lr"] / run.optimizer.param_groups[0]["lr_mult"],
+        group = run.optimizer.param_groups[0]  # its lr / lr_mult: the schedule's lr
+        record = {"epoch": epoch, **losses, "lr": group["lr"] / group["lr_mult"],
                   "train_time_s": round(time.time() - t0, 2)}
         last = epoch == args.epochs - 1
         if (epoch + 1) % args.eval_interval == 0 or last:
@@ -389,8 +365,7 @@ def fit(run, start_epoch, best_ap):
 
 
 def main(args):
-    """Sec. 4.1 in order: run directory, weights, data, model, optimiser and schedule,
-    resume, the epoch loop."""
+    """Sec. 4.1 in order: run dir, weights, data, model, optimiser and schedule, resume, epochs."""
     rank, local_rank, world, device = init_distributed(args.device)
     if args.workers is None:
         args.workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -418,7 +393,7 @@ def main(args):
                        train_set.few_shot_image_ids)
     train_model = wrap_model(model, args, alphas, device, local_rank, world)
     run = Run(args, model, train_model, optimizer, scheduler, scaler, loader, sampler, generator,
-              alphas, train_set, val_set, device, rank, world, commit)
+              alphas, val_set, device, rank, world, commit)
     best_ap = fit(run, start_epoch, best_ap)
     print0(f"done: {os.path.join(args.output_dir, 'final.pt')} is the last epoch (what the "
            f"paper reports); {os.path.join(args.output_dir, 'best.pt')} has the best "

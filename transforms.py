@@ -5,19 +5,16 @@ Conventions of every function below:
 - Image pixel (i, j) has its centre at (x, y) = (i, j); a horizontal flip maps x -> W - 1 - x.
 - A box is COCO [x, y, w, h] with centre (x + w/2, y + h/2); `scale` is the (w, h) in image
   pixels of the padded, aspect-ratio-filled box that is warped onto the network input.
-- The affine maps `center` to (W/2, H/2) of the output and `scale` onto (W, H) (SimpleBaseline).
 - Heatmap coordinates: x_hm = x_in / stride, stride = input / heatmap size (4); heatmap pixel
   i has its centre at i and covers [i - 0.5, i + 0.5].
-`TopDownTransform` turns a record (an image file and a box) into the network input and the
-targets, with the training augmentation of the authors' recipe (the constants below).
+`TopDownTransform`: a record (image file, box) -> network input and targets, with augmentation.
 """
 import warnings
 
 import cv2
 import numpy as np
 
-# Input normalisation, (mean, std) of RGB in 0..1. The authors normalise every backbone with
-# ImageNet's, CLIP ones included; "clip" is CLIP's own.
+# Input normalisation, (mean, std) of RGB in 0..1: the authors use ImageNet's for every backbone.
 NORMALIZATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
@@ -25,50 +22,32 @@ NORMALIZATION = {
 
 # Training augmentation and targets (SimpleBaseline / mmpose AP-10K settings, the authors').
 BOX_PADDING = 1.25            # box -> crop: filled to the input aspect ratio, then x1.25
-
 BOX_JITTER_PROB = 0.3         # training box centre moves with probability 0.3 ...
-
 BOX_JITTER = 0.4              # ... by 0.4 * (U(0, 1) - 0.5) * (w, h): up to +-0.2 w / h
-
 FLIP_PROB = 0.5
-
 HALF_BODY_PROB = 0.3
-
 HALF_BODY_MIN_KEYPOINTS = 8   # half-body only when MORE than this many keypoints are labeled
-
 HALF_BODY_PADDING = 1.5
-
 SCALE_SIGMA = 0.5             # scale factor ~ N(1, 0.5) clipped to [0.5, 1.5]
-
 ROT_SIGMA = 40.0              # rotation ~ N(0, 40) deg clipped to [-80, 80] ...
-
 ROT_PROB = 0.6                # ... applied with probability 0.6
-
 TARGET_SIGMA = 2.0            # Gaussian target sigma in heatmap pixels
 
 
 def box_to_center_scale(box, aspect_ratio, padding=BOX_PADDING):
-    """COCO box [x, y, w, h] -> center (2,) and scale (2,) = (w, h) of the padded box in pixels.
-
-    The box is first enlarged (never shrunk) to `aspect_ratio` = input width / height, then
-    multiplied by `padding`.
-    """
+    """COCO box [x, y, w, h] -> center (2,) and scale (2,) = (w, h) of the padded box in pixels:
+    the box enlarged (never shrunk) to `aspect_ratio` = input width / height, then x `padding`."""
     x, y, w, h = [float(v) for v in box[:4]]
     center = np.array([x + 0.5 * w, y + 0.5 * h])
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    else:
-        w = h * aspect_ratio
+    w, h = (w, w / aspect_ratio) if w > aspect_ratio * h else (h * aspect_ratio, h)
     return center, np.array([w, h]) * padding
 
 
 def get_affine_transform(center, scale, rot_deg, output_size, inv=False):
-    """(2, 3) affine taking image pixels to output pixels (or back with inv=True).
-
-    The output, of size output_size = (H, W), shows the box of size `scale` (w, h) around
-    `center`, rotated by `rot_deg` counter-clockwise as displayed (as cv2.getRotationMatrix2D):
-        out = S R (p - center) + (W/2, H/2),   S = diag(W / scale_w, H / scale_h).
-    """
+    """(2, 3) affine taking image pixels to output pixels (or back with inv=True). The output,
+    of size output_size = (H, W), shows the box of size `scale` (w, h) around `center`, rotated
+    by `rot_deg` counter-clockwise as displayed (as cv2.getRotationMatrix2D):
+        out = S R (p - center) + (W/2, H/2),   S = diag(W / scale_w, H / scale_h)."""
     H, W = output_size
     t = np.deg2rad(rot_deg)
     R = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
@@ -76,15 +55,12 @@ def get_affine_transform(center, scale, rot_deg, output_size, inv=False):
     M = np.eye(3)
     M[:2, :2] = A
     M[:2, 2] = np.array([W / 2.0, H / 2.0]) - A @ np.asarray(center, dtype=np.float64)
-    if inv:
-        M = np.linalg.inv(M)
-    return M[:2].copy()
+    return (np.linalg.inv(M) if inv else M)[:2].copy()
 
 
 def affine_points(points, M):
     """Apply a (2, 3) affine to points (N, 2) -> (N, 2)."""
-    points = np.asarray(points, dtype=np.float64)
-    return points @ M[:, :2].T + M[:, 2]
+    return np.asarray(points, dtype=np.float64) @ M[:, :2].T + M[:, 2]
 
 
 def flip_permutation(num_keypoints, flip_pairs):
@@ -96,13 +72,11 @@ def flip_permutation(num_keypoints, flip_pairs):
 
 
 def flip_back_heatmaps(heatmaps, flip_pairs, shift=True):
-    """Flip test: heatmaps (N, K, h, w) predicted on mirrored crops -> the unmirrored frame.
-
-    Mirrors along w and swaps left/right channels. Mirroring the 256-wide input maps x_in to
-    255 - x_in, i.e. heatmap x to 63.75 - x, while mirroring the heatmap maps x to 63 - x:
-    the flipped-back map sits (stride - 1) / stride = 0.75 px left of the truth. shift=True
-    moves it one pixel right (the SimpleBaseline correction; column 0 keeps its value).
-    """
+    """Flip test: heatmaps (N, K, h, w) of mirrored crops -> the unmirrored frame (mirrored along
+    w, left/right channels swapped). Mirroring the 256-wide input maps x_in to 255 - x_in, i.e.
+    heatmap x to 63.75 - x, while mirroring the heatmap maps x to 63 - x: the flipped-back map
+    sits (stride - 1) / stride = 0.75 px left of the truth. shift=True moves it one pixel right
+    (the SimpleBaseline correction; column 0 keeps its value)."""
     perm = flip_permutation(heatmaps.shape[1], flip_pairs)
     out = np.ascontiguousarray(heatmaps[..., ::-1][:, perm])
     if shift:
@@ -112,18 +86,15 @@ def flip_back_heatmaps(heatmaps, flip_pairs, shift=True):
 
 def encode_heatmaps(keypoints_hm, labeled, heatmap_size, sigma=TARGET_SIGMA):
     """Gaussian targets (mmpose's TopDownGenerateTarget, MSRA): keypoints (K, 2) in heatmap
-    pixels -> target (K, h, w) float32, weight (K,) float32; heatmap_size = (h, w).
-
-    The centre is rounded to the nearest heatmap pixel, mu = floor(x + 0.5), and
+    pixels -> target (K, h, w) float32, weight (K,) float32; heatmap_size = (h, w). With the
+    centre rounded to the nearest heatmap pixel, mu = floor(x + 0.5),
         target_k(x, y) = exp(-((x - mu_x)^2 + (y - mu_y)^2) / (2 sigma^2))
-    inside the (2r + 1)^2 window |x - mu_x| <= r, |y - mu_y| <= r, r = int(3 sigma) (13 x 13
-    for sigma 2), 0 outside it (peak 1, unnormalised). weight_k = 0 (and target 0) for
-    unlabeled keypoints and when the window misses the heatmap entirely; a window partly
-    inside keeps weight 1. Differences from mmpose, both only for keypoints more than half a
-    pixel left of / above the heatmap: mmpose's int(x + 0.5) truncates toward zero (centre
-    one pixel further right / down), and its test `br < 0` keeps weight 1 (with an all-zero
-    target) for a window that ends exactly one pixel before column / row 0.
-    """
+    inside the window |x - mu_x| <= r, |y - mu_y| <= r, r = int(3 sigma) (13 x 13 for sigma 2),
+    0 outside it (peak 1, unnormalised). weight_k = 0 (and target 0) for unlabeled keypoints and
+    when the window misses the heatmap entirely; a window partly inside keeps weight 1. Unlike
+    mmpose (only for keypoints more than half a pixel left of / above the heatmap): its
+    int(x + 0.5) truncates toward zero (centre one pixel further right / down), and its test
+    `br < 0` keeps weight 1, all-zero target, for a window ending 1 px before column / row 0."""
     h, w = heatmap_size
     mu = np.floor(np.asarray(keypoints_hm, dtype=np.float64) + 0.5).astype(np.int64)  # (K, 2)
     r = int(3 * sigma)
@@ -139,12 +110,10 @@ def encode_heatmaps(keypoints_hm, labeled, heatmap_size, sigma=TARGET_SIGMA):
 
 
 def decode_heatmaps(heatmaps):
-    """heatmaps (N, K, h, w) -> coords (N, K, 2) in heatmap pixels, maxvals (N, K).
-
-    Argmax, then a quarter-pixel step toward the higher neighbour on each axis, only where
-    1 < x < w - 1 and 1 < y < h - 1 together: the authors' rule (mmpose), under which the
-    published AP was computed (it leaves columns / rows 0, 1 and the last one unshifted).
-    """
+    """heatmaps (N, K, h, w) -> coords (N, K, 2) in heatmap pixels, maxvals (N, K): argmax,
+    then a quarter-pixel step toward the higher neighbour on each axis, only where 1 < x < w - 1
+    and 1 < y < h - 1 together: the authors' rule (mmpose), under which the published AP was
+    computed (it leaves columns / rows 0, 1 and the last one unshifted)."""
     N, K, h, w = heatmaps.shape
     flat = heatmaps.reshape(N, K, h * w)
     idx = flat.argmax(axis=2)                                   # (N, K)
@@ -158,16 +127,13 @@ def decode_heatmaps(heatmaps):
     inside = (x > 1) & (x < w - 1) & (y > 1) & (y < h - 1)
     dx = np.where(inside, np.sign(at(x + 1, y) - at(x - 1, y)), 0) * 0.25
     dy = np.where(inside, np.sign(at(x, y + 1) - at(x, y - 1)), 0) * 0.25
-    coords = np.stack([x + dx, y + dy], axis=-1).astype(np.float32)  # (N, K, 2)
-    return coords, maxvals
+    return np.stack([x + dx, y + dy], axis=-1).astype(np.float32), maxvals  # (N, K, 2), (N, K)
 
 
 def heatmap_to_image(coords, center, scale, heatmap_size):
-    """Heatmap coords (N, K, 2) -> image coords (N, K, 2) for crops with rotation 0.
-
-    heatmap_size = (h, w). Equals affine_points(coords[n], get_affine_transform(center[n],
-    scale[n], 0, heatmap_size, inv=True)): x_img = x_hm * scale_w / w + center_x - scale_w / 2.
-    """
+    """Heatmap coords (N, K, 2) -> image coords (N, K, 2) for crops with rotation 0; equals
+    affine_points(coords[n], get_affine_transform(center[n], scale[n], 0, heatmap_size (h, w),
+    inv=True)): x_img = x_hm * scale_w / w + center_x - scale_w / 2."""
     center = np.asarray(center, dtype=np.float64).reshape(-1, 1, 2)
     scale = np.asarray(scale, dtype=np.float64).reshape(-1, 1, 2)
     size = np.array([heatmap_size[1], heatmap_size[0]], dtype=np.float64)  # (w, h)
@@ -175,10 +141,9 @@ def heatmap_to_image(coords, center, scale, heatmap_size):
 
 
 def keypoints_from_heatmaps(heatmaps, center, scale):
-    """Eq. 1: the keypoint is the heatmap's maximum, mapped back to the image.
-
-    heatmaps (B, K, h, w) of crops (center, scale (B, 2)) -> (B, K, 3) [x, y, maxval] in image
-    pixels: argmax + quarter-pixel step (decode_heatmaps), then back through the crop's affine."""
+    """Eq. 1: the keypoint is the heatmap's maximum, mapped back to the image. heatmaps
+    (B, K, h, w) of crops (center, scale (B, 2)) -> (B, K, 3) [x, y, maxval] in image pixels:
+    argmax + quarter-pixel step (decode_heatmaps), then back through the crop's affine."""
     coords, maxvals = decode_heatmaps(heatmaps)                  # (B, K, 2), (B, K)
     points = heatmap_to_image(coords, center, scale, heatmaps.shape[2:])   # (B, K, 2)
     return np.concatenate([points, maxvals[..., None]], axis=2)
@@ -186,9 +151,8 @@ def keypoints_from_heatmaps(heatmaps, center, scale):
 
 def jitter_box_center(center, box_wh, rng):
     """Training box jitter (the authors' `_xywh2cs`): with probability 0.3 the centre moves by
-    0.4 * (u - 0.5) * (w, h) of the box, u ~ U(0, 1) per axis, i.e. up to +-0.2 of its width /
-    height; the scale stays. Drawn here for every sample; the authors draw it once when the
-    annotations are loaded, so there each instance keeps one jittered box for all epochs."""
+    0.4 * (u - 0.5) * (w, h) of the box, u ~ U(0, 1) per axis; the scale stays. Drawn for every
+    sample here; the authors draw it once at loading (one jittered box per instance, all epochs)."""
     if rng.random() < BOX_JITTER_PROB:
         return center + BOX_JITTER * (rng.random(2) - 0.5) * np.asarray(box_wh, dtype=np.float64)
     return center
@@ -196,11 +160,8 @@ def jitter_box_center(center, box_wh, rng):
 
 def half_body_box(keypoints, labeled, upper_ids, aspect_ratio, rng):
     """Half-body augmentation: center, scale of the upper or lower body (fair coin), or None.
-
-    Upper body: the labeled keypoints in upper_ids; lower body: every other labeled keypoint
-    (mmpose's rule). Uses the chosen half (the other one if the chosen has <= 2 points);
-    box = their extent filled to the aspect ratio and padded x1.5, center = their mean.
-    """
+    Upper: the labeled keypoints in upper_ids, lower: the other labeled ones (mmpose's rule); the
+    other half if the chosen has <= 2 points. Box: their extent filled to the aspect ratio, x1.5."""
     upper = [i for i in range(len(labeled)) if labeled[i] and i in upper_ids]
     lower = [i for i in range(len(labeled)) if labeled[i] and i not in upper_ids]
     chosen = upper if (rng.random() < 0.5 and len(upper) > 2) else (lower if len(lower) > 2 else upper)
@@ -208,32 +169,16 @@ def half_body_box(keypoints, labeled, upper_ids, aspect_ratio, rng):
         return None
     pts = keypoints[chosen, :2]
     w, h = pts.max(0) - pts.min(0)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    else:
-        w = h * aspect_ratio
+    w, h = (w, w / aspect_ratio) if w > aspect_ratio * h else (h * aspect_ratio, h)
     return pts.mean(0), np.array([w, h]) * HALF_BODY_PADDING
 
 
-def jpeg_is_truncated(data):
-    """True when JPEG bytes have no end-of-image marker (FFD9) after the last start-of-scan (FFDA).
-
-    libjpeg decodes such files with a warning and grey fill; FFDA/FFD9 cannot occur inside
-    entropy-coded data, and EXIF thumbnails sit before the main scan.
-    """
-    sos = data.rfind(b"\xff\xda")
-    return sos < 0 or data.find(b"\xff\xd9", sos) < 0
-
-
 def read_image(path, reduce=1, context="", orientation=True):
-    """Decode an image file -> (uint8 BGR (H, W, 3), reduction used).
-
-    Grey, RGBA (alpha dropped), palette and 16-bit images are converted to 8-bit colour. The
-    EXIF orientation is applied, as the authors' decoder does (orientation=False: the stored
-    pixels). reduce in (1, 2, 4, 8) decodes a JPEG at 1/reduce size with libjpeg's DCT scaling
-    (other formats always decode at full size); reduced pixel x covers original pixels
-    [r x, r x + r - 1], so its centre is r x + (r - 1) / 2.
-    """
+    """Decode an image file -> (uint8 BGR (H, W, 3), reduction used). Grey, RGBA (alpha dropped),
+    palette and 16-bit images become 8-bit colour. The EXIF orientation is applied, as the
+    authors' decoder does (orientation=False: the stored pixels). reduce in (1, 2, 4, 8) decodes
+    a JPEG at 1/reduce size by libjpeg's DCT scaling (other formats: full size); reduced pixel x
+    covers original pixels [r x, r x + r - 1], so its centre is r x + (r - 1) / 2."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -242,7 +187,10 @@ def read_image(path, reduce=1, context="", orientation=True):
     if not data:
         raise ValueError(f"image file {path} is empty (0 bytes){context}")
     is_jpeg = data[:2] == b"\xff\xd8"
-    if is_jpeg and jpeg_is_truncated(data):
+    # truncated: no end-of-image marker FFD9 after the last start-of-scan FFDA (libjpeg would fill
+    # grey); neither occurs in entropy-coded data, and EXIF thumbnails sit before the main scan
+    sos = data.rfind(b"\xff\xda")
+    if is_jpeg and (sos < 0 or data.find(b"\xff\xd9", sos) < 0):
         raise ValueError(f"truncated JPEG {path}{context}")
     reduce = reduce if is_jpeg else 1
     flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -292,9 +240,8 @@ class TopDownTransform:
         return center, scale, rot, bool(rng.random() < FLIP_PROB) and self.flip
 
     def warp_image(self, rec, M, scale, context):
-        """The record's image through the (3, 3) affine M -> (3, H, W) normalised RGB float32.
-
-        At full resolution, EXIF orientation applied, as the authors decode. reduced_decode:
+        """The record's image through the (3, 3) affine M -> (3, H, W) normalised RGB float32,
+        at full resolution, EXIF orientation applied, as the authors decode. reduced_decode:
         a JPEG at 1/2, 1/4 or 1/8 resolution when the crop still gets at least one source
         pixel per output pixel (faster; changes the input). A json size that only the
         unrotated pixels have means the labels are in that frame: it is used, and said."""
@@ -329,10 +276,8 @@ class TopDownTransform:
         return image
 
     def __call__(self, rec, center=None, scale=None, rot_deg=0.0, flip=False, context=""):
-        """One sample with explicit augmentation (defaults: the record's box, no rotation/flip).
-
-        flip mirrors the crop (x_in -> W - 1 - x_in) and swaps left/right keypoints; it is
-        folded into the single warp."""
+        """One sample with explicit augmentation (defaults: the record's box, no rotation/flip):
+        flip mirrors the crop (x_in -> W - 1 - x_in) and swaps left/right keypoints, in the warp."""
         center = rec["center"] if center is None else np.asarray(center, dtype=np.float64)
         scale = rec["scale"] if scale is None else np.asarray(scale, dtype=np.float64)
         (H, W), (h, w) = self.image_size, self.heatmap_size

@@ -1,15 +1,15 @@
 """Pose on the frames of a video (`python evaluate.py CKPT --video clip.mp4`): a labelled video,
 the poses as json and as a DeepLabCut-layout CSV, and a trajectory figure.
 
-Frames are decoded in a background thread and drawn and written in another, while the model
-runs on batches of frames (predict.Predictor). Each frame's box: its `--boxes` entries when it
-has any; else with --follow the box around the previous frame's pose (predict.box_around),
-searched again (predict.search) when the pose's mean keypoint score falls below
-FOLLOW_MIN_SCORE; else searched on every frame (the default), or the whole frame
-(--whole-frame). --follow runs frame after frame, one crop per forward pass; the search runs
-~50 window crops per frame (without the flip test) in batches.
+Frames are decoded in a background thread and drawn and written in another, while the model runs
+on batches of frames (predict.Predictor). Each frame's box: its `--boxes` entries when it has
+any; else with --follow the box around the previous frame's pose (predict.box_around), searched
+again (predict.search) when the pose's mean keypoint score falls below FOLLOW_MIN_SCORE; else
+searched on every frame (the default), or the whole frame (--whole-frame). --follow runs frame
+after frame, one crop per forward pass; the search ~50 window crops per frame (no flip test).
 """
 import csv
+import itertools
 import math
 import os
 import queue
@@ -43,8 +43,7 @@ def parse_frames(text):
         raise ValueError(f"--frames {text}: expected START:STOP, e.g. 0:600, 100: or :600 "
                          f"(0-based frame numbers, STOP excluded)") from None
     if start < 0 or (stop is not None and stop <= start):
-        raise ValueError(f"--frames {text}: the range is empty or inverted; give 0 <= START < "
-                         f"STOP")
+        raise ValueError(f"--frames {text}: the range is empty or inverted; give 0 <= START < STOP")
     return start, stop
 
 
@@ -64,8 +63,8 @@ def open_video(path):
 
 
 def frame_span(frames, count, path):
-    """(start, stop or None) of --frames checked against the stated frame count -> the span
-    to run; a stop past the end is clipped, and said."""
+    """(start, stop or None) of --frames checked against the stated frame count -> the span to
+    run; a stop past the end is clipped, and said."""
     start, stop = frames or (0, None)
     if count and start >= count:
         raise ValueError(f"--frames {start}:{'' if stop is None else stop}: {path} has "
@@ -77,9 +76,8 @@ def frame_span(frames, count, path):
 
 
 def video_boxes(path, width, height, start, stop):
-    """--boxes for a video: [{"frame": i (0-based), "bbox": [x, y, w, h], "score": s}, ...]
-    -> {frame: [(bbox, score), ...]} for the frames in [start, stop); the entries outside
-    the span are counted and said."""
+    """--boxes for a video: [{"frame": i (0-based), "bbox": [x, y, w, h], "score": s}, ...] ->
+    {frame: [(bbox, score), ...]} for the frames in [start, stop); those outside are said."""
     boxes, outside = defaultdict(list), []
     for n, entry in enumerate(read_box_list(path)):
         frame = entry.get("frame")
@@ -104,7 +102,8 @@ class BackgroundReader:
     iterating the reader yields them here and raises the thread's error."""
 
     def __init__(self, items, depth):
-        self.queue, self.stop, self.error, self.done = queue.Queue(depth), threading.Event(), None, False
+        self.queue, self.stop = queue.Queue(depth), threading.Event()
+        self.error, self.done = None, False
         self.thread = threading.Thread(target=self._run, args=(items,), daemon=True)
         self.thread.start()
 
@@ -134,58 +133,22 @@ class BackgroundReader:
         self.thread.join()
 
 
-class BackgroundWriter:
-    """Calls write(*item) for every put(*item) in a thread (drawing, encoding); its error is
-    raised at the next put or at close."""
-
-    def __init__(self, write, depth):
-        self.queue, self.error = queue.Queue(depth), None
-        self.thread = threading.Thread(target=self._run, args=(write,), daemon=True)
-        self.thread.start()
-
-    def _run(self, write):
-        while (item := self.queue.get()) is not None:
-            if self.error is None:  # after an error keep draining, so that put never blocks
-                try:
-                    write(*item)
-                except BaseException as e:
-                    self.error = e
-
-    def put(self, *item):
-        if self.error is not None:
-            raise self.error
-        self.queue.put(item)
-
-    def close(self):
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def read_frames(capture, start, stop):
     """(index, BGR frame) for the frames start..stop - 1 (to the end: stop None); frames
     before start are decoded and dropped (grab), as seeking is inexact in many codecs."""
     for _ in range(start):
         if not capture.grab():
             return
-    index = start
-    while stop is None or index < stop:
+    for index in itertools.count(start) if stop is None else range(start, stop):
         ok, frame = capture.read()
         if not ok:
             return
         yield index, frame
-        index += 1
 
 
 def batches(items, size):
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
+    items = iter(items)
+    while chunk := list(itertools.islice(items, size)):
         yield chunk
 
 
@@ -195,8 +158,8 @@ def mean_score(pose):
 
 
 def follow_poses(predictor, chunk, given, previous):
-    """--follow over a chunk of (index, frame), one frame after the other -> (poses per
-    frame, the last frame's best pose or None). previous: the best pose of the frame before."""
+    """--follow over a chunk of (index, frame), one frame after the other -> (poses per frame,
+    the last frame's best pose or None). previous: the best pose of the frame before."""
     out = []
     for index, frame in chunk:
         poses = None
@@ -213,29 +176,17 @@ def follow_poses(predictor, chunk, given, previous):
     return out, previous
 
 
-def chunk_poses(predictor, chunk, given, mode, previous):
-    """Poses of a chunk of frames; mode "search", "follow" or "whole" -> (poses per frame,
-    the pose --follow starts the next chunk from)."""
-    if mode == "follow":
-        return follow_poses(predictor, chunk, given, previous)
-    frames = [frame for _, frame in chunk]
-    return find_poses(predictor, frames, [given.get(i) for i, _ in chunk], mode == "whole"), None
-
-
 # ----------------------------------------------------------------------------- outputs
 def write_dlc_csv(path, scorer, names, records):
-    """DeepLabCut's analyze_videos CSV: a frame-number column, header rows scorer / bodyparts /
-    coords (+ individuals, 'instance1', ..., when a frame holds several poses), x, y and
-    likelihood per body part (predict.keypoint_scores: the heatmap maximum clipped to [0, 1];
-    the column keeps DeepLabCut's name, which its tools read); empty cells where a frame has
-    fewer poses. records: [{"frame", "instances": [{"keypoints": (K, 3)}, ...]}]."""
+    """DeepLabCut's analyze_videos CSV: a frame column, header rows scorer / bodyparts / coords (+
+    individuals when a frame holds several poses), x, y and likelihood (predict.keypoint_scores:
+    the column keeps DeepLabCut's name, which its tools read) per body part; empty cells where a
+    frame has fewer poses. records: [{"frame", "instances": [{"keypoints": (K, 3)}, ...]}]."""
     slots = max([len(r["instances"]) for r in records] + [1])
-    header = [["scorer"], ["individuals"], ["bodyparts"], ["coords"]]
-    for n in range(slots):
-        for name in names:
-            for coord in ("x", "y", "likelihood"):
-                for row, value in zip(header, (scorer, f"instance{n + 1}", name, coord)):
-                    row.append(value)
+    columns = [(scorer, f"instance{n + 1}", name, coord) for n in range(slots) for name in names
+               for coord in ("x", "y", "likelihood")]
+    header = [[title, *cells] for title, cells in  # the columns' cells transposed into rows
+              zip(("scorer", "individuals", "bodyparts", "coords"), zip(*columns))]
     if slots == 1:
         del header[1]  # one animal: DeepLabCut's single-animal layout, no individuals row
     with atomic_file(path, "w") as f:
@@ -249,10 +200,15 @@ def write_dlc_csv(path, scorer, names, records):
             out.writerow([r["frame"]] + cells + [""] * (3 * len(names) * slots - len(cells)))
 
 
-def trajectory_figure(background, frames, tracks, names, colours, pcutoff):
-    """Each keypoint's path over the frames run, drawn in its colour on the faded first frame
-    (points scoring below pcutoff leave gaps), the names, and every keypoint's score over
-    time with pcutoff as a grey line. tracks (T, K, 3), NaN where a frame has no pose."""
+def write_trajectories(path, background, records, names, sides, pcutoff):
+    """<stem>_trajectories.png: each keypoint's path (the best pose of each frame) over the frames
+    run, drawn in its colour on the faded first frame (points scoring below pcutoff leave gaps),
+    the names, and every keypoint's score over time with pcutoff as a grey line."""
+    tracks = np.full((len(records), len(names), 3), np.nan)  # (T, K, 3), NaN: a frame without pose
+    for t, r in enumerate(records):
+        if r["instances"]:
+            tracks[t] = max(r["instances"], key=lambda p: p["score"])["keypoints"]
+    frames, colours = [r["frame"] for r in records], visualize.keypoint_colours(sides)
     scale = min(1.0, 800 / background.shape[1])
     canvas = cv2.resize(background, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     canvas = (0.35 * canvas + 0.65 * 255).astype(np.uint8)
@@ -266,41 +222,45 @@ def trajectory_figure(background, frames, tracks, names, colours, pcutoff):
     panel = visualize.curve_panel(frames, [(tracks[:, k, 2], c) for k, c in enumerate(colours)],
                                   f"keypoint score (grey: --pcutoff {pcutoff:g})",
                                   (200, canvas.shape[1]), "frame", (0.0, 1.0), pcutoff)
-    return visualize.titled(np.concatenate([canvas, legend, panel]), f"Keypoint paths, frames "
-                            f"{frames[0]}-{frames[-1]} (the best pose of each frame)")
-
-
-def write_trajectories(path, background, records, names, sides, pcutoff):
-    """<stem>_trajectories.png: trajectory_figure of the best pose of each frame."""
-    tracks = np.full((len(records), len(names), 3), np.nan)
-    for t, r in enumerate(records):
-        if r["instances"]:
-            tracks[t] = max(r["instances"], key=lambda p: p["score"])["keypoints"]
-    visualize.write_image(path, trajectory_figure(
-        background, [r["frame"] for r in records], tracks, names,
-        visualize.keypoint_colours(sides), pcutoff))
+    title = f"Keypoint paths, frames {frames[0]}-{frames[-1]} (the best pose of each frame)"
+    visualize.write_image(path, visualize.titled(np.concatenate([canvas, legend, panel]), title))
 
 
 class LabelledVideo:
-    """The labelled video: draw(frame, poses) run and encoded (mp4v) in a background thread
-    into a temporary file, renamed to `path` by finish(ok=True) once every frame is in."""
+    """The labelled video: draw(frame, poses) run and encoded (mp4v) in a background thread into
+    a temporary file, renamed to `path` by finish(ok=True) once every frame is in; the thread's
+    error is raised at the next put or at finish."""
 
     def __init__(self, path, fps, width, height, draw):
-        self.path, self.tmp = path, f"{path}.tmp.{os.getpid()}.mp4"
+        self.path, self.tmp, self.draw = path, f"{path}.tmp.{os.getpid()}.mp4", draw
         self.video = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                      (width, height))
         if not self.video.isOpened():
             raise OSError(f"cannot write {path} (no mp4v encoder in this OpenCV?)")
-        self.writer = BackgroundWriter(lambda frame, poses: self.video.write(draw(frame, poses)),
-                                       depth=64)
+        self.queue, self.error = queue.Queue(64), None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while (item := self.queue.get()) is not None:
+            if self.error is None:  # after an error keep draining, so that put never blocks
+                try:
+                    self.video.write(self.draw(*item))
+                except BaseException as e:
+                    self.error = e
 
     def put(self, frame, poses):
-        self.writer.put(frame, poses)
+        if self.error is not None:
+            raise self.error
+        self.queue.put((frame, poses))
 
     def finish(self, ok):
         """Wait for the last frames; keep the video (ok) or remove it (a failed run)."""
         try:
-            self.writer.close()
+            self.queue.put(None)
+            self.thread.join()
+            if self.error is not None:
+                raise self.error
         except BaseException:
             ok = False
             raise
@@ -313,16 +273,20 @@ class LabelledVideo:
 
 
 def pose_frames(predictor, capture, span, given, mode, writer):
-    """The model over the frames of `span` (start, stop or None), decoded in a background
-    thread, each frame with its poses handed to `writer` -> ([{"frame", "instances"}], the
-    first frame: the trajectory figure's background)."""
+    """The model over the frames of `span` (start, stop or None), decoded in a background thread,
+    each frame with its poses handed to `writer`; mode "search", "follow" or "whole" ->
+    ([{"frame", "instances"}], the first frame: the trajectory figure's background)."""
     reader = BackgroundReader(read_frames(capture, *span), depth=2 * predictor.batch_size)
     records, previous, first = [], None, None
     total = span[1] - span[0] if span[1] else None
     with tqdm(total=total, unit="frame", disable=not sys.stderr.isatty()) as bar:
         try:
             for chunk in batches(reader, predictor.batch_size):
-                poses, previous = chunk_poses(predictor, chunk, given, mode, previous)
+                if mode == "follow":  # frame after frame; the next chunk starts from `previous`
+                    poses, previous = follow_poses(predictor, chunk, given, previous)
+                else:  # "search" or "whole": the chunk's frames in batches
+                    poses = find_poses(predictor, [frame for _, frame in chunk],
+                                       [given.get(i) for i, _ in chunk], mode == "whole")
                 for (index, frame), instances in zip(chunk, poses):
                     writer.put(frame, instances)
                     records.append({"frame": index, "instances": instances})
@@ -336,8 +300,8 @@ def pose_frames(predictor, capture, span, given, mode, writer):
 # ----------------------------------------------------------------------------- the run
 def analyze_video(predictor, ckpt, path, out_dir, frames=None, boxes=None, mode="search",
                   pcutoff=0.4, names_on=False):
-    """Pose on the frames `frames` ((A, B or None), None: all) of the video `path` -> the
-    files of run_video; returns {"frames", "seconds", "stem"}."""
+    """Pose on the frames `frames` ((A, B or None), None: all) of the video `path` -> the files of
+    run_video; returns {"frames", "seconds", "stem"}."""
     capture, fps, width, height, count = open_video(path)
     start, stop = frame_span(frames, count, path)
     given = video_boxes(boxes, width, height, start, stop) if boxes else {}
@@ -375,16 +339,14 @@ def analyze_video(predictor, ckpt, path, out_dir, frames=None, boxes=None, mode=
     cfg = ckpt["model_config"]
     write_dlc_csv(stem + "_keypoints.csv", f"PromptPose_{cfg['backbone']}_{cfg['method']}",
                   names, records)
-    write_trajectories(stem + "_trajectories.png", first, records, names, style["sides"],
-                       pcutoff)
+    write_trajectories(stem + "_trajectories.png", first, records, names, style["sides"], pcutoff)
     return {"frames": len(records), "seconds": seconds, "stem": stem}
 
 
 def run_video(model, ckpt, args, flip, device, out_dir):
-    """Pose on the frames of --video: <stem>_pose.mp4 (same size and fps, mp4v, poses and
-    boxes drawn), <stem>_keypoints.json (keypoint names and what a keypoint's score is once,
-    then per frame its instances: bbox, box (how it was found), score, flat keypoints),
-    <stem>_keypoints.csv (DeepLabCut's layout) and <stem>_trajectories.png."""
+    """Pose on the frames of --video -> <stem>_pose.mp4 (same size and fps, poses and boxes drawn),
+    <stem>_keypoints.json (per frame its instances: bbox, box (how it was found), score, flat
+    keypoints), <stem>_keypoints.csv (DeepLabCut's layout) and <stem>_trajectories.png."""
     mode = "follow" if args.follow else "whole" if args.whole_frame else "search"
     predictor = Predictor.from_checkpoint(model, ckpt, flip, args.amp, device, args.batch_size)
     frames = parse_frames(args.frames) if args.frames else None

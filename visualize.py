@@ -1,16 +1,10 @@
-"""Every figure of the project, drawn with OpenCV only (numpy in, BGR uint8 image out).
-
-  overlay              poses on an image: left / right / centre limbs in three colours, each
-                       keypoint in its own colour of its side's family, the boxes, prediction
-                       vs ground truth, optional keypoint names, a legend
-  score_map_figure     paper Fig. 3: the pixel-level score maps S_n (Eq. 3) over the crop
-  similarity_figure    paper Fig. 2: the semantic matching matrix M (Eq. 7)
-  plot_training_curves curves.png: loss terms and val metrics over epochs (log.jsonl records)
-
-`paper_figures` runs the model on one crop for S and M; everything else draws arrays.
+"""Every figure of the project, drawn with OpenCV only (numpy in, BGR uint8 image out): poses
+over an image (`overlay`), the paper's Fig. 3 (score maps S, Eq. 3) and Fig. 2 (matching matrix
+M, Eq. 7) of one crop (`paper_figures` runs the model for them), and curves.png.
 Sides come from the flip pairs (a flip swaps exactly the left/right keypoints); which member
 of a pair is the left one is read from the names (`left_eye`, `L_Eye`, `eyeL`, ...).
 """
+import itertools
 import math
 import os
 
@@ -36,8 +30,7 @@ COLOURMAP = cv2.COLORMAP_VIRIDIS
 
 # ----------------------------------------------------------------------------- files, text
 def write_image(path, image):
-    """An image file (format from the extension) written atomically; a failed write is an
-    OSError naming the path."""
+    """An image file (format from the extension), written atomically; OSErrors name the path."""
     ok, data = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
     if not ok:
         raise OSError(f"could not encode image {path}")
@@ -88,15 +81,15 @@ def style_for(image):
 
 
 def keypoint_colours(sides):
-    """One BGR colour per keypoint: the hues of its side's family (SIDE_HUES), spread in
-    keypoint order, so the n-th left and the n-th right keypoint (a flip pair, in the usual
-    name orders) take the same place in their families; neighbours alternate in brightness."""
+    """One BGR colour per keypoint, its side's hues (SIDE_HUES) spread in keypoint order: the n-th
+    left and n-th right keypoint (usually a flip pair) match; neighbours alternate in brightness."""
     colours = [None] * len(sides)
     for side, (low, high) in SIDE_HUES.items():
         members = [k for k, s in enumerate(sides) if s == side]
         for rank, k in enumerate(members):
             hue = low + (high - low) * rank / max(len(members) - 1, 1)
-            hsv = np.uint8([[[round(hue), 255 if rank % 2 else 200, 255 if rank % 2 == 0 else 190]]])
+            saturation, value = (255, 190) if rank % 2 else (200, 255)
+            hsv = np.uint8([[[round(hue), saturation, value]]])
             colours[k] = tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
     return colours
 
@@ -118,8 +111,7 @@ def place_label(size, point, offset, taken, image_size):
 
 
 def draw_label(image, text, point, offset, font, taken):
-    """The text in white on a darkened patch (readable on light and dark backgrounds), beside
-    `point` and inside the image (place_label)."""
+    """The text in white on a darkened patch (readable on any background) beside `point`."""
     w, h = text_size(text, font)
     u, v = place_label((w + 4, h + 2), point, offset, taken, (image.shape[1], image.shape[0]))
     patch = image[v:v + h + 2, u:u + w + 4]
@@ -128,14 +120,12 @@ def draw_label(image, text, point, offset, font, taken):
 
 
 def draw_pose(image, keypoints, skeleton, sides, threshold, ground_truth=False, names=None):
-    """Draw one pose in place. keypoints (K, 3): [x, y, score] for a prediction (drawn where
-    score > threshold), [x, y, v] for ground truth (drawn where v > 0). Predictions: limbs in
-    the side colours, dots in the keypoint colours (keypoint_colours); ground truth: thin
-    white limbs and rings. names: labels beside the predicted keypoints, inside the image."""
+    """Draw one pose in place. keypoints (K, 3): [x, y, score] of a prediction (drawn where
+    score > threshold: limbs in the side colours, dots in keypoint_colours, `names` beside
+    them), or [x, y, v] of ground truth (drawn where v > 0: thin white limbs and rings)."""
     thick, radius, font = style_for(image)
     kp = np.asarray(keypoints, np.float64)
-    shown = kp[:, 2] > (0 if ground_truth else threshold)
-    shown &= np.isfinite(kp[:, :2]).all(1)
+    shown = (kp[:, 2] > (0 if ground_truth else threshold)) & np.isfinite(kp[:, :2]).all(1)
     point = [(int(round(x)), int(round(y))) for x, y in kp[:, :2].clip(-1e5, 1e5)]
     colours = keypoint_colours(sides)
     for a, b in skeleton:
@@ -185,10 +175,9 @@ def legend_strip(width, font, entries):
 
 def overlay(image, predictions, skeleton, sides, threshold, ground_truth=(), names=None,
             legend=True, boxes=()):
-    """Image (H, W, 3) BGR with the boxes [x, y, w, h] used, the predicted poses (each (K, 3))
-    over the ground-truth poses (each (K, 3), optional), names next to the predicted keypoints
-    when `names` is given, and a legend strip below the image -> (H + strip, W, 3)
-    (legend=False: (H, W, 3), video)."""
+    """Image (H, W, 3) BGR with the boxes [x, y, w, h], the predicted poses (each (K, 3)) over
+    the ground-truth ones, `names` beside the predicted keypoints, a legend strip below ->
+    (H + strip, W, 3) (legend=False: (H, W, 3), video)."""
     canvas, thick = image.copy(), style_for(image)[0]
     for x, y, w, h in (np.round(b).astype(int) for b in boxes):  # light, with a dark halo
         cv2.rectangle(canvas, (x, y), (x + w, y + h), HALO, thick + 2, cv2.LINE_AA)
@@ -245,8 +234,7 @@ def colour_bar(height, lo, hi, title, font=0.4):
         put_text(canvas, tick_label(t), (margin + bar_w + 5, y - text_size("0", font)[1] // 2),
                  font)
     x = margin + bar_w + 4 + label_w + margin
-    y = max(0, (height - caption.shape[0]) // 2)
-    paste(canvas, caption[:height], x, y)
+    paste(canvas, caption[:height], x, max(0, (height - caption.shape[0]) // 2))
     return canvas
 
 
@@ -309,9 +297,8 @@ def paper_figures(model, item, heatmap_size, names, normalize, device):
 
 def score_map_figure(crop, score_map, names, columns=6):
     """Paper Fig. 3: crop (H, W, 3) BGR; score_map (K, h0, w0) = S of Eq. 3 (cosine similarity
-    of each prompt embedding with every visual embedding). One tile per keypoint: the crop
-    blended with S_n upsampled to the crop, titled with the keypoint's name; one colour scale
-    for all tiles (the bar on the right)."""
+    of each prompt embedding with every visual embedding). A tile per keypoint: the crop blended
+    with S_n upsampled to it, under the keypoint's name; one colour scale (the bar) for all."""
     if crop.shape[1] < 160:  # small crops: enlarge so the tiles and their names stay readable
         factor = -(-160 // crop.shape[1])
         crop = cv2.resize(crop, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
@@ -339,25 +326,20 @@ def similarity_figure(similarity, names, visible, cell=26):
     the keypoint features F_k grid-sampled at the ground truth (rows) and the prompt
     embeddings E_n (columns). similarity (K, K); visible (K,) bool: rows of keypoints that are
     not labeled or lie outside the crop have no feature and are drawn grey (masked)."""
-    K = len(names)
+    K, font = len(names), 0.38
     visible = np.asarray(visible, bool)
     values = np.asarray(similarity, np.float64)
     shown = values[visible] if visible.any() else np.zeros(1)
     lo, hi = float(shown.min()), float(shown.max())
-    font = 0.38
     label_w = max(text_size(n, font)[0] for n in names) + 8
     y_title = vertical_text("keypoint feature F_k at the ground truth (rows)", 0.45)
-    left = y_title.shape[1] + 6 + label_w
-    top = label_w
+    left, top = y_title.shape[1] + 6 + label_w, label_w
     rows_h = max(K * cell, y_title.shape[0])             # a few keypoints: room for the title
     body = np.full((top + rows_h + 1, left + K * cell + 1, 3), 255, np.uint8)
     paste(body, y_title, 2, top + (rows_h - y_title.shape[0]) // 2)
-    heat = colourize(values, lo, hi)
+    cells = np.where(visible[:, None, None], colourize(values, lo, hi), np.uint8(MASKED_COLOUR))
+    paste(body, cells.repeat(cell, 0).repeat(cell, 1), left, top)    # (K cell, K cell, 3)
     for i in range(K):
-        for j in range(K):
-            colour = heat[i, j].tolist() if visible[i] else MASKED_COLOUR
-            x, y = left + j * cell, top + i * cell
-            cv2.rectangle(body, (x, y), (x + cell - 1, y + cell - 1), colour, -1)
         if not visible[i]:  # hatch masked rows
             y0, y1, right = top + i * cell, top + i * cell + cell - 1, left + K * cell - 1
             for x in range(left, right, 8):
@@ -387,9 +369,8 @@ CURVES = [("loss", "L_total (Eq. 10)"), ("pred", "L_pred"), ("pixel", "L_pixel (
 
 
 def curve_panel(xs, series, title, size=(200, 320), xlabel="epoch", y_range=None, hline=None):
-    """A line plot: title, axes with tick labels, each (ys, BGR colour) of `series` as a line
-    (NaN: a gap), with a dot per point when there are few; y_range (lo, hi) or the data's;
-    hline: a grey horizontal line at that value (a threshold)."""
+    """A line plot: title, axes with tick labels, each (ys, BGR colour) of `series` a line (NaN:
+    a gap; dots when few points); y_range (lo, hi) or the data's; hline: a grey threshold line."""
     H, W = size
     panel = np.full((H, W, 3), 255, np.uint8)
     put_text(panel, title, (8, 4), 0.45)
@@ -426,20 +407,14 @@ def curve_panel(xs, series, title, size=(200, 320), xlabel="epoch", y_range=None
 
 def gapped_lines(points):
     """Points (x, y) or None -> int32 arrays of the runs between the Nones, for cv2.polylines."""
-    runs = [[]]
-    for p in points:
-        if p is None:
-            runs.append([])
-        else:
-            runs[-1].append(p)
-    return [np.array(r, np.int32) for r in runs if r]
+    runs = itertools.groupby(points, key=lambda p: p is None)
+    return [np.array(list(run), np.int32) for gap, run in runs if not gap]
 
 
 def plot_training_curves(records, path):
-    """curves.png: one panel per logged quantity (loss terms, learning rate, val metrics)
-    over epochs, from log.jsonl records ({'epoch': e, 'loss': ..., 'val_AP': ...}). Panels of
-    quantities never logged, and of loss terms zero throughout (switched off), are left out.
-    Written atomically, so it can be refreshed at every evaluation."""
+    """curves.png (atomic: refreshed at every evaluation) from log.jsonl records ({'epoch': e,
+    'loss': ..., 'val_AP': ...}): a panel per CURVES quantity logged, but none for a loss term
+    that is zero throughout (switched off)."""
     panels = []
     for key, title in CURVES:
         pts = [(r["epoch"], float(r[key])) for r in records
