@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -298,6 +299,10 @@ def pose_frames(predictor, capture, span, given, mode, writer):
 
 
 # ----------------------------------------------------------------------------- the run
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def analyze_video(predictor, ckpt, path, out_dir, frames=None, boxes=None, mode="search",
                   pcutoff=0.4, names_on=False):
     """Pose on the frames `frames` ((A, B or None), None: all) of the video `path` -> the files of
@@ -313,12 +318,16 @@ def analyze_video(predictor, ckpt, path, out_dir, frames=None, boxes=None, mode=
                                  style["sides"], pcutoff, names=style["names"], legend=False,
                                  boxes=[p["bbox"] for p in poses])
 
-    video, began, records = LabelledVideo(stem + "_pose.mp4", fps, width, height, draw), \
-        time.perf_counter(), None
+    began, records, video = time.perf_counter(), None, None
+    # a stop by `kill` or a job scheduler (SIGTERM) unwinds as Ctrl-C does, through the finally
+    terminate = signal.signal(signal.SIGTERM, interrupt)
     try:
+        video = LabelledVideo(stem + "_pose.mp4", fps, width, height, draw)
         records, first = pose_frames(predictor, capture, (start, stop), given, mode, video)
     finally:  # an interrupted or failed run leaves no video behind
-        video.finish(ok=bool(records))
+        signal.signal(signal.SIGTERM, terminate)
+        if video is not None:
+            video.finish(ok=bool(records))
         capture.release()
     seconds = time.perf_counter() - began
     if not records:

@@ -6,8 +6,10 @@ fixtures) keep it to seconds on a CPU."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -23,7 +25,7 @@ import predict
 import video
 import visualize
 from checkpoint import load_checkpoint
-from test_evaluate import ENV, assert_one_line_error, checkpoint, data, run  # noqa: F401
+from test_evaluate import ENV, ROOT, assert_one_line_error, checkpoint, data, run  # noqa: F401
 
 
 
@@ -234,6 +236,26 @@ def test_video_follow_boxes_and_several_animals(checkpoint, tmp_path):
     assert table.shape == (6, 2 * 17 * 3)
     second = table.xs("instance2", level=1, axis=1)
     assert second.iloc[4].notna().all() and second.drop(index=4).isna().all().all()
+
+
+def test_a_stopped_video_run_leaves_nothing_half_written(checkpoint, tmp_path):
+    """SIGTERM (kill, a job scheduler) mid-video: exit as Ctrl-C does, the temporary video removed."""
+    clip, out = tmp_path / "clip.mp4", tmp_path / "out"
+    write_clip(clip, frames=3000)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "evaluate.py"), checkpoint,
+                             "--video", str(clip), "--batch-size", "1", "--output-dir", str(out)],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (out.exists() and any(".tmp." in name for name in os.listdir(out))):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # frames are being written
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stdout, (stdout, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert os.listdir(out) == [".evaluation"]
 
 
 def test_video_bad_input_gives_one_line(checkpoint, tmp_path):
