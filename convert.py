@@ -23,27 +23,11 @@ import cv2
 import numpy as np
 import yaml
 
-from files import write_json
+from files import read_text, write_json
 
 DEFAULT_VAL_FRACTION = 0.2      # when config.yaml has no TrainingFraction
 
 # ---------------------------------------------------------------- DeepLabCut project
-
-def read_text(path):
-    """A UTF-8 text file (a leading byte-order mark dropped), or a one-line error naming it."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path} line {line}: not UTF-8 text (byte {data[e.start]:#04x}): "
-                         "save the file as UTF-8") from None
-
-
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load that refuses a key written twice: PyYAML would keep the last one without
     a word, DeepLabCut's own reader (ruamel.yaml) refuses it too."""
@@ -256,7 +240,6 @@ def read_dlc_labels(project_dir, cfg):
     return [frames[k] for k in sorted(frames)], paths, repeats
 
 # ---------------------------------------------------------------- COCO files
-
 def image_size(path, where):
     """(height, width) of an image file, read from the file itself."""
     if not os.path.isfile(path):
@@ -341,7 +324,6 @@ def place_images(images, image_dir, copy):
                              "use --copy on file systems without symbolic links") from None
 
 # ---------------------------------------------------------------- flags, OUT_DIR, entry point
-
 def check_options(out_dir, val_fraction, seed, margin):
     """Refuse flags that would give wrong boxes or splits (NaN fails every comparison) and an
     OUT_DIR that is a file or holds a conversion (an unwritable one fails at makedirs)."""

@@ -38,7 +38,7 @@ from distributed import (HelpFormatter, all_gather_list, cleanup, finite_float, 
                          run_cli)
 from files import claim_output_dir, write_json
 from keypoints import sigma_list
-from metrics import (OKS_NMS_THRESHOLD, STAT_NAMES, coco_keypoint_eval, group_table,
+from metrics import (FULL_FRAME, GT_BOXES, coco_keypoint_eval, format_report, group_table,
                      keypoint_accuracy, match_instances, nms_per_image)
 from model import AMP_DTYPES
 from predict import (KEYPOINT_SCORE, PCUTOFF, VIS_THRESHOLD, Predictor, draw_context,
@@ -48,11 +48,6 @@ from video import FOLLOW_MIN_SCORE, parse_frames, run_video
 
 PCK_THRESHOLD = 0.2       # default --pck-threshold, a fraction of the box size
 PCK_PIXELS = (5.0, 10.0)  # default --pck-pixels, image pixels
-
-GT_BOXES = "the json's (a converted DeepLabCut project's: the labels' extent + margin)"
-FULL_FRAME = ("each image searched as an own photo without --boxes, the pose matched to the "
-              "nearest instance of its image by mean keypoint distance")
-
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -201,88 +196,6 @@ def full_frame_report(predictor, dataset, thresholds, rank=0, world=1):
     poses = match_instances(poses, dataset.coco, instances)
     return {**thresholds.accuracy(poses, dataset), "boxes": FULL_FRAME, "instances":
             len(dataset.records), "matched": len({p["ann_id"] for p in poses} - {None})}
-
-
-def report_columns(report):
-    """(title, metrics, instances) of each column: val / train x ground-truth boxes / full frame."""
-    sets = [("val, ", report)] + ([("train, ", report["train"])] if "train" in report else [])
-    columns = []
-    for name, r in sets:
-        name = name if len(sets) > 1 else ""
-        columns.append((name + "ground-truth boxes", r, str(r["instances"])))
-        if r.get("full_frame"):
-            f = r["full_frame"]
-            columns.append((name + "full frame", f, f"{f['matched']} of {f['instances']}"))
-    return columns
-
-
-def pixel_lines(report, detail):
-    """The pixel errors of every column side by side; with detail per body part too."""
-    columns, cut = report_columns(report), f"p >= {report['pcutoff']:g}"
-    rows = [("RMSE px", "rmse_px", 2), ("mean error px", "mean_error_px", 2)]
-    rows += [(f"PCK@{t:g} px", f"pck_{t:g}px", 3) for t in report["pck_pixels"]]
-    rows += [(f"RMSE px, {cut}", "pcutoff_rmse_px", 2), (f"mean error px, {cut}",
-             "pcutoff_mean_error_px", 2), (f"kept at {cut}", "pcutoff_kept", 3)]
-
-    def row(label, values):
-        return f"| {label} |" + "".join(f" {v} |" for v in values)
-
-    def number(value, digits):
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    head = [row("", [c[0] for c in columns]), "|---|" + "---|" * len(columns)]
-    lines = head + [row("instances", [c[2] for c in columns])]
-    lines += [row(label, [number(c[1][key], d) for c in columns]) for label, key, d in rows]
-    lines.append(f"ground-truth boxes: {GT_BOXES}" + (f"; full frame: {FULL_FRAME}" if any(
-        "full frame" in c[0] for c in columns) else "") + ". DeepLabCut's train / test error "
-        "(evaluate_network) is the mean error: its 'RMSE' is each point's distance, averaged")
-    if detail:
-        lines += ["", "Per body part, RMSE / mean error px (PCK and p-cutoff errors per body "
-                  "part: metrics.json):", *head]
-        lines += [row(k, [" / ".join(number(c[1]["per_keypoint"].get(k, {}).get(m), 2)
-                                     for m in ("rmse_px", "mean_error_px")) for c in columns])
-                  for k in report["per_keypoint"]]
-    return lines
-
-
-def format_report(report, detail=True):
-    """The report as markdown tables. With OKS sigmas (AP-10K): AP/AR, PCK and pixel error; with
-    detail also per keypoint, per species and per family (worst first), and the pixel table when
-    there is more than one column (full frame, train). Without sigmas (a DeepLabCut project): the
-    pixel table first, then AP, marked as resting on a placeholder; without detail one line."""
-    stats = report["stats"]
-    table = ["| " + " | ".join(STAT_NAMES[:6]) + " |", "|" + "---|" * 6,
-             "| " + " | ".join(f"{stats[k]:.3f}" for k in STAT_NAMES[:6]) + " |"]
-    counts = (f"{report['instances']} instances, {report['nms_removed']} removed by OKS-NMS at "
-              f"{OKS_NMS_THRESHOLD}; {report['skipped']}")
-    if not report["sigmas_given"] and not detail:  # one line in a training log
-        pck = [f"PCK@{t:g} px {report[f'pck_{t:g}px']:.3f}" for t in report["pck_pixels"]]
-        return (f"RMSE {report['rmse_px']:.2f} px, mean error {report['mean_error_px']:.2f} px, "
-                f"{', '.join(pck)} (ground-truth boxes); AP {stats['AP']:.3f} on a placeholder "
-                f"OKS sigma")
-    if not report["sigmas_given"]:
-        return "\n".join(pixel_lines(report, detail) + [
-            "", "AP on a placeholder OKS sigma (the data gives none; --sigmas or the json's "
-            "'sigmas' make it meaningful): compare runs on the pixel errors above", *table, counts])
-    lines = table + ([f"PCK@{report['pck_threshold']:g} {report['pck']:.3f}, RMSE "
-                      f"{report['rmse_px']:.2f} px, mean error {report['mean_error_px']:.2f} px "
-                      f"(ground-truth boxes, labeled keypoints)"] if report["pck"] is not None
-                     else []) + [counts]
-    if detail and report["per_keypoint"]:
-        lines += ["", "| keypoint | labeled | PCK | RMSE px |", "|---|---|---|---|"]
-        lines += [f"| {n} | {v['labeled']} | {v['pck']:.3f} | {v['rmse_px']:.2f} |"
-                  for n, v in report["per_keypoint"].items()]
-    if detail and len(report["species"]) > 1:
-        lines += ["", "Per species (worst first):", "| species | family | instances | AP |",
-                  "|---|---|---|---|"]
-        lines += [f"| {s['species']} | {s['family']} | {s['instances']} | {s['AP']:.3f} |"
-                  for s in sorted(report["species"], key=lambda s: np.nan_to_num(s["AP"]))]
-        lines += ["", "Per family (worst first):", "| family | instances | AP |", "|---|---|---|"]
-        lines += [f"| {f['family']} | {f['instances']} | {f['AP']:.3f} |"
-                  for f in sorted(report["families"], key=lambda f: np.nan_to_num(f["AP"]))]
-    if report["pck"] is not None and ("train" in report or "full_frame" in report):
-        lines += ["", *pixel_lines(report, detail)]
-    return "\n".join(lines)
 
 
 def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names_on):

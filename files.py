@@ -69,6 +69,21 @@ def read_json(path, what="file"):
         raise FileNotFoundError(f"cannot read {what} {path}: {e.strerror}") from e
 
 
+def read_text(path):
+    """A UTF-8 text file (a leading byte-order mark dropped), or a one-line error naming it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text (byte {data[e.start]:#04x}): "
+                         "save the file as UTF-8") from None
+
+
 def finite_numbers(values, count, where, field):
     """A list of `count` finite numbers (not strings) -> float64 array, or a ValueError line."""
     if not isinstance(values, list) or len(values) != count:

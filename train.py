@@ -29,10 +29,11 @@ from dataset import KeypointDataset, default_workers, make_loader
 from distributed import (HelpFormatter, all_reduce_sum, barrier, cleanup, init_distributed,
                          input_size, is_main, n_ctx, non_negative_int, number_in, number_list,
                          own_shard, positive, print0, run_cli)
-from evaluate import evaluate_dataset, format_report
+from evaluate import evaluate_dataset
 from files import append_line, read_lines, write_json
 from keypoints import sigma_list
 from losses import total_loss
+from metrics import format_report
 from model import (AMP_DTYPES, BACKBONES, METHODS, autocast, build_model, default_config,
                    read_weights)
 from recipe import backbone_lr_mult, build_optimizer, check_schedule, loss_weights, lr_factor
