@@ -36,10 +36,9 @@ from clip_text import tokenize
 from backbones import ResNet50, build_clip_visual
 from dataset import KeypointDataset, make_loader
 from distributed import HelpFormatter, input_size, number_list, positive, run_cli
-from evaluate import predict_dataset
 from keypoints import AP10K_FLIP_PAIRS, AP10K_KEYPOINTS, AP10K_SKELETON
 from model import AMP_DTYPES, PromptLearner, build_model, default_config
-from predict import Predictor, predict_heatmaps
+from predict import Predictor, predict_dataset, predict_heatmaps
 from synthetic import generate
 from video import analyze_video
 

@@ -126,7 +126,7 @@ def draw_pose(image, keypoints, skeleton, sides, threshold, ground_truth=False, 
     thick, radius, font = style_for(image)
     kp = np.asarray(keypoints, np.float64)
     shown = (kp[:, 2] > (0 if ground_truth else threshold)) & np.isfinite(kp[:, :2]).all(1)
-    point = [(int(round(x)), int(round(y))) for x, y in kp[:, :2].clip(-1e5, 1e5)]
+    point = [(int(round(x)), int(round(y))) for x, y in np.nan_to_num(kp[:, :2]).clip(-1e5, 1e5)]
     colours = keypoint_colours(sides)
     for a, b in skeleton:
         if shown[a] and shown[b]:

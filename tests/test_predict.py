@@ -305,6 +305,10 @@ def test_overlay_names_stay_inside_and_keypoints_have_their_colours():
         u, v = visualize.place_label((30, 10), point, 3, taken, (80, 60))
         assert 0 <= u <= 50 and 0 <= v <= 50
     assert len({(u, v) for u, v, _, _ in taken}) == len(taken)             # and none on another
+    nan = pose.copy()
+    nan[0, :2] = np.nan                                       # a point without a position
+    drawn = visualize.draw_pose(np.zeros((60, 80, 3), np.uint8), nan, [[0, 1]], sides, 0.4)
+    assert drawn[58, 78].any() and not drawn[0:5, 0:5].any()  # the others drawn, it and its limb not
 
 
 # ----------------------------------------------------------------------------- export
