@@ -56,32 +56,28 @@ def write_json(path, data, indent=None):
         raise OSError(f"cannot write {path} ({e.strerror or e})") from None
 
 
-def read_json(path, what="file"):
-    """json.load with errors that name the file (and the line, for malformed json)."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed json at line {e.lineno} column {e.colno}: {e.msg}") from e
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text; save the {what} as UTF-8 json") from None
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read {what} {path}: {e.strerror}") from e
-
-
-def read_text(path):
+def read_text(path, what=None):
     """A UTF-8 text file (a leading byte-order mark dropped), or a one-line error naming it."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+        raise FileNotFoundError(f"cannot read {what + ' ' if what else ''}{path}: "
+                                f"{e.strerror}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise ValueError(f"{path} line {line}: not UTF-8 text (byte {data[e.start]:#04x}): "
-                         "save the file as UTF-8") from None
+                         f"save the {what or 'file'} as UTF-8") from None
+
+
+def read_json(path, what="file"):
+    """json.loads of read_text, with errors that name the file (and the line, for malformed json)."""
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed json at line {e.lineno} column {e.colno}: {e.msg}") from e
 
 
 def finite_numbers(values, count, where, field):

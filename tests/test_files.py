@@ -79,8 +79,10 @@ def test_json_reads_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.json: malformed json at line 2"):
         files.read_json(str(bad))
     bad.write_bytes(b'{"name": "\xff\xfe"}')
-    with pytest.raises(ValueError, match=r"bad\.json: not UTF-8"):
+    with pytest.raises(ValueError, match=r"bad\.json line 1: not UTF-8"):
         files.read_json(str(bad))
+    bad.write_bytes(b'\xef\xbb\xbf{"a": 1}')                       # a byte-order mark (Windows)
+    assert files.read_json(str(bad)) == {"a": 1}
     with pytest.raises(FileNotFoundError, match="nope.json"):
         files.read_json(str(tmp_path / "nope.json"))
     with pytest.raises(ValueError, match=r"'bbox'\[1\] is nan, not a finite number"):
