@@ -120,8 +120,7 @@ def make_model(backbone, method, small, image_size, device):
 
 def make_dataset(data, cfg, train_mode, reduced_decode=False):
     """KeypointDataset of the benchmark's (json, image dir) at the model's sizes."""
-    inputs = {k: cfg[k] for k in ("image_size", "heatmap_size", "normalize")}
-    return KeypointDataset(*data, train=train_mode, reduced_decode=reduced_decode, **inputs)
+    return KeypointDataset(*data, train=train_mode, inputs=cfg, reduced_decode=reduced_decode)
 
 
 def make_batch(data, cfg, batch_size, device):

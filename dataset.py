@@ -17,6 +17,9 @@ from annotations import (check_coco, check_detection, clip_box, crosses_border, 
 from keypoints import check_flip_pairs, keypoint_metadata
 from transforms import NORMALIZATION, TopDownTransform, box_to_center_scale
 
+# The network input a dataset makes when `inputs` does not say (the authors' AP-10K setting).
+INPUTS = {"image_size": (256, 256), "heatmap_size": (64, 64), "normalize": "imagenet"}
+
 
 def skip_reason(ann, image, keypoint_category_ids, train):
     """Why an annotation gives no sample, or None. COCOeval ignores crowd instances and
@@ -147,19 +150,22 @@ class KeypointDataset(Dataset):
     boxes with no area in the image and images of size 0, and augments (flip=False: no flip).
     Evaluation keeps every instance COCOeval scores; one it would score but cannot be
     predicted is also removed from `coco`, so that ground truth in gives AP 1.0 out.
-    `skip_summary` (one line) counts every case. image_size, heatmap_size: (H, W); sigmas,
-    flip_pairs (pairs, or a --flip-pairs string) override the json / known set."""
+    `skip_summary` (one line) counts every case. inputs: the model's image_size, heatmap_size
+    ((H, W) each) and normalize, e.g. its config (missing keys: INPUTS); few_shot: (images per
+    species, seed) of the Table 2 split; sigmas, flip_pairs (pairs, or a --flip-pairs string)
+    override the json / known set."""
 
-    def __init__(self, ann_file, image_dir, train, image_size=(256, 256), heatmap_size=(64, 64),
-                 normalize="imagenet", few_shot=None, few_shot_seed=0, sigmas=None,
+    def __init__(self, ann_file, image_dir, train, inputs=None, few_shot=None, sigmas=None,
                  flip_pairs=None, flip=True, boxes=None, reduced_decode=False):
-        if few_shot is not None and (not train or type(few_shot) is not int or few_shot < 1):
-            raise ValueError(f"few_shot must be a positive number of images per species, for "
-                             f"training only; got {few_shot!r} (train={train})")
+        shots = few_shot[0] if isinstance(few_shot, tuple) and len(few_shot) == 2 else None
+        if few_shot is not None and not (train and type(shots) is int and shots >= 1):
+            raise ValueError(f"few_shot must be (a positive number of images per species, seed), "
+                             f"for training only; got {few_shot!r} (train={train})")
         if boxes is not None and train:
             raise ValueError("boxes (detections) are for evaluation only")
+        inputs = {k: (inputs or {}).get(k, default) for k, default in INPUTS.items()}
         self.ann_file, self.image_dir = os.path.abspath(ann_file), os.path.abspath(image_dir)
-        self.train, self.normalize, self.flip = train, normalize, flip
+        self.train, self.normalize, self.flip = train, inputs["normalize"], flip
         data = load_coco_json(self.ann_file)                       # json -> validated records
         keypoint_set = read_keypoint_set(data, self.ann_file)
         check_coco(data, self.ann_file, keypoint_set["category_ids"], len(keypoint_set["names"]))
@@ -170,13 +176,14 @@ class KeypointDataset(Dataset):
         self.prompt_texts, self._flip_pairs = meta["prompt_texts"], meta["flip_pairs"]
         self.sigmas, self.upper_body_ids = meta["sigmas"], meta["upper_body"]
         self.sigmas_given = meta["sigmas_given"]  # False: a placeholder; AP means little
-        self.transform = TopDownTransform(image_size, heatmap_size, normalize, self.flip_pairs,
-                                          self.upper_body_ids, flip, reduced_decode)
+        self.transform = TopDownTransform(inputs["image_size"], inputs["heatmap_size"],
+                                          self.normalize, self.flip_pairs, self.upper_body_ids,
+                                          flip, reduced_decode)
         self.image_size, self.heatmap_size = self.transform.image_size, self.transform.heatmap_size
-        self.mean, self.std = NORMALIZATION[normalize]
+        self.mean, self.std = NORMALIZATION[self.normalize]
         self.coco = index_coco(data)
-        self.few_shot_image_ids = (sample_few_shot(self.coco, few_shot, few_shot_seed,
-                                                   self.keypoint_category_ids) if few_shot else None)
+        self.few_shot_image_ids = (sample_few_shot(self.coco, *few_shot, self.keypoint_category_ids)
+                                   if few_shot else None)
         self._build_records(boxes)
         self._rng, self._rng_key = None, None
 

@@ -257,8 +257,7 @@ def evaluation_dataset(ckpt, ann, image_dir, sigmas, det_boxes=None, det_score_t
     cfg = ckpt["model_config"]
     boxes = load_detections(det_boxes, ann, det_score_threshold) if det_boxes else None
     try:
-        dataset = KeypointDataset(ann, image_dir, train=False, image_size=cfg["image_size"],
-                                  heatmap_size=cfg["heatmap_size"], normalize=cfg["normalize"],
+        dataset = KeypointDataset(ann, image_dir, train=False, inputs=cfg,
                                   sigmas=run_sigmas(ckpt, sigmas), flip_pairs=ckpt["flip_pairs"],
                                   boxes=boxes,
                                   reduced_decode=run_args.get("reduced_jpeg_decode", False))

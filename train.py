@@ -151,11 +151,11 @@ def model_config(args):
 
 def build_data(args, cfg):
     """Training and validation sets at the model's (H, W) sizes and normalisation."""
-    common = dict(image_size=cfg["image_size"], heatmap_size=cfg["heatmap_size"],
-                  normalize=cfg["normalize"], sigmas=args.sigmas, flip=args.flip,
-                  flip_pairs=args.flip_pairs, reduced_decode=args.reduced_jpeg_decode)
-    train_set = KeypointDataset(args.train_ann, args.images, train=True, few_shot=args.few_shot,
-                                few_shot_seed=args.few_shot_seed, **common)
+    common = dict(inputs=cfg, sigmas=args.sigmas, flip=args.flip, flip_pairs=args.flip_pairs,
+                  reduced_decode=args.reduced_jpeg_decode)
+    few_shot = (args.few_shot, args.few_shot_seed) if args.few_shot is not None else None
+    train_set = KeypointDataset(args.train_ann, args.images, train=True, few_shot=few_shot,
+                                **common)
     val_set = KeypointDataset(args.val_ann, args.val_images or args.images, train=False,
                               **common)
     if list(train_set.keypoint_names) != list(val_set.keypoint_names):

@@ -80,7 +80,8 @@ def one_instance_dataset(tmp_path, w=320, h=240, box=(60, 40, 160, 120), ext="pn
     kps = keypoints_for(box, rng)
     ann_file, img_dir = write_dataset(tmp_path, [(1, f"a.{ext}", w, h, dot_image(w, h, kps))],
                                       [annotation(7, 1, box, kps)])
-    return D.KeypointDataset(ann_file, img_dir, train=False, **kwargs), kps
+    inputs = {k: kwargs.pop(k) for k in D.INPUTS if k in kwargs}
+    return D.KeypointDataset(ann_file, img_dir, train=False, inputs=inputs, **kwargs), kps
 
 
 def denormalise(item_image, normalize="imagenet"):
@@ -190,7 +191,7 @@ def test_unknown_keypoint_set_derives_pairs_and_warns_about_sigmas(tmp_path):
            "num_keypoints": 3, "keypoints": kps.ravel().tolist()}
     ann_file, img_dir = write_dataset(tmp_path, [(1, "b.png", 64, 64, np.zeros((64, 64, 3), np.uint8))], [ann], [cat])
     with pytest.warns(UserWarning, match="OKS sigma 0.05"):
-        ds = D.KeypointDataset(ann_file, img_dir, train=True, image_size=(64, 64), heatmap_size=(16, 16))
+        ds = D.KeypointDataset(ann_file, img_dir, train=True, inputs=dict(image_size=(64, 64), heatmap_size=(16, 16)))
     assert ds.flip_pairs == [(1, 2)] and ds.upper_body_ids is None
     assert ds.skeleton == [[0, 1], [0, 2], [0, 3]]
     np.testing.assert_allclose(ds.sigmas, [0.05] * 4)
@@ -776,7 +777,7 @@ def few_shot_json(tmp_path):
 
 def test_few_shot_k_per_species_and_seeded(tmp_path):
     ann_file, img_dir = few_shot_json(tmp_path)
-    ds = D.KeypointDataset(ann_file, img_dir, train=True, few_shot=3, few_shot_seed=0)
+    ds = D.KeypointDataset(ann_file, img_dir, train=True, few_shot=(3, 0))
     species_of = {im: ds.coco.imgToAnns[im][0]["category_id"] for im in ds.few_shot_image_ids}
     assert sorted(np.bincount(list(species_of.values()))[1:].tolist()) == [3, 3, 3]
     assert all(ds.coco.imgToAnns[im][0]["num_keypoints"] > 0 for im in ds.few_shot_image_ids)
@@ -792,8 +793,9 @@ def test_few_shot_k_per_species_and_seeded(tmp_path):
 
 def test_few_shot_is_for_training_and_positive(tmp_path):
     ann_file, img_dir = few_shot_json(tmp_path)
-    for kwargs in (dict(train=False, few_shot=3), dict(train=True, few_shot=0), dict(train=True, few_shot=-2)):
-        with pytest.raises(ValueError, match="few_shot must be a positive number"):
+    for kwargs in (dict(train=False, few_shot=(3, 0)), dict(train=True, few_shot=(0, 0)), dict(train=True, few_shot=(-2, 0)),
+                   dict(train=True, few_shot=3), dict(train=True, few_shot=(3.0, 0))):
+        with pytest.raises(ValueError, match=r"few_shot must be \(a positive number of images per species, seed\)"):
             D.KeypointDataset(ann_file, img_dir, **kwargs)
 
 

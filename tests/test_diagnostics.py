@@ -123,10 +123,8 @@ def train_tiny(out_dir, seed, iterations, image_size=128, batch_size=16, n_train
     train_json, val_json = generate(str(out_dir), n_train=n_train, n_val=n_val, seed=seed)
     torch.manual_seed(seed)  # the model's init and the training augmentation
     cfg = default_config("clip-rn50", "promptpose", small=True, image_size=image_size)
-    sizes = dict(image_size=cfg["image_size"], heatmap_size=cfg["heatmap_size"],
-                 normalize=cfg["normalize"])
-    train_set = KeypointDataset(train_json, str(out_dir / "data"), train=True, **sizes)
-    val_set = KeypointDataset(val_json, str(out_dir / "data"), train=False, **sizes)
+    train_set = KeypointDataset(train_json, str(out_dir / "data"), train=True, inputs=cfg)
+    val_set = KeypointDataset(val_json, str(out_dir / "data"), train=False, inputs=cfg)
     model = build_model(cfg, train_set.keypoint_names, train_set.prompt_texts)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3,
                                   weight_decay=1e-4)

@@ -64,8 +64,7 @@ def checkpoint(data, tmp_path_factory):
     """A small random PromptPose saved as train.py saves it, with unusual OKS sigmas (as a run
     trained with --sigmas) so that a test can tell whose sigmas were used."""
     cfg = default_config("clip-rn50", "promptpose", small=True, image_size=(64, 64))
-    ds = KeypointDataset(data["val"], data["images"], train=False, image_size=cfg["image_size"],
-                         heatmap_size=cfg["heatmap_size"])
+    ds = KeypointDataset(data["val"], data["images"], train=False, inputs=cfg)
     torch.manual_seed(0)
     model = build_model(cfg, ds.keypoint_names, ds.prompt_texts)
     info = {"flip_pairs": ds.flip_pairs, "skeleton": ds.skeleton, "sigmas": AP10K_SIGMAS * 8}
@@ -90,8 +89,7 @@ def no_sigmas(data, tmp_path_factory):
         json.dump(ann, open(paths[split], "w"))
     cfg = default_config("clip-rn50", "promptpose", small=True, image_size=(64, 64))
     with pytest.warns(UserWarning, match="unknown keypoint set"):
-        ds = KeypointDataset(paths["val"], data["images"], train=False,
-                             image_size=cfg["image_size"], heatmap_size=cfg["heatmap_size"])
+        ds = KeypointDataset(paths["val"], data["images"], train=False, inputs=cfg)
     assert not ds.sigmas_given
     torch.manual_seed(0)
     model = build_model(cfg, ds.keypoint_names, ds.prompt_texts)
@@ -267,7 +265,7 @@ def test_ground_truth_in_gives_perfect_scores(data, tmp_path):
     path = tmp_path / "val.json"
     json.dump(ann, open(path, "w"))
     size = dict(image_size=(256, 256), heatmap_size=(256, 256))   # stride 1: decoding error tiny
-    dataset = KeypointDataset(str(path), data["images"], train=False, **size)
+    dataset = KeypointDataset(str(path), data["images"], train=False, inputs=size)
     model = GroundTruthModel(dataset)
     common = dict(batch_size=4, workers=0, flip=False, amp="none", device=torch.device("cpu"))
     results, report = evaluate.evaluate_dataset(model, dataset, **common)
@@ -289,7 +287,7 @@ def test_ground_truth_in_gives_perfect_scores(data, tmp_path):
               "bbox": [40, 40, 30, 30], "score": 0.05}]
     json.dump(dets, open(tmp_path / "dets.json", "w"))
     boxes = load_detections(str(tmp_path / "dets.json"), str(path), score_threshold=0.1)
-    detected = KeypointDataset(str(path), data["images"], train=False, boxes=boxes, **size)
+    detected = KeypointDataset(str(path), data["images"], train=False, boxes=boxes, inputs=size)
     results, report = evaluate.evaluate_dataset(model, detected, **common)
     assert len(results) == len(dets) - 1 and all(r["ann_id"] is None for r in results)
     rescored = sorted(r["score"] for r in results)     # box score x keypoint score; unseen crop: 0
@@ -313,7 +311,7 @@ def test_scores_clipped_where_written_raw_where_rescored(data):
     """Keypoint scores are written clipped to [0, 1] (results.json, photos, videos); the
     instance score keeps mmpose's rescoring of the raw maxima, so AP does not move."""
     size = dict(image_size=(256, 256), heatmap_size=(256, 256))
-    dataset = KeypointDataset(data["val"], data["images"], train=False, **size)
+    dataset = KeypointDataset(data["val"], data["images"], train=False, inputs=size)
     common = dict(batch_size=4, workers=0, flip=False, amp="none", device=torch.device("cpu"))
     exact, report = evaluate.evaluate_dataset(GroundTruthModel(dataset), dataset, **common)
     over, over_report = evaluate.evaluate_dataset(OvershootingModel(GroundTruthModel(dataset)),
