@@ -299,9 +299,8 @@ def build_visual(vision_cfg, projector=True, drop_path=0.0):
 
 
 def load_clip_visual(tower, sd):
-    """Load a CLIP state dict's `visual.*` into `tower` with strict=True, the positional table
-    resized to the tower's grid; a tower without projector (SimpleBaseline) drops exactly the
-    projector's keys (attnpool., ln_post., proj) by name."""
+    """Load a CLIP state dict's `visual.*` into `tower` strictly, the positional table resized to
+    the tower's grid; a tower without projector (SimpleBaseline) drops the projector's keys."""
     own = tower.state_dict()
     visual = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     projector_keys = ("attnpool.", "ln_post.", "proj")

@@ -118,14 +118,9 @@ def make_model(backbone, method, small, image_size, device):
     return build_model(cfg, AP10K_KEYPOINTS).to(device, memory_format=torch.channels_last)
 
 
-def make_dataset(data, cfg, train_mode, reduced_decode=False):
-    """KeypointDataset of the benchmark's (json, image dir) at the model's sizes."""
-    return KeypointDataset(*data, train=train_mode, inputs=cfg, reduced_decode=reduced_decode)
-
-
 def make_batch(data, cfg, batch_size, device):
     """batch_size training samples (cycling through the set), collated, on the device."""
-    dataset = make_dataset(data, cfg, True)
+    dataset = KeypointDataset(*data, train=True, inputs=cfg)
     batch = default_collate([dataset[i % len(dataset)] for i in range(batch_size)])
     return {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
 
@@ -188,10 +183,9 @@ def backbone_pairs(size, device):
     import torchvision
     ready = lambda m: m.to(device, memory_format=torch.channels_last).eval()  # noqa: E731
     torch.manual_seed(0)
-    tv, ours = torchvision.models.resnet50(weights=None), ResNet50()
+    tv, ours = ready(torchvision.models.resnet50(weights=None)), ready(ResNet50())
     ours.load_state_dict({k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")},
                          strict=True)
-    tv, ours = ready(tv), ready(ours)
     yield ("ResNet-50 vs torchvision (to layer4)", lambda x: ours(x)[0], lambda x: tv.layer4(
         tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x)))))))))
     for name, label in (("RN50-quickgelu", "CLIP RN50"), ("ViT-B-16-quickgelu", "CLIP ViT-B/16")):
@@ -247,7 +241,8 @@ def section_data(args, device, data):
     as in a DataLoader worker: the rate of one loader process, decoding at full resolution
     (the default, the authors') and with --reduced-jpeg-decode."""
     cfg = default_config("clip-rn50", "promptpose", small=args.quick, image_size=args.input_size)
-    loaders = {f"{m}, {d}": make_loader(make_dataset(data, cfg, augment, d == "reduced decode"),
+    loaders = {f"{m}, {d}": make_loader(KeypointDataset(*data, train=augment, inputs=cfg,
+                                                        reduced_decode=d == "reduced decode"),
                                         args.batch_size, 0, shuffle=False)
                for m, augment in (("train (augmented)", True), ("eval", False))
                for d in ("full decode", "reduced decode")}
@@ -269,7 +264,7 @@ def section_data(args, device, data):
 
 def section_eval(args, device, data):
     model = make_model("clip-rn50", "promptpose", args.quick, args.input_size, device)
-    ds = make_dataset(data, model.cfg, False)
+    ds = KeypointDataset(*data, train=False, inputs=model.cfg)
     t = measure({flip: lambda flip=flip: predict_dataset(
         model, ds, batch_size=args.batch_size, workers=0, flip=flip, amp=args.amp, device=device)
         for flip in (True, False)}, device, args.warmup, args.reps)
@@ -367,7 +362,6 @@ def section_video(args, device, data):
 
 # ----------------------------------------------------------------------------- report
 def describe_run(args, device):
-    """What ran where, one paragraph."""
     with open("/proc/cpuinfo") as f:  # Linux
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
                    platform.machine())

@@ -210,10 +210,9 @@ def tokenize(texts, context_length=77, truncate=False):
     """Texts -> LongTensor (N, context_length): [SOT, tokens..., EOT, 0, 0, ...]. A longer text
     raises ValueError, unless truncate=True: then it is cut, EOT kept as the last id."""
     texts = [texts] if isinstance(texts, str) else texts
-    tokenizer = _default_tokenizer()
     result = torch.zeros(len(texts), context_length, dtype=torch.long)
     for i, text in enumerate(texts):
-        ids = [SOT_TOKEN] + tokenizer.encode(text) + [EOT_TOKEN]
+        ids = [SOT_TOKEN] + _default_tokenizer().encode(text) + [EOT_TOKEN]
         if len(ids) > context_length:
             if not truncate:
                 short = text if len(text) <= 60 else text[:57] + "..."

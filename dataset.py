@@ -42,10 +42,10 @@ def skip_reason(ann, image, keypoint_category_ids, train):
 
 def make_record(image, image_dir, box, aspect_ratio, **fields):
     """One sample's record: the image, the clipped box (read by the box jitter), centre, scale."""
+    center, scale = box_to_center_scale(box, aspect_ratio)
     return dict(path=os.path.join(image_dir, image["file_name"]), image_id=int(image["id"]),
                 image_width=int(image["width"]), image_height=int(image["height"]),
-                box=np.array(box), **dict(zip(("center", "scale"),
-                                              box_to_center_scale(box, aspect_ratio))), **fields)
+                box=np.array(box), center=center, scale=scale, **fields)
 
 
 def ground_truth_records(coco, image_dir, keypoint_category_ids, num_keypoints, aspect_ratio,
@@ -101,12 +101,11 @@ def check_image_files(records, ann_file):
     for rec in records:
         ann_ids.setdefault(rec["path"], []).append(rec["ann_id"])
     missing = {path: ids for path, ids in ann_ids.items() if not os.path.isfile(path)}
-    empty = {path: ids for path, ids in ann_ids.items()
-             if path not in missing and os.path.getsize(path) == 0}
     if missing:
         path, ids = next(iter(missing.items()))
         raise FileNotFoundError(f"{ann_file}: {len(missing)} image file(s) missing, e.g. {path} "
                                 f"(annotation ids {ids[:5]})")
+    empty = {path: ids for path, ids in ann_ids.items() if os.path.getsize(path) == 0}
     if empty:
         path, ids = next(iter(empty.items()))
         raise ValueError(f"{ann_file}: image file {path} is empty (0 bytes) (annotation ids "

@@ -18,6 +18,8 @@ import uuid
 import torch
 import torch.distributed as dist
 
+STORE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for the process group
+
 
 def init_distributed(device=None):
     """Join torchrun's process group, if any -> (rank, local_rank, world, device). device None:
@@ -45,9 +47,6 @@ def init_distributed(device=None):
         else:
             dist.init_process_group(backend)
     return rank, local_rank, world, device
-
-
-STORE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for the process group
 
 
 def launch_namespace(store, rank, world):

@@ -49,6 +49,7 @@ from video import FOLLOW_MIN_SCORE, parse_frames, run_video
 PCK_THRESHOLD = 0.2       # default --pck-threshold, a fraction of the box size
 PCK_PIXELS = (5.0, 10.0)  # default --pck-pixels, image pixels
 
+
 @dataclass(frozen=True)
 class Thresholds:
     """What the keypoint metrics count as right: --pck-threshold, --pck-pixels, --pcutoff."""
@@ -163,8 +164,7 @@ def check_flag_combination(args):
 def evaluate_dataset(model, dataset, *, thresholds=Thresholds(), **predict_args):
     """Predict every box (predict_args: predict_dataset's batch_size, workers, flip, amp, device,
     rank, world, progress), OKS-NMS per image, COCO keypoint AP with dataset.sigmas, PCK and pixel
-    errors -> (results: the scored predictions, report) on rank 0, (all predictions, None) on the
-    others."""
+    errors -> (the scored predictions, report) on rank 0, (all predictions, None) on other ranks."""
     predictions = predict_dataset(model, dataset, **predict_args)
     if predict_args.get("rank", 0) != 0:
         return predictions, None
@@ -219,7 +219,7 @@ def write_figures(model, dataset, count, out_dir, device, flip, amp, ckpt, names
         visualize.write_image(stem + "_overlay.png", visualize.overlay(
             image, [pred], style["skeleton"], style["sides"], VIS_THRESHOLD, truth, style["names"]))
         fig3, fig2 = visualize.paper_figures(model, item, tuple(cfg["heatmap_size"]),
-                                   ckpt["keypoint_names"], cfg["normalize"], device)
+                                             ckpt["keypoint_names"], cfg["normalize"], device)
         for name, figure in (("scoremaps", fig3), ("similarity", fig2)):
             if figure is not None:
                 visualize.write_image(f"{stem}_{name}.png", figure)
@@ -257,9 +257,8 @@ def evaluation_dataset(ckpt, ann, image_dir, sigmas, det_boxes=None, det_score_t
     cfg = ckpt["model_config"]
     boxes = load_detections(det_boxes, ann, det_score_threshold) if det_boxes else None
     try:
-        dataset = KeypointDataset(ann, image_dir, train=False, inputs=cfg,
+        dataset = KeypointDataset(ann, image_dir, train=False, inputs=cfg, boxes=boxes,
                                   sigmas=run_sigmas(ckpt, sigmas), flip_pairs=ckpt["flip_pairs"],
-                                  boxes=boxes,
                                   reduced_decode=run_args.get("reduced_jpeg_decode", False))
     except ValueError:  # the checkpoint's pairs / sigmas do not fit: say why, if that is why
         names = read_keypoint_set(load_coco_json(ann), ann)["names"]
@@ -284,8 +283,7 @@ def flat(report):
 
 def run_dataset(model, ckpt, args, flip, device, rank, world, out_dir):
     """Score a COCO keypoint json, with --train-too the run's train json beside it, each also on
-    the full frame where asked; rank 0 writes results.json (the first json's), metrics.json and
-    figures."""
+    the full frame where asked; rank 0 writes metrics.json, figures, results.json (first json's)."""
     dataset = evaluation_dataset(ckpt, args.ann, args.images[0] if args.images else None,
                                  args.sigmas, args.det_boxes, args.det_score_threshold)
     sets = [dataset] + ([train_dataset(ckpt, args.sigmas)] if args.train_too else [])

@@ -15,21 +15,17 @@ import torch
 import torch.nn.functional as F
 
 
-def heatmap_mse(heatmaps, target, target_weight):
-    """Mean over (B, K, h, w) of ((pred - gt) * weight)^2 (mmpose's JointsMSELoss with
-    target weights). heatmaps, target (B, K, h, w); target_weight (B, K) -> scalar (fp32)."""
+def pred_loss(heatmaps, target, target_weight):
+    """L_pred (Sec. 3.2.4): keypoint-head heatmaps (B, K, h, w) vs Gaussian targets (B, K, h, w),
+    masked MSE: mean over (B, K, h, w) of ((pred - gt) * weight)^2, target_weight (B, K) ->
+    scalar (fp32) (mmpose's JointsMSELoss with target weights)."""
     weight = target_weight.float()[:, :, None, None]  # (B, K, 1, 1)
     return ((heatmaps.float() - target.float()) * weight).pow(2).mean()
 
 
-def pred_loss(heatmaps, target, target_weight):
-    """L_pred (Sec. 3.2.4): keypoint-head heatmaps (B, K, h, w) vs Gaussian targets, masked MSE."""
-    return heatmap_mse(heatmaps, target, target_weight)
-
-
 def pixel_loss(pixel_heatmaps, target, target_weight):
     """L_pixel = MSE(S, H_target), Eq. 5: upsampled score map S (B, K, h, w), masked as L_pred."""
-    return heatmap_mse(pixel_heatmaps, target, target_weight)
+    return pred_loss(pixel_heatmaps, target, target_weight)
 
 
 def sample_keypoint_features(dense, keypoints, heatmap_size):
@@ -65,8 +61,7 @@ def symmetric_cross_entropy(logits, visible):
     M = logits.masked_fill(~pair, torch.finfo(logits.dtype).min)  # finite: masked rows stay NaN-free
     ce_rows = -M.log_softmax(dim=2).diagonal(dim1=1, dim2=2)  # (B, K): CE(M, label) per row
     ce_cols = -M.log_softmax(dim=1).diagonal(dim1=1, dim2=2)  # (B, K): CE(M^T, label) per column
-    per_keypoint = torch.where(visible, 0.5 * (ce_rows + ce_cols), torch.zeros_like(ce_rows))
-    return per_keypoint.mean()
+    return torch.where(visible, 0.5 * (ce_rows + ce_cols), torch.zeros_like(ce_rows)).mean()
 
 
 def semantic_loss(dense, prompts, keypoints, visible, logit_scale, heatmap_size):

@@ -24,13 +24,12 @@ from transforms import NORMALIZATION
 
 class PromptLearner(nn.Module):
     """Learnable prompts E_prompt^origin = T([SOT] ctx_1..ctx_n [text tokens] [EOT]) (Eq. 2).
-    One set of n_ctx context vectors (n_ctx, width) is shared by all K prompts, initialised
+    One set of n_ctx context vectors (n_ctx, width), shared by all K prompts, initialised
     truncated-normal with std ctx_init_std cut at +-2 std (the authors: std 1); the frozen text
-    encoder T maps each prompt to its EOT feature. Each prompt text is tokenised alone ([SOT,
-    text, EOT]) and the context vectors are spliced in after SOT, the layout of CoOp's placeholder
-    text 'X X ... X text'. The mask is causal, so positions after the longest prompt's EOT cannot
-    change any EOT feature: the transformer runs only on 1 + n_ctx + (longest text + 1) positions
-    (13 for AP-10K with 8 contexts)."""
+    encoder T maps each prompt to its EOT feature. Each text is tokenised alone ([SOT, text, EOT])
+    and the context vectors are spliced in after SOT (CoOp's placeholder layout 'X X ... X text').
+    The mask is causal, so positions after the longest prompt's EOT cannot change any EOT feature:
+    the transformer runs only on 1 + n_ctx + (longest text + 1) positions (13 for AP-10K, 8 ctx)."""
 
     def __init__(self, text_encoder, prompt_texts, n_ctx=8, ctx_init_std=1.0):
         super().__init__()
@@ -48,9 +47,8 @@ class PromptLearner(nn.Module):
 
     def forward(self):
         """-> (K, embed_dim) prompt embeddings, one per prompt text."""
-        K = self.text_tokens.shape[0]
         texts = self.text_encoder.token_embedding(self.text_tokens)  # (K, Lt, width): SOT, text, EOT, pad
-        ctx = self.ctx.unsqueeze(0).expand(K, -1, -1).to(texts.dtype)  # (K, n_ctx, width)
+        ctx = self.ctx.expand(len(texts), -1, -1).to(texts.dtype)  # (K, n_ctx, width)
         x = torch.cat([texts[:, :1], ctx, texts[:, 1:]], dim=1)  # (K, 1 + n_ctx + Lt - 1, width)
         return self.text_encoder.encode_embeddings(x, self.eot_index)
 

@@ -226,8 +226,8 @@ def find_poses(predictor, images, given, whole=False, source="boxes"):
     poses = [[] for _ in images]
     for i, (bbox, _, how), k, s in zip(owners, items, keypoints, scores):
         h, w = images[i].shape[:2]
-        k[:, 0], k[:, 1], k[:, 2] = k[:, 0].clip(0, w - 1), k[:, 1].clip(0, h - 1), \
-            keypoint_scores(k[:, 2])
+        k[:, :2] = k[:, :2].clip(0, [w - 1, h - 1])
+        k[:, 2] = keypoint_scores(k[:, 2])
         poses[i].append({"bbox": [round(float(v), 2) for v in bbox], "score": float(s),
                          "box": how, "keypoints": k})
     return poses
@@ -312,8 +312,7 @@ def photo_poses(predictor, photos, boxes, whole, overlay):
     for start in range(0, len(photos), predictor.batch_size):
         chunk = photos[start:start + predictor.batch_size]
         images = [read_image(p["file_name"])[0] for p in chunk]
-        given = [boxes.get(start + n, []) if boxes is not None else None
-                 for n in range(len(chunk))]
+        given = [boxes.get(start + n, []) if boxes is not None else None for n in range(len(chunk))]
         for p, image, poses in zip(chunk, images, find_poses(predictor, images, given, whole)):
             results += [{"image_id": p["id"], "file_name": p["file_name"], "category_id": 1,
                          "bbox": pose["bbox"], "box": pose["box"],

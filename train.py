@@ -156,8 +156,7 @@ def build_data(args, cfg):
     few_shot = (args.few_shot, args.few_shot_seed) if args.few_shot is not None else None
     train_set = KeypointDataset(args.train_ann, args.images, train=True, few_shot=few_shot,
                                 **common)
-    val_set = KeypointDataset(args.val_ann, args.val_images or args.images, train=False,
-                              **common)
+    val_set = KeypointDataset(args.val_ann, args.val_images or args.images, train=False, **common)
     if list(train_set.keypoint_names) != list(val_set.keypoint_names):
         raise ValueError(f"--train-ann and --val-ann define different keypoints: "
                          f"{train_set.keypoint_names} vs {val_set.keypoint_names}")
@@ -209,14 +208,13 @@ def build_schedule(args, model, train_set, device, rank, world):
 
 def wrap_model(model, args, alphas, device, local_rank, world):
     """DDP (several processes) and torch.compile around the model, for the training steps."""
-    train_model = model
     if world > 1:
         # PromptPose with neither L_pixel nor L_semantic leaves its text side unused
         unused = args.method == "promptpose" and not args.use_pixel and alphas[0] == 0
-        train_model = DistributedDataParallel(
+        model = DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None,
             find_unused_parameters=unused)
-    return torch.compile(train_model) if args.compile else train_model
+    return torch.compile(model) if args.compile else model
 
 
 # ----------------------------------------------------------------------------- training
@@ -279,8 +277,8 @@ def train_one_epoch(run, epoch):
         if i % 50 == 0 or i == len(loader) - 1:
             check_finite(loss, terms, batch, epoch, args.lr)
         n = batch["image"].shape[0]
-        sums += n * torch.stack([loss.detach().double()] + [terms[k].double()
-                                                            for k in ("pred", "pixel", "semantic")])
+        values = [loss.detach(), terms["pred"], terms["pixel"], terms["semantic"]]
+        sums += n * torch.stack([v.double() for v in values])
         count += n
     mean = (all_reduce_sum(sums) / all_reduce_sum(count).clamp(min=1)).tolist()
     return dict(zip(["loss", "pred", "pixel", "semantic"], mean))

@@ -142,8 +142,7 @@ def heatmap_to_image(coords, center, scale, heatmap_size):
 
 def keypoints_from_heatmaps(heatmaps, center, scale):
     """Eq. 1: the keypoint is the heatmap's maximum, mapped back to the image. heatmaps
-    (B, K, h, w) of crops (center, scale (B, 2)) -> (B, K, 3) [x, y, maxval] in image pixels:
-    argmax + quarter-pixel step (decode_heatmaps), then back through the crop's affine."""
+    (B, K, h, w) of crops (center, scale (B, 2)) -> (B, K, 3) [x, y, maxval] in image pixels."""
     coords, maxvals = decode_heatmaps(heatmaps)                  # (B, K, 2), (B, K)
     points = heatmap_to_image(coords, center, scale, heatmaps.shape[2:])   # (B, K, 2)
     return np.concatenate([points, maxvals[..., None]], axis=2)
@@ -168,9 +167,8 @@ def half_body_box(keypoints, labeled, upper_ids, aspect_ratio, rng):
     if len(chosen) < 2:
         return None
     pts = keypoints[chosen, :2]
-    w, h = pts.max(0) - pts.min(0)
-    w, h = (w, w / aspect_ratio) if w > aspect_ratio * h else (h * aspect_ratio, h)
-    return pts.mean(0), np.array([w, h]) * HALF_BODY_PADDING
+    extent = [*pts.min(0), *(pts.max(0) - pts.min(0))]   # their box [x, y, w, h]
+    return pts.mean(0), box_to_center_scale(extent, aspect_ratio, HALF_BODY_PADDING)[1]
 
 
 def read_image(path, reduce=1, context="", orientation=True):
@@ -246,8 +244,8 @@ class TopDownTransform:
         pixel per output pixel (faster; changes the input). A json size that only the
         unrotated pixels have means the labels are in that frame: it is used, and said."""
         H, W = self.image_size
-        reduce = 1 if not self.reduced_decode else \
-            max([r for r in (1, 2, 4, 8) if r <= min(scale[0] / W, scale[1] / H)] or [1])
+        fits = [r for r in (2, 4, 8) if r <= min(scale[0] / W, scale[1] / H)]
+        reduce = max(fits, default=1) if self.reduced_decode else 1
         path, json_size = rec["path"], (rec["image_height"], rec["image_width"])
         expect = tuple(-(-v // reduce) for v in json_size)  # ceil: libjpeg's reduced size
         source, reduce = read_image(path, reduce, context, path not in self.stored_frame)

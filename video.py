@@ -35,11 +35,9 @@ FOLLOW_MIN_SCORE = 0.3    # --follow: a pose whose keypoints score less on avera
 def parse_frames(text):
     """--frames "A:B" (0-based, B excluded; "A:" to the end, ":B" from the start) -> (A, B or
     None). An empty or inverted range is an error naming the flag."""
-    parts = text.split(":")
     try:
-        if len(parts) != 2:
-            raise ValueError
-        start, stop = int(parts[0] or 0), int(parts[1]) if parts[1] else None
+        start, stop = text.split(":")  # a ValueError unless exactly one ':'
+        start, stop = int(start or 0), int(stop) if stop else None
     except ValueError:
         raise ValueError(f"--frames {text}: expected START:STOP, e.g. 0:600, 100: or :600 "
                          f"(0-based frame numbers, STOP excluded)") from None
@@ -337,14 +335,12 @@ def analyze_video(predictor, ckpt, path, out_dir, frames=None, boxes=None, mode=
         print(f"--video {path}: the video ended after frame {records[-1]['frame']}, before "
               f"frame {stop} (its header states {count} frames)")
     names = list(ckpt["keypoint_names"])
+    predictions = [{"frame": r["frame"], "instances": [
+        {**p, "keypoints": rounded_list(p["keypoints"])} for p in r["instances"]]} for r in records]
     write_json(stem + "_keypoints.json", {
         "video": os.path.abspath(path), "fps": fps, "width": width, "height": height,
         "frames": len(records), "box_mode": mode, "keypoint_names": names,
-        "keypoint_score": KEYPOINT_SCORE,
-        "skeleton": ckpt["skeleton"], "predictions": [{"frame": r["frame"], "instances": [
-            {**{k: v for k, v in p.items() if k != "keypoints"},
-             "keypoints": rounded_list(p["keypoints"])} for p in r["instances"]]}
-            for r in records]})
+        "keypoint_score": KEYPOINT_SCORE, "skeleton": ckpt["skeleton"], "predictions": predictions})
     cfg = ckpt["model_config"]
     write_dlc_csv(stem + "_keypoints.csv", f"PromptPose_{cfg['backbone']}_{cfg['method']}",
                   names, records)

@@ -1,8 +1,8 @@
-"""Every figure of the project, drawn with OpenCV only (numpy in, BGR uint8 image out): poses
-over an image (`overlay`), the paper's Fig. 3 (score maps S, Eq. 3) and Fig. 2 (matching matrix
-M, Eq. 7) of one crop (`paper_figures` runs the model for them), and curves.png.
-Sides come from the flip pairs (a flip swaps exactly the left/right keypoints); which member
-of a pair is the left one is read from the names (`left_eye`, `L_Eye`, `eyeL`, ...).
+"""Every figure of the project, drawn with OpenCV only (numpy in, BGR uint8 image out): poses over
+an image (`overlay`), the paper's Fig. 3 (score maps S, Eq. 3) and Fig. 2 (matching matrix M,
+Eq. 7) of one crop (`paper_figures` runs the model for them), and curves.png. Sides come from the
+flip pairs (a flip swaps exactly the left/right keypoints); which member of a pair is the left one
+is read from the names (`left_eye`, `L_Eye`, `eyeL`, ...).
 """
 import itertools
 import math
@@ -222,8 +222,8 @@ def colour_bar(height, lo, hi, title, font=0.4):
     ticks = nice_ticks(lo, hi)
     label_w = max([text_size(tick_label(t), font)[0] for t in ticks] or [0])
     caption = vertical_text(title, font)
-    canvas = np.full((height, margin + bar_w + 4 + label_w + margin + caption.shape[1] + margin,
-                      3), 255, np.uint8)
+    x = margin + bar_w + 4 + label_w + margin                             # the caption's column
+    canvas = np.full((height, x + caption.shape[1] + margin, 3), 255, np.uint8)
     top, bottom = margin, height - margin
     ramp = np.linspace(hi, lo, bottom - top)[:, None].repeat(bar_w, 1)   # top = hi
     paste(canvas, colourize(ramp, lo, hi), margin, top)
@@ -233,7 +233,6 @@ def colour_bar(height, lo, hi, title, font=0.4):
         cv2.line(canvas, (margin + bar_w, y), (margin + bar_w + 3, y), (0, 0, 0), 1)
         put_text(canvas, tick_label(t), (margin + bar_w + 5, y - text_size("0", font)[1] // 2),
                  font)
-    x = margin + bar_w + 4 + label_w + margin
     paste(canvas, caption[:height], x, max(0, (height - caption.shape[0]) // 2))
     return canvas
 
@@ -284,8 +283,8 @@ def paper_figures(model, item, heatmap_size, names, normalize, device):
     out = model(crop, return_extras=True)
     fig3 = fig2 = None
     if "score_map" in out:
-        fig3 = score_map_figure(unnormalize(crop[0], normalize),
-                                          out["score_map"][0].float().cpu().numpy(), names)
+        score_map = out["score_map"][0].float().cpu().numpy()                # (K, h0, w0)
+        fig3 = score_map_figure(unnormalize(crop[0], normalize), score_map, names)
     visible = np.asarray(item["target_weight"]) > 0                          # (K,)
     if "dense" in out and visible.any():
         keypoints = torch.as_tensor(item["keypoints"])[None].to(device)     # (1, K, 2)
@@ -315,10 +314,10 @@ def score_map_figure(crop, score_map, names, columns=6):
                             constant_values=255))
     grid = tile_grid(tiles, columns)
     figure = side_by_side(grid, colour_bar(grid.shape[0], lo, hi, "cosine similarity S_n(x, y)"))
+    caption = (f"tiles: the input crop (x right, y down) blended with S_n, upsampled from "
+               f"{score_map.shape[2]}x{score_map.shape[1]}")
     return titled(figure, "Pixel-level score maps S (Eq. 3): each keypoint's prompt vs every "
-                          "image location", caption=[f"tiles: the input crop (x right, y down) "
-                                                     f"blended with S_n, upsampled from "
-                                                     f"{score_map.shape[2]}x{score_map.shape[1]}"])
+                  "image location", caption=caption)
 
 
 def similarity_figure(similarity, names, visible, cell=26):
@@ -340,15 +339,15 @@ def similarity_figure(similarity, names, visible, cell=26):
     cells = np.where(visible[:, None, None], colourize(values, lo, hi), np.uint8(MASKED_COLOUR))
     paste(body, cells.repeat(cell, 0).repeat(cell, 1), left, top)    # (K cell, K cell, 3)
     for i in range(K):
-        if not visible[i]:  # hatch masked rows
-            y0, y1, right = top + i * cell, top + i * cell + cell - 1, left + K * cell - 1
-            for x in range(left, right, 8):
-                cv2.line(body, (x, y1), (min(x + cell - 1, right), y0), (160, 160, 160), 1)
         x, y = left + i * cell, top + i * cell
+        if not visible[i]:  # hatch masked rows
+            right = left + K * cell - 1
+            for u in range(left, right, 8):
+                cv2.line(body, (u, y + cell - 1), (min(u + cell - 1, right), y), (160, 160, 160), 1)
         cv2.rectangle(body, (x, y), (x + cell - 1, y + cell - 1), (0, 0, 0), 1)  # the match
-        put_text(body, names[i], (left - label_w + 2, top + i * cell + cell // 2 - 6), font)
+        put_text(body, names[i], (left - label_w + 2, y + cell // 2 - 6), font)
         column = vertical_text(names[i], font)
-        paste(body, column[-top:], left + i * cell + (cell - column.shape[1]) // 2,
+        paste(body, column[-top:], x + (cell - column.shape[1]) // 2,
               max(0, top - column.shape[0] - 4))
     x_title = np.full((24, body.shape[1], 3), 255, np.uint8)
     put_text(x_title, "prompt embedding E_n (columns)", (left, 5), 0.45)
@@ -420,8 +419,8 @@ def plot_training_curves(records, path):
         pts = [(r["epoch"], float(r[key])) for r in records
                if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
         if pts and (key.startswith("val_") or any(y != 0 for _, y in pts)):
-            panels.append(curve_panel([p[0] for p in pts], [([p[1] for p in pts], CURVE_COLOUR)],
-                                      title))
+            xs, ys = zip(*pts)
+            panels.append(curve_panel(xs, [(ys, CURVE_COLOUR)], title))
     if not panels:
         raise ValueError(f"no loss or metric values in the {len(records)} log record(s) to plot")
     grid = tile_grid(panels, 4)
