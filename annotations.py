@@ -29,7 +29,7 @@ def load_coco_json(path):
 
 
 def unique_ids(items, kind, path):
-    """Every image / annotation is an object with an integer id, and no id is repeated."""
+    """Every image / annotation / category is an object with an integer id, none repeated."""
     for n, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"{path}: {kind} #{n} is not an object")
@@ -48,6 +48,7 @@ def check_coco(data, path, keypoint_category_ids, num_keypoints):
     (the labeled count). A scored instance with a box needs area > 0."""
     unique_ids(data["images"], "image", path)
     unique_ids(data["annotations"], "annotation", path)
+    unique_ids(data["categories"], "category", path)
     for im in data["images"]:
         where = f"{path}: image id {im['id']}"
         if not isinstance(im.get("file_name"), str) or not im["file_name"]:
@@ -56,11 +57,11 @@ def check_coco(data, path, keypoint_category_ids, num_keypoints):
             finite_number(im.get(field), where, field, minimum=0)
     images = {im["id"] for im in data["images"]}
     add_unlisted_categories(data, path, keypoint_category_ids, num_keypoints)
-    categories = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    categories = {c["id"] for c in data["categories"]}
     for ann in data["annotations"]:
         where = f"{path}: annotation id {ann['id']}"
         for key, known in (("image_id", images), ("category_id", categories)):
-            if ann.get(key) not in known:
+            if isinstance(ann.get(key), (list, dict)) or ann.get(key) not in known:
                 raise ValueError(f"{where} refers to unknown {key[:-3]} id {ann.get(key)!r}")
         if ann["category_id"] not in keypoint_category_ids:
             continue
@@ -73,6 +74,8 @@ def check_coco(data, path, keypoint_category_ids, num_keypoints):
             raise ValueError(f"{where} has no 4-number bbox [x, y, w, h]")
         x, y, w, h = finite_numbers(ann["bbox"], 4, where, "bbox")
         ann["area"] = finite_number(ann.get("area", float(w * h)), where, "area", minimum=0)
+        if type(ann.get("iscrowd")) is bool:  # a boolean field in some tools (COCO Annotator)
+            ann["iscrowd"] = int(ann["iscrowd"])
         for field, default in (("iscrowd", 0), ("num_keypoints", labeled)):
             finite_number(ann.setdefault(field, default), where, field, minimum=0)
         if ann["area"] == 0 < min(w, h) and ann["num_keypoints"] > 0 and not ann["iscrowd"]:

@@ -124,7 +124,7 @@ def sample_few_shot(coco, shots, seed, keypoint_category_ids=None):
         candidates = sorted({a["image_id"] for a in coco.loadAnns(coco.getAnnIds(catIds=[cat_id]))
                              if skip_reason(a, coco.imgs[a["image_id"]], keypoint_category_ids,
                                             train=True) is None})
-        rng = np.random.default_rng([seed, cat_id])
+        rng = np.random.default_rng([seed, cat_id] if cat_id >= 0 else [seed, 2**32, -cat_id])
         take = min(shots, len(candidates))
         chosen.update(int(candidates[i]) for i in rng.choice(len(candidates), take, replace=False))
     return sorted(chosen)

@@ -136,10 +136,27 @@ def derive_flip_pairs(keypoint_names, require_partners=True):
             pairs.append((i, j))
         elif j is None and sure in ("word", "ambiguous"):
             unpaired.append(keypoint_names[i])
+    plain = [i for i, (_, sure) in enumerate(keys) if sure is None]  # no side read from the words
+    pairs += [(i, j) for n, i in enumerate(plain) for j in plain[n + 1:]
+              if letter_side(keypoint_names[i], keypoint_names[j])]
     if unpaired and require_partners:
         raise ValueError(f"keypoint name(s) {unpaired} look left/right-sided but have no "
                          f"partner on the other side; {PAIRS_HELP}")
     return sorted(pairs)
+
+
+def letter_side(a, b):
+    """'l' or 'r': the side of name `a` where names a and b differ only in one l <-> r letter of
+    the same case at the edge of a word ("forelegl1" / "forelegr1", "leye" / "reye", "EYEL" /
+    "EYER", "FLpaw" / "FRpaw": sides side_key cannot read from one name alone); else None."""
+    diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    if len(a) != len(b) or len(diff) != 1 or {a[diff[0]], b[diff[0]]} not in ({"l", "r"},
+                                                                             {"L", "R"}):
+        return None
+    i = diff[0]
+    around = a[i - 1:i] + a[i + 1:i + 2]  # its neighbours (one at an end of the name)
+    edge = len(around) < 2 or any(not c.isalpha() or c.isupper() != a[i].isupper() for c in around)
+    return a[i].lower() if edge else None
 
 
 def check_flip_pairs(pairs, keypoint_names, where):
@@ -183,7 +200,9 @@ def keypoint_sides(keypoint_names, flip_pairs):
     pair are centre; in a pair (a, b) side_key says which is left; when it cannot, a is."""
     sides = ["centre"] * len(keypoint_names)
     for a, b in flip_pairs:
-        a_right = "<R>" in side_key(keypoint_names[a])[0] or "<L>" in side_key(keypoint_names[b])[0]
+        name_a, name_b = keypoint_names[a], keypoint_names[b]
+        a_right = ("<R>" in side_key(name_a)[0] or "<L>" in side_key(name_b)[0]
+                   or letter_side(name_a, name_b) == "r")
         sides[a], sides[b] = ("right", "left") if a_right else ("left", "right")
     return sides
 

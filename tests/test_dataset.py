@@ -820,3 +820,34 @@ def test_make_loader(tmp_path):
     assert D.make_loader(both, 2, 0, shuffle=False, sampler=sampler).sampler is sampler
     with pytest.raises(ValueError, match="either shuffle=True or a sampler"):
         D.make_loader(both, 2, 0, shuffle=True, sampler=sampler)
+
+
+def test_json_variants_of_other_tools_load_and_broken_ids_are_one_line(tmp_path):
+    """COCO Annotator writes "iscrowd": false (pycocotools takes it); ids that are lists, and
+    categories that are null or have no id, are one ValueError naming the file, not a traceback."""
+    box, rng = (10, 10, 60, 40), np.random.default_rng(0)
+    kps = keypoints_for(box, rng)
+    ann_file, img_dir = simple_json(tmp_path / "a", anns=[annotation(11, 1, box, kps, iscrowd=False),
+                                                          annotation(12, 1, box, kps, iscrowd=True)])
+    ds = D.KeypointDataset(ann_file, img_dir, train=False)
+    assert len(ds) == 1 and ds.coco.anns[12]["iscrowd"] == 1
+    for sub, anns, cats, message in (
+            ("b", [annotation(11, 1, box, kps, category_id=[1])], None, "refers to unknown category id"),
+            ("c", [annotation(11, [1], box, kps)], None, "refers to unknown image id"),
+            ("d", None, [category(), None], r"category #1 is not an object"),
+            ("e", None, [category(), {"name": "cat"}], r"category #1 has no 'id'"),
+            ("f", None, [category(), category()], r"duplicate category id\(s\) \[1\]")):
+        ann_file, img_dir = simple_json(tmp_path / sub, anns=anns, categories=cats)
+        with pytest.raises(ValueError, match=rf"ann\.json: .*{message}"):
+            D.KeypointDataset(ann_file, img_dir, train=False)
+
+
+def test_few_shot_draw_with_a_negative_category_id(tmp_path):
+    box, rng = (10, 10, 60, 40), np.random.default_rng(0)
+    kps = keypoints_for(box, rng)
+    images = [(i, f"{i}.jpg", 100, 80, dot_image(100, 80, kps)) for i in (1, 2, 3)]
+    anns = [annotation(10 + i, i, box, kps, category_id=-3 if i < 3 else 1) for i in (1, 2, 3)]
+    ann_file, img_dir = simple_json(tmp_path, anns=anns, images=images,
+                                    categories=[category(), category(cid=-3, name="cat")])
+    ds = D.KeypointDataset(ann_file, img_dir, train=True, few_shot=(1, 0))
+    assert len(ds.few_shot_image_ids) == 2 and 3 in ds.few_shot_image_ids
