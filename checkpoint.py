@@ -38,7 +38,7 @@ import torch
 
 from backbones import resize_positional_tables
 from distributed import is_main, print0
-from files import atomic_file, torch_load
+from files import atomic_file, read_lines, torch_load
 from model import build_model
 
 MODEL_FIELDS = ("model", "model_config", "keypoint_names", "prompt_texts", "flip_pairs",
@@ -148,8 +148,9 @@ def model_from_checkpoint(ckpt):
 
 
 # ----------------------------------------------------------------------------- init-from
-def keypoint_block(model, name, shape):
-    """The offset along dim 0 of a tensor's K keypoint rows, or None: the heads' last convolutions
+def keypoint_block(model, name, shape, K):
+    """The offset along dim 0 of the K keypoint rows of a tensor of `shape` (a model with K
+    keypoints), or None: the heads' last convolutions
     (one output channel per keypoint), the pixel head's first deconvolution (one input channel
     per score map S_n) and, with the pixel branch, the keypoint head's last K input channels
     (F_fuse = F (+) S, Eq. 9). A ViT pixel head whose deconvolutions are K wide is keypoint-indexed
@@ -159,7 +160,7 @@ def keypoint_block(model, name, shape):
                 "pixel_head.deconv_layers.0.weight"):
         return 0
     if name == "keypoint_head.deconv_layers.0.weight" and model.pixel_head is not None:
-        return shape[0] - len(model.keypoint_names)
+        return shape[0] - K
     return None
 
 
@@ -193,9 +194,10 @@ def init_from(model, path, partial=False):
         if name not in target:
             report["skipped"].append(f"{name}: not in this model")
             continue
-        offset = None if source_names == names else keypoint_block(model, name, target[name].shape)
-        if offset is not None and (tensor.shape[1:] == target[name].shape[1:]
-                                   and keypoint_block(model, name, tensor.shape) == offset):
+        offset = (None if source_names == names else
+                  keypoint_block(model, name, target[name].shape, len(names)))
+        if offset is not None and (tensor.shape[1:] == target[name].shape[1:] and keypoint_block(
+                model, name, tensor.shape, len(source_names)) == offset):
             target[name] = remap_keypoint_rows(target[name], tensor, offset, names, source_names)
             report["remapped"].append(name)
         elif target[name].shape != tensor.shape:
@@ -287,7 +289,15 @@ def open_run(args):
         return None
     lock = lock_run_dir(args.output_dir)
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(args.output_dir, f))]
-    if found and args.resume == "auto" and "last.pt" not in found:  # killed before last.pt
+    if found and args.resume == "auto" and "last.pt" not in found:
+        # last.pt is written last in an epoch: without it and without a record past epoch 0 or
+        # a final.pt, the run was stopped in its first epoch; else its last.pt was removed
+        logged = [r.get("epoch", 0) for r in read_lines(os.path.join(args.output_dir, "log.jsonl"))]
+        if "final.pt" in found or max(logged, default=0) > 0:
+            raise ValueError(f"--output-dir {args.output_dir} holds a run ({', '.join(found)}) "
+                             "without its last.pt, the point --resume continues from: choose "
+                             "another --output-dir (best.pt / final.pt can start a run with "
+                             "--init-from)")
         print0(f"--resume auto: {args.output_dir} holds no last.pt (a run stopped before its "
                f"first epoch ended): starting it afresh")
         for name in found:
@@ -305,9 +315,8 @@ def open_run(args):
     return lock
 
 
-def resume_state(path, model, optimizer, scheduler, scaler):
-    """Load a full checkpoint into the run's objects -> (next epoch, best AP)."""
-    ckpt = load_checkpoint(path, need_training_state=True)
+def resume_state(ckpt, path, model, optimizer, scheduler, scaler):
+    """Load a full checkpoint (read from `path`) into the run's objects -> (next epoch, best AP)."""
     changed = sorted(k for k in set(model.cfg) | set(ckpt["model_config"])
                      if model.cfg.get(k) != ckpt["model_config"].get(k))
     if changed:

@@ -20,6 +20,7 @@ sigmas (a DeepLabCut project) is reported in a tracking user's terms first (pixe
 ground-truth boxes and on the full frame: format_report), AP after.
 """
 import argparse
+import contextlib
 import os
 import time
 from collections import defaultdict
@@ -341,6 +342,28 @@ def settings_from_run(args, ckpt):
     return flip
 
 
+def release(out_dir):
+    """A run that failed before writing any output (an empty vis/ at most) gives its output
+    directory back: the .evaluation marker and the directory removed, so the next run writes
+    there (--output-dir skips only a directory holding outputs)."""
+    with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(out_dir, "vis"))  # made by run_photos; removed only if empty
+        if os.listdir(out_dir) == [".evaluation"]:
+            os.remove(os.path.join(out_dir, ".evaluation"))
+            os.rmdir(out_dir)
+
+
+def run_mode(mode, model, ckpt, args, flip, device, rank, world, out_dir):
+    if mode == "dataset":
+        return run_dataset(model, ckpt, args, flip, device, rank, world, out_dir)
+    if rank == 0 and mode == "photos":
+        run_photos(model, ckpt, args, flip, device, out_dir)
+    elif rank == 0:
+        run_video(model, ckpt, args, flip, device, out_dir)
+    return None
+
+
 def main(args):
     mode = check_flag_combination(args)
     rank, _, world, device = init_distributed(args.device)
@@ -349,13 +372,12 @@ def main(args):
     model = prepare_model(ckpt, device, args.compile)
     out_dir = on_rank0(claim_output_dir, args.output_dir or os.path.join(
         os.path.dirname(os.path.abspath(args.checkpoint)), "eval"))
-    report = None
-    if mode == "dataset":
-        report = run_dataset(model, ckpt, args, flip, device, rank, world, out_dir)
-    elif rank == 0 and mode == "photos":
-        run_photos(model, ckpt, args, flip, device, out_dir)
-    elif rank == 0:
-        run_video(model, ckpt, args, flip, device, out_dir)
+    try:
+        report = run_mode(mode, model, ckpt, args, flip, device, rank, world, out_dir)
+    except Exception:  # bad --boxes, --images, --video, ...; not Ctrl-C (no Exception)
+        if rank == 0:
+            release(out_dir)
+        raise
     cleanup()
     return report
 

@@ -140,8 +140,9 @@ def export(ckpt, flip=True, device="cpu"):
     dims = {"image": (torch.export.Dim("height", min=2), torch.export.Dim("width", min=2),
                       torch.export.Dim.STATIC),
             "boxes": (torch.export.Dim("boxes", min=1), torch.export.Dim.STATIC)}
-    with torch.no_grad():  # the text side depends on no input: a constant of the program
-        model.fixed_prompts = model.encode_prompts()
+    if model.prompt_learner is not None:  # PromptPose; a SimpleBaseline has no text side
+        with torch.no_grad():  # the text side depends on no input: a constant of the program
+            model.fixed_prompts = model.encode_prompts()
     return torch.export.export(module, (image, boxes), dynamic_shapes=dims), flip
 
 
@@ -158,7 +159,8 @@ def save(program, info, path):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("Export a checkpoint for torch alone", formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser("Export a checkpoint for torch alone",
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint of train.py (final.pt, best.pt)")
     p.add_argument("--output", required=True, help="the file to write (.pt2)")
     p.add_argument("--no-flip-test", dest="flip_test", action="store_false",

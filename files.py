@@ -114,13 +114,27 @@ def integer_id(item, key, where):
 
 
 def append_line(path, record):
-    """Append one json record as one line with a single write (never through a link)."""
+    """Append one json record as one line with a single write (never through a link); a torn
+    last line (a write cut by a kill or a full disk) is cut off first, with a warning."""
     data = (json.dumps(json_safe(record), allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        os.write(fd, data)
+        end = os.fstat(fd).st_size
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            end = os.pread(fd, end, 0).rfind(b"\n") + 1
+            os.ftruncate(fd, end)
+            warnings.warn(f"{path}: dropped its torn last line (a write cut short)")
+        if os.pwrite(fd, data, end) != len(data):
+            os.ftruncate(fd, end)
+            raise OSError(f"cannot append to {path} (disk full?)")
     finally:
         os.close(fd)
+
+
+def write_lines(path, records):
+    """Replace a log with these json records, one a line, atomically."""
+    with atomic_file(path, "w") as f:
+        f.writelines(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in records)
 
 
 def read_lines(path):

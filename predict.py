@@ -15,7 +15,7 @@ no box is given the animal is searched for:
 import math
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,15 +181,19 @@ def box_around(keypoints, reference, width, height):
     """The box of the keypoints (K, 3) scoring at least SEARCH_MIN_SCORE (the best two when
     fewer do), grown by SEARCH_MARGIN of its longer side on every side, at least a quarter of
     the `reference` box (where they were found) on each side: two keypoints close together say
-    little of the animal's size. Clipped to the image, as training boxes are."""
+    little of the animal's size. Clipped to the image, as training boxes are; the keypoints too
+    (a sure one in the crop's padding is at the image's edge): the box has area in the image,
+    else (no finite keypoints) the reference box is returned."""
     sure = keypoints[:, 2] >= SEARCH_MIN_SCORE
     if sure.sum() < 2:
         sure = np.isin(np.arange(len(keypoints)), np.argsort(-keypoints[:, 2])[:2])
-    low, high = keypoints[sure, :2].min(0), keypoints[sure, :2].max(0)
+    points = keypoints[sure, :2].clip(0, [width - 1, height - 1])
+    low, high = points.min(0), points.max(0)
     half = (high - low) / 2 + SEARCH_MARGIN * (high - low).max()
     half = np.maximum(half, np.asarray(reference[2:]) / 8)
     center = (low + high) / 2
-    return clip_box([*(center - half), *(2 * half)], width, height)
+    box = clip_box([*(center - half), *(2 * half)], width, height)
+    return box if min(box[2:]) > 0 else clip_box(reference, width, height)
 
 
 def search(predictor, images):
@@ -275,33 +279,53 @@ def read_photos(paths):
     return photos
 
 
-def photo_boxes(path, photos):
-    """--boxes for photos -> {photo index: [(bbox, score), ...]}. An entry's file_name may be
-    the path as listed, its absolute path, or the bare file name when that is unambiguous."""
-    lookup = defaultdict(set)
+def photo_lookup(photos):
+    """Where an entry of --boxes may point: {path as listed or absolute: photo indices} and
+    {bare file name: photo indices}."""
+    exact, bare = defaultdict(set), defaultdict(set)
     for i, p in enumerate(photos):
         name = p["file_name"]
-        for key in (name, os.path.abspath(name), os.path.basename(name)):
-            lookup[key].add(i)
+        exact[name].add(i)
+        exact[os.path.abspath(name)].add(i)
+        bare[os.path.basename(name)].add(i)
+    return exact, bare
+
+
+def photo_boxes(path, photos):
+    """--boxes for photos -> {photo index: [(bbox, score), ...]}, several boxes per photo if
+    given. An entry's file_name is the path as listed or its absolute path, else the bare file
+    name when that is unambiguous."""
+    exact, bare = photo_lookup(photos)
     boxes = defaultdict(list)
     for n, entry in enumerate(read_box_list(path)):
         name = entry.get("file_name")
         where = f"--boxes {path}, entry {n} ({name!r})"
-        match = lookup.get(name, set()) if isinstance(name, str) else set()
+        match = (exact.get(name) or bare.get(name, set())) if isinstance(name, str) else set()
         if len(match) != 1:
             raise ValueError(f"{where}: " + ("no such photo among --images" if not match else
                              "the name matches several photos; give the path as listed"))
-        i = match.pop()
+        i = min(match)  # read only: the tables serve every entry
         boxes[i].append(check_box(entry, where, photos[i]["width"], photos[i]["height"]))
     return boxes
 
 
 def overlay_names(photos):
-    """vis/<stem>_pose.png, with the image id added where two photos share a stem."""
+    """vis/<stem>_pose.png; where two photos share a stem, vis/<stem>_<image id>_pose.png, and
+    where even that is taken (by a photo named so, or in another letter case) a number added
+    until the name is new: no overlay replaces another, on any file system."""
     stems = [os.path.splitext(os.path.basename(p["file_name"]))[0] for p in photos]
-    repeated = {s for s in stems if stems.count(s) > 1}
-    return [os.path.join("vis", f"{s}_{p['id']}_pose.png" if s in repeated else f"{s}_pose.png")
-            for s, p in zip(stems, photos)]
+    keys = [s.lower() for s in stems]
+    repeated = {k for k, count in Counter(keys).items() if count > 1}
+    names, taken = [None] * len(photos), set()
+    for i in sorted(range(len(photos)), key=lambda i: keys[i] in repeated):  # own names first
+        stem = stems[i] if keys[i] not in repeated else f"{stems[i]}_{photos[i]['id']}"
+        name, n = f"{stem}_pose.png", 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{stem}_{n}_pose.png"
+        names[i] = name
+        taken.add(name.lower())
+    return [os.path.join("vis", name) for name in names]
 
 
 def photo_poses(predictor, photos, boxes, whole, overlay):

@@ -30,7 +30,7 @@ from distributed import (HelpFormatter, all_reduce_sum, barrier, cleanup, init_d
                          input_size, is_main, n_ctx, non_negative_int, number_in, number_list,
                          own_shard, positive, print0, run_cli)
 from evaluate import evaluate_dataset
-from files import append_line, read_lines, write_json
+from files import append_line, read_lines, write_json, write_lines
 from keypoints import sigma_list
 from losses import total_loss
 from metrics import format_report
@@ -168,14 +168,18 @@ def build_data(args, cfg):
 
 
 def build_train_model(args, cfg, weights, train_set, device, world):
-    """The model (pre-trained weights, --init-from) on the device, and Eq. 10's alphas."""
+    """The model (pre-trained weights, --init-from; None for a resumed run, whose last.pt holds
+    every weight) on the device, and Eq. 10's alphas."""
+    clip_sd, imagenet_sd = weights or (None, None)
     model = build_model(cfg, train_set.keypoint_names, train_set.prompt_texts,
-                        clip_state_dict=weights[0], imagenet_state_dict=weights[1])
-    if args.init_from:
+                        clip_state_dict=clip_sd, imagenet_state_dict=imagenet_sd)
+    if args.init_from and weights is not None:
         init_from(model, args.init_from, partial=args.init_from_partial)
     alpha1, alpha2 = loss_weights(args, model.cfg)
     if model.logit_scale is not None and alpha1 == 0:
         model.logit_scale.requires_grad_(False)  # unused without L_semantic (and DDP insists)
+    if model.pixel_head is not None and alpha2 == 0:
+        model.pixel_head.requires_grad_(False)  # its heatmaps feed L_pixel alone
     model.to(device, memory_format=torch.channels_last)  # NHWC: faster convolutions
     if args.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -204,6 +208,18 @@ def build_schedule(args, model, train_set, device, rank, world):
         len(loader), args.warmup_iters, args.warmup_ratio, args.lr_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     return optimizer, scheduler, scaler, loader, sampler, generator
+
+
+def align_schedule(scheduler, iteration, world):
+    """Put a resumed run's lr schedule at `iteration` = next epoch x iterations per epoch: with
+    another number of processes the run has another number of iterations per epoch, and the
+    schedule's steps are in epochs."""
+    if scheduler.last_epoch != iteration:
+        print0(f"--resume: {world} process(es) make {iteration} iterations up to this epoch, the "
+               f"run had made {scheduler.last_epoch}: the lr schedule continues at {iteration}")
+        scheduler.last_epoch = iteration
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * scheduler.lr_lambdas[0](iteration)
 
 
 def wrap_model(model, args, alphas, device, local_rank, world):
@@ -298,8 +314,9 @@ def validate(run):
             "val_PCK": report["pck"], "val_RMSE_px": report["rmse_px"]}
 
 
-def save_epoch(run, epoch, best_ap, is_best, last):
-    """last.pt every epoch; model-only best.pt on a new best and final.pt after the last epoch.
+def save_epoch(run, epoch, best_ap, is_best, last, record):
+    """Model-only best.pt on a new best and final.pt after the last epoch, the log line, then
+    last.pt, the resume point: a run stopped in between repeats the epoch and rewrites them.
     Data fields are the val set's (what val AP used); --no-flip stores no pairs: no flip test."""
     args, val_set = run.args, run.val_set
     data_info = {"flip_pairs": val_set.flip_pairs if args.flip else [],
@@ -307,11 +324,12 @@ def save_epoch(run, epoch, best_ap, is_best, last):
                  "selected_by": selected_by(val_set)}
     ckpt = make_checkpoint(run.model, data_info, vars(args), epoch, best_ap, run.commit,
                            run.optimizer, run.scheduler, run.scaler)
-    save_checkpoint(os.path.join(args.output_dir, "last.pt"), ckpt)
     if is_best:
         save_checkpoint(os.path.join(args.output_dir, "best.pt"), model_only(ckpt))
     if last:
         save_checkpoint(os.path.join(args.output_dir, "final.pt"), model_only(ckpt))
+    log_epoch(args.output_dir, record)
+    save_checkpoint(os.path.join(args.output_dir, "last.pt"), ckpt)
 
 
 def log_epoch(output_dir, record):
@@ -322,6 +340,16 @@ def log_epoch(output_dir, record):
         plot_training_curves(read_lines(path), os.path.join(output_dir, "curves.png"))
     print0(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in
                     record.items() if not k.startswith("val_") or k in ("val_AP", "val_RMSE_px")))
+
+
+def trim_log(output_dir, start_epoch):
+    """Drop log records of the epochs a resumed run repeats (stopped before their last.pt)."""
+    path = os.path.join(output_dir, "log.jsonl")
+    records = read_lines(path)
+    kept = [r for r in records if r.get("epoch", -1) < start_epoch]
+    if len(kept) < len(records):
+        write_lines(path, kept)
+        print0(f"{path}: dropped the records of epoch(s) >= {start_epoch}, which run again")
 
 
 def selected_by(val_set):
@@ -344,11 +372,10 @@ def fit(run, start_epoch, best_ap):
         run.generator.manual_seed(args.seed + epoch)
         if run.sampler is not None:
             run.sampler.set_epoch(epoch)
+        lr = args.lr * run.scheduler.lr_lambdas[0](run.scheduler.last_epoch)  # at its first step
         with own_shard():
             losses = train_one_epoch(run, epoch)
-        group = run.optimizer.param_groups[0]  # its lr / lr_mult: the schedule's lr
-        record = {"epoch": epoch, **losses, "lr": group["lr"] / group["lr_mult"],
-                  "train_time_s": round(time.time() - t0, 2)}
+        record = {"epoch": epoch, **losses, "lr": lr, "train_time_s": round(time.time() - t0, 2)}
         last = epoch == args.epochs - 1
         if (epoch + 1) % args.eval_interval == 0 or last:
             record.update(validate(run))
@@ -357,8 +384,7 @@ def fit(run, start_epoch, best_ap):
             is_best = value is not None and (best_ap == -1 or (
                 value > best_ap if selected_by(run.val_set) == "val_AP" else value < best_ap))
             best_ap = value if is_best else best_ap
-            save_epoch(run, epoch, best_ap, is_best, last)
-            log_epoch(args.output_dir, record)
+            save_epoch(run, epoch, best_ap, is_best, last, record)
         barrier()
     return best_ap
 
@@ -370,16 +396,24 @@ def main(args):
         args.workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     lock = open_run(args)  # noqa: F841 (held for the life of the run)
     seed_everything(args.seed + rank)  # the model's initialisation
-    cfg = model_config(args)
-    weights = read_weights(args.backbone, args.method, args.clip_weights, args.imagenet_weights,
-                           args.random_init, args.small)  # before any annotation file is read
+    resumed = (load_checkpoint(args.resume, need_training_state=True)
+               if args.resume not in (None, "auto") else None)
+    cfg = resumed["model_config"] if resumed else model_config(args)
+    weights = None if resumed else read_weights(  # before any annotation file is read
+        args.backbone, args.method, args.clip_weights, args.imagenet_weights, args.random_init,
+        args.small)
     train_set, val_set = build_data(args, cfg)
     model, alphas = build_train_model(args, cfg, weights, train_set, device, world)
     optimizer, scheduler, scaler, loader, sampler, generator = build_schedule(
         args, model, train_set, device, rank, world)
     start_epoch, best_ap = 0, -1.0
-    if args.resume not in (None, "auto"):
-        start_epoch, best_ap = resume_state(args.resume, model, optimizer, scheduler, scaler)
+    if resumed:
+        start_epoch, best_ap = resume_state(resumed, args.resume, model, optimizer, scheduler,
+                                            scaler)
+        del resumed
+        align_schedule(scheduler, start_epoch * len(loader), world)
+        if is_main():
+            trim_log(args.output_dir, start_epoch)
     commit = git_commit()
     print0(f"git commit {commit}; {world} process(es) on {device}\n"
            f"{json.dumps(vars(args), indent=1)}")

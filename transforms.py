@@ -9,6 +9,7 @@ Conventions of every function below:
   i has its centre at i and covers [i - 0.5, i + 0.5].
 `TopDownTransform`: a record (image file, box) -> network input and targets, with augmentation.
 """
+import re
 import warnings
 
 import cv2
@@ -171,6 +172,53 @@ def half_body_box(keypoints, labeled, upper_ids, aspect_ratio, rng):
     return pts.mean(0), box_to_center_scale(extent, aspect_ratio, HALF_BODY_PADDING)[1]
 
 
+# the end of a scan's entropy-coded data: a marker, i.e. FF not followed by a stuffed 00, a
+# restart marker RSTn (D0-D7, inside the scan) or a fill byte FF
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_truncated(data):
+    """Whether JPEG bytes `data` (starting with SOI FFD8) end before the main image's end-of-image
+    marker FFD9. Walks the marker segments from the start: a segment with a 2-byte length is
+    skipped whole (an EXIF thumbnail in APP1 too), standalone markers (RSTn, TEM) and fill bytes
+    FF are stepped over, and a start-of-scan's entropy-coded data runs to the next marker (a
+    progressive JPEG has several scans with tables between them). Bytes after the EOI (the video
+    of a phone's motion photo, ...) are ignored. If the walk meets something unexpected, it falls
+    back on a heuristic: no FFD9 after the last start-of-scan FFDA."""
+    n, pos, scans = len(data), 2, 0
+    while True:
+        if pos + 1 >= n:
+            return True                          # ends where a marker must be
+        if data[pos] != 0xFF:
+            break                                # no marker where one must be
+        marker = data[pos + 1]
+        if marker == 0xFF:                       # fill byte
+            pos += 1
+        elif marker == 0xD9:                     # EOI
+            if scans:
+                return False
+            break                                # EOI before any scan
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2                             # RSTn, TEM: no length
+        elif marker < 0xC0 or marker == 0xD8:
+            break                                # reserved, stuffed 00 or a second SOI
+        else:
+            if pos + 4 > n:
+                return True
+            length = data[pos + 2] << 8 | data[pos + 3]
+            if length < 2:
+                break
+            pos += 2 + length
+            if marker == 0xDA:                   # start of scan: entropy-coded data follows
+                scans += 1
+                end = _JPEG_SCAN_END.search(data, pos)
+                if end is None:
+                    return True
+                pos = end.start()
+    sos = data.rfind(b"\xff\xda")
+    return sos < 0 or data.find(b"\xff\xd9", sos) < 0
+
+
 def read_image(path, reduce=1, context="", orientation=True):
     """Decode an image file -> (uint8 BGR (H, W, 3), reduction used). Grey, RGBA (alpha dropped),
     palette and 16-bit images become 8-bit colour. The EXIF orientation is applied, as the
@@ -185,10 +233,7 @@ def read_image(path, reduce=1, context="", orientation=True):
     if not data:
         raise ValueError(f"image file {path} is empty (0 bytes){context}")
     is_jpeg = data[:2] == b"\xff\xd8"
-    # truncated: no end-of-image marker FFD9 after the last start-of-scan FFDA (libjpeg would fill
-    # grey); neither occurs in entropy-coded data, and EXIF thumbnails sit before the main scan
-    sos = data.rfind(b"\xff\xda")
-    if is_jpeg and (sos < 0 or data.find(b"\xff\xd9", sos) < 0):
+    if is_jpeg and _jpeg_truncated(data):   # libjpeg would fill the missing part grey
         raise ValueError(f"truncated JPEG {path}{context}")
     reduce = reduce if is_jpeg else 1
     flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,

@@ -43,9 +43,16 @@ def test_log_lines_are_whole_and_a_torn_tail_is_dropped(tmp_path):
         f.write('{"epoch": 2, "lo')                       # a write cut short by a kill
     with pytest.warns(UserWarning, match="log.jsonl: dropped its torn last line"):
         assert files.read_lines(path) == [{"epoch": 0, "loss": 1.5}, {"epoch": 1, "loss": None}]
+    with pytest.warns(UserWarning, match="log.jsonl: dropped its torn last line"):
+        files.append_line(path, {"epoch": 2})              # the run goes on: the torn tail is cut
+    files.append_line(path, {"epoch": 3})
+    assert files.read_lines(path) == [{"epoch": 0, "loss": 1.5}, {"epoch": 1, "loss": None},
+                                      {"epoch": 2}, {"epoch": 3}]
+    files.write_lines(path, [{"epoch": 0}])
+    assert files.read_lines(path) == [{"epoch": 0}]
     with open(path, "a") as f:
-        f.write('\n{"epoch": 3}\n')
-    with pytest.raises(ValueError, match=r"log\.jsonl: line 3 is not a json record"):
+        f.write('{"epo\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl: line 2 is not a json record"):
         files.read_lines(path)
 
 

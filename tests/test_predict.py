@@ -24,9 +24,24 @@ import export
 import predict
 import video
 import visualize
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from dataset import KeypointDataset
+from keypoints import AP10K_SIGMAS
+from model import build_model, default_config
 from test_evaluate import ENV, ROOT, assert_one_line_error, checkpoint, data, run  # noqa: F401
 
+
+@pytest.fixture(scope="module")
+def baseline(data, tmp_path_factory):
+    """A small random SimpleBaseline (no text side) saved as train.py saves it."""
+    cfg = default_config("imagenet-rn50", "baseline", small=True, image_size=(64, 64))
+    ds = KeypointDataset(data["val"], data["images"], train=False, inputs=cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.keypoint_names, ds.prompt_texts)
+    info = {"flip_pairs": ds.flip_pairs, "skeleton": ds.skeleton, "sigmas": AP10K_SIGMAS}
+    path = str(tmp_path_factory.mktemp("baseline") / "final.pt")
+    save_checkpoint(path, make_checkpoint(model, info, {}, 0, -1.0, "0" * 40))
+    return path
 
 
 def write_clip(path, frames=6, size=(96, 64)):
@@ -101,6 +116,18 @@ def test_box_around_keeps_the_image_and_a_minimum_size():
     # the points coincide: at least a quarter of the reference box on each side
     assert predict.box_around(np.array([[50.0, 50, 1], [50, 50, 1]]), [0, 0, 80, 40], 100, 100) \
         == pytest.approx([40, 45, 20, 10])
+
+
+def test_box_around_keeps_keypoints_outside_the_image_inside():
+    """Sure keypoints in the crop's padding above the image: taken at its edge, so the box has
+    area in the image (it had none: [240, 0, 160, -75]), as when the box is degenerate."""
+    kp = np.array([[300.0, -150, 0.9], [340, -140, 0.8], [320, -120, 0.5]])
+    assert predict.box_around(kp, [0, 0, 640, 480], 640, 480) == pytest.approx([240, 0, 160, 60])
+    for shift in ([-1000, 0, 0], [0, 1000, 0], [1000, 1000, 0]):
+        x, y, w, h = predict.box_around(kp + shift, [100, 100, 160, 160], 640, 480)
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= 640 and y + h <= 480
+    nan = np.array([[np.nan, np.nan, 0.9], [np.nan, np.nan, 0.8]])
+    assert predict.box_around(nan, [100, 100, 160, 160], 640, 480) == [100, 100, 160, 160]
 
 
 # ----------------------------------------------------------------------------- own photos
@@ -178,6 +205,80 @@ def test_photo_and_video_boxes_are_checked(tmp_path, capsys):
                                                             7: [([0.0, 0.0, 10.0, 10.0], 1.0)]}
     assert "2 box(es) for frames outside the frames run (2:8) not used (frames 1..20)" in \
         capsys.readouterr().out
+
+
+def test_photo_boxes_several_animals_in_one_photo(tmp_path):
+    """Several --boxes entries for one photo, by the same name or by others: a box each."""
+    photos = [{"file_name": "a/cat.jpg", "width": 100, "height": 50},
+              {"file_name": "b/dog.jpg", "width": 100, "height": 50}]
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps([
+        {"file_name": "dog.jpg", "bbox": [0, 0, 10, 10]},
+        {"file_name": "dog.jpg", "bbox": [20, 0, 10, 10], "score": 0.5},
+        {"file_name": "b/dog.jpg", "bbox": [1, 1, 5, 5]},
+        {"file_name": "b/dog.jpg", "bbox": [2, 2, 5, 5]},
+        {"file_name": os.path.abspath("b/dog.jpg"), "bbox": [3, 3, 5, 5]}]))
+    assert predict.photo_boxes(str(path), photos) == {1: [
+        ([0.0, 0.0, 10.0, 10.0], 1.0), ([20.0, 0.0, 10.0, 10.0], 0.5),
+        ([1.0, 1.0, 5.0, 5.0], 1.0), ([2.0, 2.0, 5.0, 5.0], 1.0), ([3.0, 3.0, 5.0, 5.0], 1.0)]}
+
+
+def test_photo_boxes_take_the_path_as_listed_before_a_bare_name(tmp_path):
+    """"cat.jpg" as listed is that photo, though "b/cat.jpg" has the same bare name; a bare
+    name that fits two photos and is neither's path is refused."""
+    photos = [{"file_name": "cat.jpg", "width": 100, "height": 50},
+              {"file_name": "b/cat.jpg", "width": 100, "height": 50}]
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps([{"file_name": "cat.jpg", "bbox": [0, 0, 10, 10]},
+                                {"file_name": os.path.abspath("cat.jpg"), "bbox": [1, 1, 5, 5]},
+                                {"file_name": "b/cat.jpg", "bbox": [2, 2, 5, 5]}]))
+    assert predict.photo_boxes(str(path), photos) == {
+        0: [([0.0, 0.0, 10.0, 10.0], 1.0), ([1.0, 1.0, 5.0, 5.0], 1.0)],
+        1: [([2.0, 2.0, 5.0, 5.0], 1.0)]}
+    photos[0]["file_name"] = "a/cat.jpg"                      # "cat.jpg" now only a bare name
+    path.write_text(json.dumps([{"file_name": "cat.jpg", "bbox": [0, 0, 10, 10]}]))
+    with pytest.raises(ValueError, match="several photos; give the path as listed"):
+        predict.photo_boxes(str(path), photos)
+
+
+def test_overlay_names_never_clash():
+    """Two photos sharing a stem get their image id, and where that is a real photo's name
+    (cat_1.jpg), or names differ in letter case only, a number more: one overlay each."""
+    photos = [{"id": i + 1, "file_name": f} for i, f in enumerate(
+        ["a/cat.jpg", "b/cat.jpg", "cat_1.jpg", "cat_1_2.png", "x/Dog.jpg", "y/dog.png", "c.jpg"])]
+    names = predict.overlay_names(photos)
+    assert len({n.lower() for n in names}) == len(names)
+    assert names == [os.path.join("vis", n) for n in (
+        "cat_1_3_pose.png", "cat_2_pose.png", "cat_1_pose.png", "cat_1_2_pose.png",
+        "Dog_5_pose.png", "dog_6_pose.png", "c_pose.png")]
+    photos = [{"id": 1, "file_name": "a/cat.jpg"}, {"id": 2, "file_name": "a/dog.jpg"},
+              {"id": 3, "file_name": "b/cat.jpg"}]                  # as before where none clash
+    assert predict.overlay_names(photos) == [os.path.join("vis", n) for n in (
+        "cat_1_pose.png", "dog_pose.png", "cat_3_pose.png")]
+
+
+def test_a_run_failing_on_its_input_keeps_no_output_dir(checkpoint, data, tmp_path):
+    """Bad --boxes, --images or --video: the output directory is given back (removed), so the
+    next run writes there, not to DIR-2."""
+    photo = os.path.join(data["images"], sorted(os.listdir(data["images"]))[0])
+    json.dump([{"file_name": "none.jpg", "bbox": [0, 0, 9, 9]}], open(tmp_path / "b.json", "w"))
+    os.makedirs(tmp_path / "mine")
+    cases = [(["--images", photo, "--boxes", str(tmp_path / "b.json")], "no such photo"),
+             (["--images", str(tmp_path / "none.jpg")], "neither a file"),
+             (["--video", str(tmp_path / "none.mp4")], "no such file")]
+    for flags, message in cases:
+        for out in (tmp_path / "new" / "deeper" / "out", tmp_path / "mine"):
+            args = evaluate.get_args_parser().parse_args([checkpoint, *flags, "--output-dir",
+                                                          str(out)])
+            with pytest.raises((ValueError, OSError), match=message):
+                evaluate.main(args)
+        assert not (tmp_path / "new" / "deeper" / "out").exists()
+        assert not (tmp_path / "mine").exists()
+    args = evaluate.get_args_parser().parse_args([checkpoint, "--images", photo, "--output-dir",
+                                                  str(tmp_path / "mine")])
+    evaluate.main(args)
+    assert "photo_results.json" in os.listdir(tmp_path / "mine")
+    assert not (tmp_path / "mine-2").exists()
 
 
 # ----------------------------------------------------------------------------- video
@@ -312,11 +413,12 @@ def test_overlay_names_stay_inside_and_keypoints_have_their_colours():
 
 
 # ----------------------------------------------------------------------------- export
-def test_export_matches_evaluate(checkpoint, data, tmp_path):
+@pytest.mark.parametrize("method", ["checkpoint", "baseline"])
+def test_export_matches_evaluate(method, data, tmp_path, request):
     """The exported program, loaded by torch alone in a fresh process, gives evaluate.py's
     keypoints on the synthetic val set (the boxes evaluate.py crops) to 0.01 px, its scores to
-    1e-3 and its AP to 0.01."""
-    ckpt = load_checkpoint(checkpoint)
+    1e-3 and its AP to 0.01: of a PromptPose and of a SimpleBaseline (no prompts to fix)."""
+    ckpt = load_checkpoint(request.getfixturevalue(method))
     program, flip = export.export(ckpt)
     path = tmp_path / "model.pt2"
     export.save(program, export.metadata(ckpt, flip), str(path))

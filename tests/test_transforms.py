@@ -1,7 +1,10 @@
 """transforms.py: affine, flip and heatmap round trips, the MSRA target and Eq. 1's decoding
-against hand-computed values, the box jitter."""
+against hand-computed values, the box jitter; read_image's check for truncated JPEGs."""
+import re
+
 import cv2
 import numpy as np
+import pytest
 
 import keypoints as KP
 import transforms as T
@@ -156,3 +159,128 @@ def test_box_jitter_rate_and_range():
     assert np.abs(rel).max() <= 0.2 and np.abs(rel).min(0).max() < 0.001  # up to +-0.2, uniform
     assert (np.abs(rel) > 0.19).mean() > 0.03 and np.abs(rel.mean(0)).max() < 0.01
     assert 0.095 < np.abs(rel).mean() < 0.105                          # E|U(-0.2, 0.2)| = 0.1
+
+
+# --- read_image: truncated JPEGs are refused, bytes after the end-of-image marker are ignored ---
+
+def jpeg_bytes(*params, shape=(96, 128), seed=0):
+    """A noisy BGR image and its JPEG bytes (cv2.imencode with extra `params`)."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur((rng.random((*shape, 3)) * 255).astype(np.uint8), (0, 0), 1.0)
+    return img, cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90, *params])[1].tobytes()
+
+
+def exif_with_thumbnail(thumbnail, orientation=6):
+    """APP1 segment: EXIF with IFD0 (orientation) and IFD1 holding a JPEG thumbnail, as cameras
+    write them; the thumbnail brings its own SOI, start-of-scan FFDA and EOI FFD9."""
+    import struct
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 26)
+    ifd1 = struct.pack("<H", 3) + struct.pack("<HHIHH", 0x0103, 3, 1, 6, 0)
+    ifd1 += struct.pack("<HHII", 0x0201, 4, 1, 68) + struct.pack("<HHII", 0x0202, 4, 1, len(thumbnail))
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1 + struct.pack("<I", 0)
+    assert len(tiff) == 68
+    payload = b"Exif\x00\x00" + tiff + thumbnail
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def motion_trailer(kind):
+    """Bytes a phone appends after a JPEG's EOI (a motion photo's MP4) that hold a start-of-scan
+    FF DA with no FF D9 after it: the old check (no FFD9 after the last FFDA) refused these."""
+    rng = np.random.default_rng(1)
+    if kind == "mp4":
+        noise = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes().replace(b"\xff\xd9", b"\xff\x00")
+        return b"\x00\x00\x00\x18ftypmp42" + noise + b"\xff\xda" + b"\x11" * 100
+    return b"\x00\x00\x00\x18ftypmp42" + jpeg_bytes(seed=2)[1][:-3000]   # a cut embedded JPEG
+
+
+def old_check_refuses(data):
+    sos = data.rfind(b"\xff\xda")
+    return sos < 0 or data.find(b"\xff\xd9", sos) < 0
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def assert_refused_as_truncated(path):
+    with pytest.raises(ValueError, match=rf"^truncated JPEG {re.escape(str(path))} in ann\.json$"):
+        T.read_image(path, context=" in ann.json")
+
+
+JPEG_KINDS = {"baseline": (), "progressive": (cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
+              "restart": (cv2.IMWRITE_JPEG_RST_INTERVAL, 1)}
+
+
+@pytest.mark.parametrize("kind", JPEG_KINDS)
+@pytest.mark.parametrize("trailer", ["mp4", "jpeg"])
+def test_read_image_ignores_a_motion_photo_trailer_after_the_end_of_image(tmp_path, kind, trailer):
+    _, jpg = jpeg_bytes(*JPEG_KINDS[kind])
+    data = jpg + motion_trailer(trailer)
+    assert old_check_refuses(data) and not old_check_refuses(jpg)
+    expected = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
+    path = write(tmp_path, "x.MP.jpg", data)
+    image, reduce = T.read_image(path)
+    assert reduce == 1 and np.array_equal(image, expected)
+    assert T.read_image(path, 2)[0].shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("kind", JPEG_KINDS)
+def test_read_image_refuses_truncated_jpegs(tmp_path, kind):
+    """Cut in every scan (a progressive JPEG has several, with tables between them), just before
+    each start-of-scan, inside the headers and just before the EOI: all refused."""
+    _, jpg = jpeg_bytes(*JPEG_KINDS[kind])
+    scans = [m.start() for m in re.finditer(b"\xff\xda", jpg)]
+    assert len(scans) > 3 if kind == "progressive" else len(scans) == 1
+    if kind == "restart":
+        assert re.search(b"\xff[\xd0-\xd7]", jpg)
+    cuts = [6, 30, len(jpg) // 2, len(jpg) - 2, len(jpg) - 1]
+    cuts += scans + [s + 20 for s in scans] + [s + 300 for s in scans]
+    for cut in sorted(set(cuts)):
+        assert_refused_as_truncated(write(tmp_path, f"cut{cut}.jpg", jpg[:cut]))
+    assert T.read_image(write(tmp_path, "whole.jpg", jpg))[0].shape == (96, 128, 3)
+
+
+def test_read_image_skips_an_exif_thumbnail_and_applies_the_orientation(tmp_path):
+    """The EXIF thumbnail (its own FFDA ... FFD9 inside APP1) is skipped with its segment: the
+    file decodes, rotated by its EXIF orientation 6; cut in the main scan it is refused although
+    the thumbnail's EOI follows its start-of-scan; with a motion-photo trailer it decodes."""
+    _, jpg = jpeg_bytes()
+    _, thumb = jpeg_bytes(shape=(24, 32), seed=3)
+    data = jpg[:2] + exif_with_thumbnail(thumb) + jpg[2:]
+    assert data.find(b"\xff\xda") < data.find(b"\xff\xd9") < len(thumb) + 200
+    image, _ = T.read_image(write(tmp_path, "exif.jpg", data))
+    stored, _ = T.read_image(tmp_path / "exif.jpg", orientation=False)
+    assert image.shape == (128, 96, 3) and np.array_equal(image, np.rot90(stored, -1))
+    assert np.array_equal(stored, cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR))
+    main_scan = data.rfind(b"\xff\xda")
+    assert_refused_as_truncated(write(tmp_path, "cut.jpg", data[:main_scan + 500]))
+    assert_refused_as_truncated(write(tmp_path, "cut2.jpg", data[:len(data) - 2]))
+    with_trailer = data + motion_trailer("mp4")
+    assert np.array_equal(T.read_image(write(tmp_path, "motion.jpg", with_trailer))[0], image)
+
+
+def test_read_image_decodes_restart_markers_and_fill_bytes(tmp_path):
+    """Restart markers RSTn inside the scan and fill bytes FF before a marker are stepped over
+    (the walk reaches the EOI: a motion-photo trailer after it is ignored)."""
+    _, jpg = jpeg_bytes(cv2.IMWRITE_JPEG_RST_INTERVAL, 1)
+    assert len(re.findall(b"\xff[\xd0-\xd7]", jpg)) > 10
+    expected = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(T.read_image(write(tmp_path, "rst.jpg", jpg))[0], expected)
+    sos = jpg.find(b"\xff\xda")
+    filled = jpg[:sos] + b"\xff\xff\xff" + jpg[sos:-2] + b"\xff\xff\xff\xd9" + motion_trailer("mp4")
+    assert np.array_equal(T.read_image(write(tmp_path, "fill.jpg", filled))[0], expected)
+
+
+def test_read_image_falls_back_on_the_old_check_for_a_malformed_jpeg(tmp_path):
+    """Stray bytes where a marker must be (libjpeg warns and decodes): the walk gives up and the
+    old check (an FFD9 after the last FFDA) decides, so such a file decodes as before; cut in
+    its scan it is still refused."""
+    _, jpg = jpeg_bytes()
+    sos = jpg.find(b"\xff\xda")
+    data = jpg[:sos] + b"\x00\x17" + jpg[sos:]
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert T.read_image(write(tmp_path, "stray.jpg", data))[0].shape == (96, 128, 3)
+    assert_refused_as_truncated(write(tmp_path, "stray_cut.jpg", data[:-500]))
+    assert_refused_as_truncated(write(tmp_path, "no_scan.jpg", jpg[:sos] + b"\xff\xd9"))  # as before
