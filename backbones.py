@@ -359,6 +359,9 @@ def load_imagenet_resnet(path_or_sd):
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
     with torch.device("meta"):  # shapes only, nothing allocated
         expected = build_visual(resnet_config(sd)).state_dict()
+    for k in expected:  # torchvision's classic weights predate BatchNorm's step counter
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = torch.tensor(0)
     problems = [f"missing {k}" for k in expected if k not in sd]
     problems += [f"unexpected {k}" for k in sd if k not in expected]
     problems += [f"{k}: shape {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()

@@ -327,8 +327,8 @@ def place_images(images, image_dir, copy):
 def check_options(out_dir, val_fraction, seed, margin):
     """Refuse flags that would give wrong boxes or splits (NaN fails every comparison) and an
     OUT_DIR that is a file or holds a conversion (an unwritable one fails at makedirs)."""
-    if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"--margin must be a finite number of pixels >= 0, got {margin}")
+    if not (math.isfinite(margin) and margin >= 1):  # a box around one point needs some width
+        raise ValueError(f"--margin must be a finite number of pixels >= 1, got {margin}")
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1) (0: one val frame), got {val_fraction}")
     if seed < 0:
@@ -414,8 +414,8 @@ def print_report(summary, project_dir, out_dir, copy):
           f"--small --random-init --input-size 128 --epochs 150 --warmup-iters 0 --lr-steps 120 "
           f"--lr 2e-3 --batch-size {batch} --output-dir {run}-try")
     print("To train for real (the body part names above become the text prompts) with OpenAI's "
-          "CLIP weights RN50.pt (ViT-B-16.pt with --backbone clip-vitb16; the README gives "
-          "their download URLs):")
+          "CLIP weights RN50.pt (ViT-B-16.pt with --backbone clip-vitb16; the README's "Real data "
+          "and weights" says where to get them):")
     print(f"  torchrun --nproc_per_node=1 train.py {data} --backbone clip-rn50 --clip-weights "
           f"RN50.pt --output-dir {run}" + (f" --batch-size {batch}" if batch < 16 else ""))
 

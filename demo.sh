@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
+command -v "$PY" >/dev/null || PY=python3
 "$PY" -c "import torch, torchvision, cv2, pycocotools, ftfy, regex, tqdm" 2>/dev/null || {
     echo "demo.sh: $PY lacks the requirements; set up first:" >&2
     echo "  python3 -m venv .venv && .venv/bin/pip install -r requirements.txt" >&2
@@ -26,7 +26,7 @@ rm -rf "$OUT/run"   # a fresh run each time (train.py never overwrites one)
     --images "$OUT/data/data" --output-dir "$OUT/run" \
     --backbone clip-rn50 --method promptpose --small --random-init --input-size 128 \
     --epochs 24 --batch-size 32 --workers 2 --lr 2e-3 --warmup-iters 20 --lr-steps 20 \
-    --eval-interval 100
+    --eval-interval 4
 "$PY" evaluate.py "$OUT/run/final.pt" --workers 2 --vis 4 --output-dir "$OUT/run/eval"
 echo "demo finished in $(( $(date +%s) - start )) s; figures in $OUT/run/eval/vis," \
      "training curves in $OUT/run/curves.png"

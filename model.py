@@ -39,7 +39,12 @@ class PromptLearner(nn.Module):
         self.prompt_texts, self.n_ctx = list(prompt_texts), n_ctx
         self.ctx = nn.Parameter(torch.empty(n_ctx, text_encoder.config["width"]))
         nn.init.trunc_normal_(self.ctx, std=ctx_init_std, a=-2 * ctx_init_std, b=2 * ctx_init_std)
-        tokens = tokenize(self.prompt_texts, context_length=text_encoder.context_length - n_ctx)
+        try:
+            tokens = tokenize(self.prompt_texts, context_length=text_encoder.context_length - n_ctx)
+        except ValueError as e:  # tokenize's own advice (truncate=True) is not a flag
+            raise ValueError(f"{str(e).split('; ')[0]}: {text_encoder.context_length} - n_ctx "
+                             f"{n_ctx} positions are left for a prompt text; shorten the text "
+                             f"(the json's keypoint_prompts) or lower --n-ctx") from None
         eot_index = tokens.argmax(dim=-1)  # (K,) in the text-only sequence
         # derived from the texts, so not saved with the weights
         self.register_buffer("text_tokens", tokens[:, :int(eot_index.max()) + 1], persistent=False)  # (K, Lt)

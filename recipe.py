@@ -34,14 +34,16 @@ def backbone_lr_mult(args):
 
 def param_groups(model, lr, weight_decay, backbone_mult):
     """AdamW groups as the authors' optimiser makes them (mmcv's paramwise_cfg takes the first
-    key that is a substring of a name, and 'norm' is the only decay key reached): no weight
-    decay on tensors whose name holds 'norm' (the context decoder's norm1-3), decay on every
-    other; the image encoder (`visual.*`) at lr x backbone_mult; the text encoder is frozen."""
+    key that is a substring of a name): no weight decay on tensors whose name holds 'norm' (the
+    context decoder's norm1-3) and, with a ResNet-50 (whose config also has the key 'bias'),
+    'bias'; decay on every other (ViT-B: the whole image encoder, its 'backbone' key coming
+    first); the image encoder (`visual.*`) at lr x backbone_mult; the text encoder is frozen."""
+    resnet = model.cfg["vision"]["type"] != "clip-vit"
     groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = "norm" in name
+        no_decay = "norm" in name or (resnet and "bias" in name)
         mult = backbone_mult if name.startswith("visual.") else 1.0
         group = groups.setdefault((no_decay, mult), {
             "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * mult,

@@ -110,7 +110,8 @@ def get_args_parser():
     g.add_argument("--backbone-lr-mult", type=number_in(float, 0),
                    help="lr multiplier of the image encoder (default 0.1 ViT-B, else 1)")
     g.add_argument("--weight-decay", type=number_in(float, 0), default=1e-4,
-                   help="AdamW weight decay (not on the context decoder's norms, as the authors)")
+                   help="AdamW weight decay (not on the context decoder's norms, nor on biases "
+                        "with a ResNet-50, as the authors)")
     g.add_argument("--warmup-iters", type=non_negative_int, default=500,
                    help="linear warm-up iterations, from --warmup-ratio x lr")
     g.add_argument("--warmup-ratio", type=number_in(float, 0, 1, above=True), default=0.001,

@@ -460,7 +460,7 @@ def test_bad_flags_and_existing_output(single, tmp_path):
                        (["--val-fraction", "-0.1"], "--val-fraction"),
                        (["--val-fraction", "nan"], "--val-fraction"),
                        (["--val-fraction", "inf"], "--val-fraction"),
-                       (["--margin", "-1"], "--margin"),
+                       (["--margin", "-1"], "--margin"), (["--margin", "0"], "--margin"),
                        (["--margin", "nan"], "--margin"),
                        (["--margin", "inf"], "--margin"),
                        (["--seed", "-1"], "--seed")):

@@ -163,6 +163,17 @@ def test_imagenet_loader_errors(tmp_path, torchvision_rn50):
         load_imagenet_resnet(wrong)
 
 
+def test_imagenet_weights_saved_before_batchnorm_counted_steps_load(torchvision_rn50, tmp_path):
+    """torchvision's classic resnet50 weights (2017) have no `num_batches_tracked` buffers."""
+    sd = torch.load(torchvision_rn50[1], weights_only=True)
+    old = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    assert len(old) < len(sd)
+    torch.save(old, tmp_path / "resnet50-classic.pth", _use_new_zipfile_serialization=False)
+    loaded = load_imagenet_resnet(tmp_path / "resnet50-classic.pth")
+    imagenet_tower(loaded)
+    assert all(torch.equal(loaded[k], v) for k, v in old.items() if not k.startswith("fc."))
+
+
 @pytest.mark.parametrize("backbone, method", [
     ("clip-rn50", "promptpose"), ("clip-rn50", "baseline"), ("clip-vitb16", "promptpose"),
     ("clip-vitb16", "baseline"), ("imagenet-rn50", "baseline")])
@@ -477,6 +488,8 @@ def test_context_vectors_init_std_configurable():
     assert coop.abs().max() <= 0.04 and 0.016 < coop.std().item() < 0.0185  # 0.02 * 0.880
     with pytest.raises(ValueError, match="ctx_init_std"):
         PromptLearner(encoder, ["nose"], n_ctx=4, ctx_init_std=0)
+    with pytest.raises(ValueError, match=r"has 6 tokens .* 77 - n_ctx 73 positions .* --n-ctx"):
+        PromptLearner(encoder, ["the left front paw"], n_ctx=73)
 
 
 def test_autocast_map():

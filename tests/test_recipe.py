@@ -148,17 +148,26 @@ def test_optimiser_groups_carry_the_backbone_lr(built):
         assert all(not p.requires_grad for n, p in model.named_parameters() if n in text)
 
 
-def test_weight_decay_spares_only_the_context_decoder_norms():
-    """The authors' effective set: 'norm' in the name (the context decoder's norm1-3) is not
-    decayed; BatchNorm, positional tables, context vectors, gamma and the temperature are."""
+def test_weight_decay_spares_the_authors_sets():
+    """The authors' effective sets: 'norm' in the name (the context decoder's norm1-3) is not
+    decayed, nor with a ResNet-50 (its config's 'bias' key) any bias; BatchNorm weights,
+    positional tables, context vectors, gamma and the temperature are, and with ViT-B biases."""
     from model import build_model, default_config
-    model = build_model(default_config("clip-rn50", "promptpose", small=True), AP10K_KEYPOINTS,
-                        prompt_texts_for(AP10K_KEYPOINTS))
-    names = {id(p): n for n, p in model.named_parameters()}
-    spared = {names[id(p)] for g in recipe.param_groups(model, 1e-3, 1e-4, 1.0)
-              if g["weight_decay"] == 0 for p in g["params"]}
+
+    def spared_and_names(backbone):
+        model = build_model(default_config(backbone, "promptpose", small=True), AP10K_KEYPOINTS,
+                            prompt_texts_for(AP10K_KEYPOINTS))
+        names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+        return {names[id(p)] for g in recipe.param_groups(model, 1e-3, 1e-4, 1.0)
+                if g["weight_decay"] == 0 for p in g["params"]}, set(names.values())
+
+    spared, names = spared_and_names("clip-vitb16")
     assert spared and all(n.startswith("context_decoder.decoder.") and ".norm" in n for n in spared)
     assert len(spared) == 2 * 3 * 3   # weight and bias of norm1-3 in each of the 3 layers
+    assert "visual.transformer.resblocks.0.ln_1.bias" in names - spared
+    spared, names = spared_and_names("clip-rn50")
+    assert spared == {n for n in names if "norm" in n or "bias" in n}
+    assert {"visual.bn1.bias", "keypoint_head.final_layer.bias"} <= spared
     for decayed in ("visual.bn1.weight", "visual.attnpool.positional_embedding", "logit_scale",
                     "prompt_learner.ctx", "gamma", "context_decoder.memory_proj.0.weight"):
-        assert decayed in names.values() and decayed not in spared
+        assert decayed in names and decayed not in spared
