@@ -414,8 +414,8 @@ def print_report(summary, project_dir, out_dir, copy):
           f"--small --random-init --input-size 128 --epochs 150 --warmup-iters 0 --lr-steps 120 "
           f"--lr 2e-3 --batch-size {batch} --output-dir {run}-try")
     print("To train for real (the body part names above become the text prompts) with OpenAI's "
-          "CLIP weights RN50.pt (ViT-B-16.pt with --backbone clip-vitb16; the README's "Real data "
-          "and weights" says where to get them):")
+          "CLIP weights RN50.pt (ViT-B-16.pt with --backbone clip-vitb16; the README's 'Real data "
+          "and weights' says where to get them):")
     print(f"  torchrun --nproc_per_node=1 train.py {data} --backbone clip-rn50 --clip-weights "
           f"RN50.pt --output-dir {run}" + (f" --batch-size {batch}" if batch < 16 else ""))
 

@@ -597,7 +597,7 @@ def test_printed_commands_run(single, tmp_path):
         assert argv[argv.index("--images") + 1] == str(out / "images")
     assert "--random-init" in try_it and "--clip-weights" not in try_it
     assert real[real.index("--clip-weights") + 1] == "RN50.pt"
-    assert "ViT-B-16.pt" in proc.stdout and "README gives their download URLs" in proc.stdout
+    assert "ViT-B-16.pt" in proc.stdout and "README's 'Real data and weights' says where" in proc.stdout
     # 9 training instances: a batch of 16 would leave train.py nothing to train on
     assert try_it[try_it.index("--batch-size") + 1] == real[real.index("--batch-size") + 1] == "9"
     run = tmp_path / "run"
