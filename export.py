@@ -16,7 +16,8 @@ and W symbolic, checks the graph as it traces it, and loads with torch alone.
 Inside the program, as evaluate.py does it with numpy and OpenCV (transforms.py): the box to
 a crop (clipped, filled to the input's aspect ratio, x1.25, bilinear with a black border as
 cv2.warpAffine), normalised, the model on the crop and its mirror (flip test), Eq. 1 decoding,
-back to the image. The crop samples where OpenCV does, but in float32 where OpenCV rounds to
+back to the image; then, as predict.py clips own photos' and videos' keypoints (evaluate.py
+scores a json's unclipped), x to [0, W - 1] and y to [0, H - 1] of the image. The crop samples where OpenCV does, but in float32 where OpenCV rounds to
 1/32 px: keypoints agree to a small fraction of a pixel, except where two maxima almost tie.
 """
 import argparse
@@ -95,7 +96,8 @@ def decode(heatmaps, center, scale):
 
 class ExportedPose(torch.nn.Module):
     """m(image uint8 (H, W, 3) RGB, boxes float (N, 4) [x, y, w, h]) -> (N, K, 3) [x, y,
-    score] in image pixels: crop, normalisation, flip test and decoding inside."""
+    score] in image pixels, clipped to the image as predict.py: crop, normalisation, flip test
+    and decoding inside."""
 
     def __init__(self, model, image_size, normalize, flip_pairs, flip):
         super().__init__()
@@ -116,7 +118,15 @@ class ExportedPose(torch.nn.Module):
         if self.flip:
             mirrored = self.model(crops.flip(3))["heatmaps"].float()
             heatmaps = 0.5 * (heatmaps + flip_back(mirrored, self.permutation))
-        return decode(heatmaps, center, scale)
+        poses = decode(heatmaps, center, scale)
+        return clip_to_image(poses, image.shape[1], image.shape[0])
+
+
+def clip_to_image(poses, width, height):
+    """predict.find_poses's clipping: x to [0, width - 1], y to [0, height - 1] (a point in the
+    crop's black border goes to the image's edge); width and height symbolic when exported."""
+    x, y = poses[..., 0].clamp(0, width - 1), poses[..., 1].clamp(0, height - 1)
+    return torch.stack([x, y, poses[..., 2]], -1)
 
 
 def metadata(ckpt, flip):
@@ -126,7 +136,8 @@ def metadata(ckpt, flip):
             "skeleton": ckpt["skeleton"], "sigmas": ckpt["sigmas"], "flip_test": flip,
             "input_size": list(cfg["image_size"]), "backbone": cfg["backbone"],
             "method": cfg["method"], "inputs": "image uint8 (H, W, 3) RGB, boxes float32 (N, 4) "
-            "[x, y, w, h] in pixels, N >= 1", "output": "(N, K, 3) x, y, score in image pixels"}
+            "[x, y, w, h] in pixels, N >= 1", "output": "(N, K, 3) x, y, score in image pixels, "
+            "x, y clipped to the image"}
 
 
 def export(ckpt, flip=True, device="cpu"):

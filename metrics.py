@@ -222,6 +222,8 @@ def keypoint_accuracy(results, coco, names, pck_threshold, pixel_thresholds=(), 
 GT_BOXES = "the json's (a converted DeepLabCut project's: the labels' extent + margin)"
 FULL_FRAME = ("each image searched as an own photo without --boxes, the pose matched to the "
               "nearest instance of its image by mean keypoint distance")
+NO_PIXEL_ERRORS = ("No pixel errors: they need ground-truth boxes (a detected box, --det-boxes, "
+                   "belongs to no labeled instance to measure against)")
 
 
 def report_columns(report):
@@ -237,8 +239,17 @@ def report_columns(report):
     return columns
 
 
+def has_pixel_errors(report):
+    """Whether a column of the report has pixel errors (none when every box is a detection:
+    keypoint_accuracy gives None then)."""
+    return any(c[1]["rmse_px"] is not None for c in report_columns(report))
+
+
 def pixel_lines(report, detail):
-    """The pixel errors of every column side by side; with detail per body part too."""
+    """The pixel errors of every column side by side; with detail per body part too. None to
+    show (detected boxes): one line that says they need ground-truth boxes."""
+    if not has_pixel_errors(report):
+        return [NO_PIXEL_ERRORS]
     columns, cut = report_columns(report), f"p >= {report['pcutoff']:g}"
     rows = [("RMSE px", "rmse_px", 2), ("mean error px", "mean_error_px", 2)]
     rows += [(f"PCK@{t:g} px", f"pck_{t:g}px", 3) for t in report["pck_pixels"]]
@@ -270,12 +281,16 @@ def format_report(report, detail=True):
     """The report as markdown tables. With OKS sigmas (AP-10K): AP/AR, PCK and pixel error; with
     detail also per keypoint, per species and per family (worst first), and the pixel table when
     there is more than one column (full frame, train). Without sigmas (a DeepLabCut project): the
-    pixel table first, then AP, marked as resting on a placeholder; without detail one line."""
+    pixel table first (detected boxes: a line that they have none), then AP, marked as resting
+    on a placeholder; without detail one line."""
     stats = report["stats"]
     table = ["| " + " | ".join(STAT_NAMES[:6]) + " |", "|" + "---|" * 6,
              "| " + " | ".join(f"{stats[k]:.3f}" for k in STAT_NAMES[:6]) + " |"]
     counts = (f"{report['instances']} instances, {report['nms_removed']} removed by OKS-NMS at "
               f"{OKS_NMS_THRESHOLD}; {report['skipped']}")
+    pixels = has_pixel_errors(report)
+    if not report["sigmas_given"] and not detail and not pixels:
+        return f"{NO_PIXEL_ERRORS}; AP {stats['AP']:.3f} on a placeholder OKS sigma"
     if not report["sigmas_given"] and not detail:  # one line in a training log
         pck = [f"PCK@{t:g} px {report[f'pck_{t:g}px']:.3f}" for t in report["pck_pixels"]]
         return (f"RMSE {report['rmse_px']:.2f} px, mean error {report['mean_error_px']:.2f} px, "
@@ -284,7 +299,8 @@ def format_report(report, detail=True):
     if not report["sigmas_given"]:
         return "\n".join(pixel_lines(report, detail) + [
             "", "AP on a placeholder OKS sigma (the data gives none; --sigmas or the json's "
-            "'sigmas' make it meaningful): compare runs on the pixel errors above", *table, counts])
+            "'sigmas' make it meaningful)" + (": compare runs on the pixel errors above" if
+            pixels else ""), *table, counts])
     lines = table + ([f"PCK@{report['pck_threshold']:g} {report['pck']:.3f}, RMSE "
                       f"{report['rmse_px']:.2f} px, mean error {report['mean_error_px']:.2f} px "
                       f"(ground-truth boxes, labeled keypoints)"] if report["pck"] is not None

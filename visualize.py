@@ -121,11 +121,13 @@ def draw_label(image, text, point, offset, font, taken):
 
 def draw_pose(image, keypoints, skeleton, sides, threshold, ground_truth=False, names=None):
     """Draw one pose in place. keypoints (K, 3): [x, y, score] of a prediction (drawn where
-    score > threshold: limbs in the side colours, dots in keypoint_colours, `names` beside
-    them), or [x, y, v] of ground truth (drawn where v > 0: thin white limbs and rings)."""
+    score >= threshold, as the p-cutoff metrics keep it: limbs in the side colours, dots in
+    keypoint_colours, `names` beside them), or [x, y, v] of ground truth (drawn where v > 0:
+    thin white limbs and rings)."""
     thick, radius, font = style_for(image)
     kp = np.asarray(keypoints, np.float64)
-    shown = (kp[:, 2] > (0 if ground_truth else threshold)) & np.isfinite(kp[:, :2]).all(1)
+    shown = ((kp[:, 2] > 0) if ground_truth else (kp[:, 2] >= threshold)) \
+        & np.isfinite(kp[:, :2]).all(1)                    # a NaN score or position: not drawn
     point = [(int(round(x)), int(round(y))) for x, y in np.nan_to_num(kp[:, :2]).clip(-1e5, 1e5)]
     colours = keypoint_colours(sides)
     for a, b in skeleton:
@@ -349,8 +351,11 @@ def similarity_figure(similarity, names, visible, cell=26):
         column = vertical_text(names[i], font)
         paste(body, column[-top:], x + (cell - column.shape[1]) // 2,
               max(0, top - column.shape[0] - 4))
-    x_title = np.full((24, body.shape[1], 3), 255, np.uint8)
-    put_text(x_title, "prompt embedding E_n (columns)", (left, 5), 0.45)
+    x_text = "prompt embedding E_n (columns)"
+    width = max(body.shape[1], left + text_size(x_text, 0.45)[0] + 6)   # few keypoints: the title
+    body = np.pad(body, ((0, 0), (0, width - body.shape[1]), (0, 0)), constant_values=255)
+    x_title = np.full((24, width, 3), 255, np.uint8)
+    put_text(x_title, x_text, (left, 5), 0.45)
     figure = side_by_side(np.concatenate([body, x_title]),
                           colour_bar(body.shape[0], lo, hi, "cosine similarity M_kn"))
     notes = ["outlined: the matching pair (diagonal); a good model is brightest there"]

@@ -446,6 +446,31 @@ def test_no_sigmas_reported_in_pixels_with_train_and_full_frame(no_sigmas, tmp_p
     assert "\n" not in line and line.startswith("RMSE ") and "placeholder" in line
 
 
+def test_det_boxes_without_sigmas_report_no_pixel_table(no_sigmas, data, tmp_path):
+    """Detected boxes on data without OKS sigmas (a DeepLabCut project, where the pixel errors
+    lead): no box belongs to an instance, so there are no pixel errors; the report says in one
+    line that they need ground-truth boxes instead of a table of '-' headed "ground-truth
+    boxes", and AP follows without pointing to pixel errors "above"; in a log, one line."""
+    ckpt = load_checkpoint(no_sigmas["checkpoint"])
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+             "score": 0.8} for a in json.load(open(no_sigmas["val"]))["annotations"]]
+    json.dump(dets, open(tmp_path / "dets.json", "w"))
+    with pytest.warns(UserWarning, match="unknown keypoint set"):
+        dataset = evaluate.evaluation_dataset(ckpt, no_sigmas["val"], data["images"], None,
+                                              str(tmp_path / "dets.json"))
+    _, report = evaluate.evaluate_dataset(model_from_checkpoint(ckpt), dataset, batch_size=8,
+                                          workers=0, flip=False, amp="none",
+                                          device=torch.device("cpu"))
+    assert not report["sigmas_given"] and report["rmse_px"] is None
+    text = evaluate.format_report(report)
+    assert "| ground-truth boxes |" not in text and "RMSE px" not in text
+    assert "| - |" not in text and "pixel errors above" not in text
+    assert text.index("need ground-truth boxes") < text.index("| AP |")
+    assert "placeholder OKS sigma" in text
+    line = evaluate.format_report(report, detail=False)
+    assert "\n" not in line and "need ground-truth boxes" in line and "placeholder" in line
+
+
 def test_flag_combinations_refused_with_one_line():
     for flags, message in ((["--train-too", "--ann", "a.json"], "leave out --ann"),
                            (["--full-frame", "--det-boxes", "d.json"], "leave out --det-boxes"),

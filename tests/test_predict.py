@@ -28,7 +28,10 @@ from checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from dataset import KeypointDataset
 from keypoints import AP10K_SIGMAS
 from model import build_model, default_config
-from test_evaluate import ENV, ROOT, assert_one_line_error, checkpoint, data, run  # noqa: F401
+import test_evaluate
+from test_evaluate import ENV, ROOT, assert_one_line_error, run
+
+checkpoint, data = test_evaluate.checkpoint, test_evaluate.data  # its fixtures, shared
 
 
 @pytest.fixture(scope="module")
@@ -412,12 +415,42 @@ def test_overlay_names_stay_inside_and_keypoints_have_their_colours():
     assert drawn[58, 78].any() and not drawn[0:5, 0:5].any()  # the others drawn, it and its limb not
 
 
+def test_a_keypoint_scored_at_the_cutoff_is_drawn():
+    """draw_pose keeps a keypoint scoring at least the threshold, as the p-cutoff metrics and
+    the trajectory figure keep it (README: keypoints scoring below --pcutoff are not drawn);
+    one just below it, or with a NaN score, is not drawn."""
+    pose = np.array([[10.0, 10, 0.4], [40, 10, np.nextafter(0.4, 0)], [70, 10, np.nan]])
+    drawn = visualize.draw_pose(np.zeros((30, 80, 3), np.uint8), pose, [[0, 1], [1, 2]],
+                                ["centre"] * 3, 0.4)
+    assert drawn[10, 10].any() and not drawn[:, 30:].any()
+    kept = metrics.pcutoff_errors(pose[None, :, :2], pose[None, :, :2], np.ones((1, 3), bool),
+                                  pose[None, :, 2], 0.4)[1]
+    assert kept.tolist() == [1, 0, 0]                          # the metrics keep the same one
+
+
+def test_similarity_figure_shows_the_whole_column_title():
+    """Fig. 2 with few keypoints: the x-axis title is drawn whole (its strip and the figure as
+    wide as the text), not cut at the matrix's width ("prompt embeddin" with 4 keypoints)."""
+    text = "prompt embedding E_n (columns)"
+    w, h = visualize.text_size(text, 0.45)
+    template = np.full((h + 8, w + 12, 3), 255, np.uint8)     # the title and a white margin
+    visualize.put_text(template, text, (6, 5), 0.45)
+    rng = np.random.default_rng(0)
+    for K in (1, 2, 4, 17):
+        figure = visualize.similarity_figure(rng.uniform(-1, 1, (K, K)),
+                                             [f"kp{k}" for k in range(K)], np.ones(K, bool))
+        found = cv2.matchTemplate(figure, template, cv2.TM_SQDIFF)
+        y, x = np.unravel_index(found.argmin(), found.shape)
+        assert (figure[y:y + template.shape[0], x:x + template.shape[1]] == template).all(), K
+
+
 # ----------------------------------------------------------------------------- export
 @pytest.mark.parametrize("method", ["checkpoint", "baseline"])
 def test_export_matches_evaluate(method, data, tmp_path, request):
     """The exported program, loaded by torch alone in a fresh process, gives evaluate.py's
-    keypoints on the synthetic val set (the boxes evaluate.py crops) to 0.01 px, its scores to
-    1e-3 and its AP to 0.01: of a PromptPose and of a SimpleBaseline (no prompts to fix)."""
+    keypoints on the synthetic val set (the boxes evaluate.py crops) to 0.01 px once clipped
+    to the image (as the program and predict.py clip them), its scores to 1e-3 and its AP to
+    0.01: of a PromptPose and of a SimpleBaseline (no prompts to fix)."""
     ckpt = load_checkpoint(request.getfixturevalue(method))
     program, flip = export.export(ckpt)
     path = tmp_path / "model.pt2"
@@ -443,6 +476,8 @@ def test_export_matches_evaluate(method, data, tmp_path, request):
                                            amp="none", device=torch.device("cpu"))
     ours = np.array(exported)                                                  # (N, K, 3)
     theirs = np.array([np.reshape(r["keypoints"], (-1, 3)) for r in predictions])
+    limits = [[r["image_width"] - 1, r["image_height"] - 1] for r in dataset.records]
+    theirs[..., :2] = theirs[..., :2].clip(0, np.array(limits)[:, None])    # as predict.py
     assert np.abs(ours[..., :2] - theirs[..., :2]).max() < 0.01
     assert np.abs(ours[..., 2] - theirs[..., 2]).max() < 1e-3
     mine = [dict(r, keypoints=k.ravel().tolist(), score=float(predict.instance_scores(
@@ -450,6 +485,35 @@ def test_export_matches_evaluate(method, data, tmp_path, request):
     ap = [metrics.coco_keypoint_eval(dataset.coco, metrics.nms_per_image(p, dataset.sigmas),
                                       dataset.sigmas)[0]["AP"] for p in (predictions, mine)]
     assert abs(ap[0] - ap[1]) <= 0.01, ap
+
+
+def test_exported_keypoints_are_clipped_to_the_image(checkpoint, data, tmp_path):
+    """As predict.py clips the own photos' and videos' keypoints (x to [0, W - 1], y to
+    [0, H - 1]), the exported program (saved and loaded back) clips them, at any image size:
+    thin boxes along the edges, whose crops lie mostly outside the image, give the photos'
+    keypoints."""
+    ckpt = load_checkpoint(checkpoint)
+    program, flip = export.export(ckpt)
+    export.save(program, export.metadata(ckpt, flip), str(tmp_path / "model.pt2"))
+    module = torch.export.load(str(tmp_path / "model.pt2")).module()
+    dataset = evaluate.evaluation_dataset(ckpt, data["val"], data["images"], None)
+    photo = cv2.imread(dataset.records[0]["path"])
+    model = predict.prepare_model(ckpt, torch.device("cpu"), False)
+    predictor = predict.Predictor.from_checkpoint(model, ckpt, flip, "none",
+                                                  torch.device("cpu"), 8)
+    for image in (photo, np.ascontiguousarray(photo[:photo.shape[0] * 2 // 3,
+                                                    :photo.shape[1] // 2])):
+        H, W = image.shape[:2]
+        boxes = [[0, 0, W, 2], [0, H - 2, W, 2], [0, 0, 2, H], [W - 2, 0, 2, H]]
+        raw = predictor.keypoints([image] * len(boxes), boxes)[..., :2]
+        assert ((raw < 0) | (raw > [W - 1, H - 1])).any()     # unclipped, some lie outside
+        poses = predict.find_poses(predictor, [image], [[(b, 1.0) for b in boxes]])[0]
+        want = np.array([p["keypoints"] for p in poses])
+        got = module(torch.from_numpy(image[..., ::-1].copy()),
+                     torch.tensor(boxes, dtype=torch.float32)).numpy()
+        assert (got[..., :2] >= 0).all() and (got[..., :2] <= [W - 1, H - 1]).all()
+        assert np.abs(got[..., :2] - want[..., :2]).max() < 0.01
+        assert np.abs(got[..., 2] - want[..., 2]).max() < 1e-3
 
 
 def test_exported_decoding_is_eq1_of_transforms():
