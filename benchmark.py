@@ -15,6 +15,7 @@ FLOPs: FlopCounterMode on an extra eager call (matmuls, convolutions, attention;
 work)."""
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -401,6 +402,10 @@ def main(args):
     sections = [s for s in args.sections.split(",") if s]
     if not sections or set(sections) - set(SECTIONS):
         raise ValueError(f"--sections {args.sections}: choose from {','.join(SECTIONS)}")
+    if "backbones" in sections and importlib.util.find_spec("open_clip") is None:
+        raise ValueError("the backbones section compares with open_clip: pip install -r "
+                         "requirements-dev.txt, or leave it out (--sections "
+                         f"{','.join(s for s in SECTIONS if s != 'backbones')})")
     started, blocks, header = time.time(), [], describe_run(args, device)
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,8 @@ AP, PCK and pixel errors, and for a tracking user (a DeepLabCut project) PCK at 
 the error "with p-cutoff" and the matching of a found pose to its instance; the report's tables."""
 import contextlib
 import io
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 
 import numpy as np
 from pycocotools.cocoeval import COCOeval
@@ -69,6 +70,14 @@ def coco_keypoint_eval(coco_gt, results, sigmas):
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    scored = Counter(a["image_id"] for a in coco_gt.dataset["annotations"]
+                     if a["num_keypoints"] > 0 and not a["iscrowd"])
+    crowded = [n for n in scored.values() if n > ev.params.maxDets[-1]]
+    if crowded:
+        warnings.warn(f"{len(crowded)} image(s) hold more than {ev.params.maxDets[-1]} scored "
+                      f"instances (up to {max(crowded)}): COCO keypoint AP takes at most "
+                      f"{ev.params.maxDets[-1]} predictions an image (pycocotools, as mmpose), so "
+                      f"AP stays below 1.0 there; the pixel errors and PCK count every instance")
     stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
     precision = ev.eval["precision"]            # (T thresholds, R recalls, C cats, A areas, M dets)
     per_category = {}
@@ -82,7 +91,9 @@ def group_table(coco_gt, per_category):
     """Per-species and per-family (supercategory) AP, as AP-10K reports them: a family's AP
     is the mean over its species, like pycocotools averages over categories."""
     cats = coco_gt.loadCats(coco_gt.getCatIds())
-    counts = {c["id"]: len(coco_gt.getAnnIds(catIds=[c["id"]], iscrowd=False)) for c in cats}
+    counts = {c["id"]: sum(a["num_keypoints"] > 0 and not a["iscrowd"]  # what COCOeval scores
+                           for a in coco_gt.loadAnns(coco_gt.getAnnIds(catIds=[c["id"]])))
+              for c in cats}
     species = [(c["name"], c.get("supercategory", ""), counts[c["id"]], per_category[c["id"]])
                for c in cats if counts[c["id"]] > 0]
     families = {}

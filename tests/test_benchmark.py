@@ -87,6 +87,19 @@ def test_unknown_section_is_one_line_error(tmp_path):
     assert run.stderr.strip().splitlines()[-1].startswith("error: --sections train,bogus")
 
 
+def test_without_open_clip_the_backbones_section_is_refused_before_any_work(tmp_path):
+    """open_clip comes with requirements-dev.txt: without it the run stops at once, not after
+    section 1's minutes, and says what to install or leave out."""
+    code = (f"import sys, runpy; sys.path.insert(0, {ROOT!r}); sys.modules['open_clip'] = None; "
+            f"sys.argv = ['benchmark.py', '--quick', '--sections', 'train,backbones']; "
+            f"runpy.run_path({os.path.join(ROOT, 'benchmark.py')!r}, run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "| measurement" not in run.stdout
+    line = run.stderr.strip().splitlines()[-1]
+    assert "requirements-dev.txt" in line and "--sections train,text,data,eval,memory,video" in line
+
+
 def test_write_results_replaces_only_its_block(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nnotes written by a person\n")

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import evaluate
 import metrics
+from annotations import index_coco
 import predict
 import visualize
 from checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
@@ -551,3 +552,23 @@ def test_paper_figures_and_curves(tmp_path):
     assert os.listdir(tmp_path) == ["curves.png"]                          # no temporary left
     with pytest.raises(ValueError, match="no loss or metric"):
         visualize.plot_training_curves([{"epoch": 0}], str(tmp_path / "x.png"))
+
+
+def test_species_counts_and_crowded_images_are_what_cocoeval_scores():
+    """The per-species 'instances' count what COCOeval scores (not num_keypoints 0, not crowd);
+    an image with more than 20 scored instances (pycocotools' maxDets) is warned about."""
+    K = len(AP10K_SIGMAS)
+    kps = [v for k in range(K) for v in (10.0 + 3 * k, 20.0 + 2 * k, 2)]
+    ann = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 80, 60], "area": 4800.0, "iscrowd": 0,
+           "num_keypoints": K, "keypoints": kps}
+    anns = [dict(ann, id=i + 1) for i in range(21)] + [dict(ann, id=30, num_keypoints=0),
+                                                       dict(ann, id=31, iscrowd=1)]
+    coco = index_coco({"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+                       "annotations": anns, "categories": [{"id": 1, "name": "dog",
+                                                           "supercategory": "Canidae"}]})
+    results = [{"image_id": 1, "category_id": 1, "keypoints": kps, "score": 1.0}] * 21
+    with pytest.warns(UserWarning, match=r"1 image\(s\) hold more than 20 scored instances \(up to 21\)"):
+        stats, per_category = metrics.coco_keypoint_eval(coco, results, AP10K_SIGMAS)
+    assert stats["AP"] < 1.0
+    species, families = metrics.group_table(coco, per_category)
+    assert species[0][2] == 21 and families[0][1] == 21
