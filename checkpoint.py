@@ -27,7 +27,6 @@ old file or the new one, never a torn one). Its fields, written down once here:
     optimizer, scheduler, scaler    full checkpoints only
 """
 import argparse
-import errno
 import fcntl
 import glob
 import os
@@ -94,8 +93,8 @@ def save_checkpoint(path, ckpt):
             torch.save(ckpt, f)
     except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError
         reason = getattr(e, "strerror", None) or "disk full or a file size limit?"
-        raise OSError(getattr(e, "errno", None) or errno.EIO, f"could not write checkpoint {path} "
-                      f"({reason}); the previous one is intact: free space, then --resume") from e
+        raise OSError(f"could not write checkpoint {path} ({reason}); the previous one, if any, "
+                      f"is intact: free space, then --resume auto") from e
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a Ctrl-C held back lands now
 

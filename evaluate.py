@@ -374,7 +374,7 @@ def main(args):
         os.path.dirname(os.path.abspath(args.checkpoint)), "eval"))
     try:
         report = run_mode(mode, model, ckpt, args, flip, device, rank, world, out_dir)
-    except Exception:  # bad --boxes, --images, --video, ...; not Ctrl-C (no Exception)
+    except BaseException:  # bad --boxes, --images, --video, ...; Ctrl-C, SIGTERM of a video run
         if rank == 0:
             release(out_dir)
         raise

@@ -236,7 +236,7 @@ class LabelledVideo:
                                      (width, height))
         if not self.video.isOpened():
             raise OSError(f"cannot write {path} (no mp4v encoder in this OpenCV?)")
-        self.queue, self.error = queue.Queue(64), None
+        self.queue, self.error, self.written = queue.Queue(64), None, 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -245,6 +245,7 @@ class LabelledVideo:
             if self.error is None:  # after an error keep draining, so that put never blocks
                 try:
                     self.video.write(self.draw(*item))
+                    self.written += 1
                 except BaseException as e:
                     self.error = e
 
@@ -254,7 +255,8 @@ class LabelledVideo:
         self.queue.put((frame, poses))
 
     def finish(self, ok):
-        """Wait for the last frames; keep the video (ok) or remove it (a failed run)."""
+        """Wait for the last frames; keep the video (ok, and all its frames read back: OpenCV's
+        writer says nothing of a full disk or a file size limit) or remove it (a failed run)."""
         try:
             self.queue.put(None)
             self.thread.join()
@@ -265,10 +267,21 @@ class LabelledVideo:
             raise
         finally:
             self.video.release()
-            if ok:
+            complete = ok and frame_count(self.tmp) == self.written
+            if complete:
                 os.replace(self.tmp, self.path)
             elif os.path.exists(self.tmp):
                 os.remove(self.tmp)
+        if ok and not complete:
+            raise OSError(f"cannot write {self.path} (disk full or a file size limit?)")
+
+
+def frame_count(path):
+    """The frames a video file states it holds (-1: OpenCV cannot open it)."""
+    capture = cv2.VideoCapture(path)
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else -1
+    capture.release()
+    return count
 
 
 def pose_frames(predictor, capture, span, given, mode, writer):

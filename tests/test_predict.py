@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import textwrap
 import sys
 import time
 
@@ -359,7 +360,27 @@ def test_a_stopped_video_run_leaves_nothing_half_written(checkpoint, tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in stdout, (stdout, stderr)
     assert "Traceback" not in stderr, stderr
-    assert os.listdir(out) == [".evaluation"]
+    assert not out.exists()  # nothing written: the output directory is given back
+
+
+def test_a_video_cut_by_a_file_size_limit_is_an_error_not_a_result(checkpoint, tmp_path):
+    """OpenCV's writer says nothing of a full disk: the labelled video is read back before it is
+    kept, so a truncated one is one line naming it, never a broken file reported as written."""
+    clip, out = tmp_path / "clip.mp4", tmp_path / "out"
+    write_clip(clip, frames=400, size=(320, 240))
+    limit = textwrap.dedent(f"""
+        import resource, runpy, sys
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+        sys.argv = {["evaluate.py", checkpoint, "--video", str(clip), "--whole-frame",
+                     "--output-dir", str(out)]!r}
+        runpy.run_path({os.path.join(ROOT, "evaluate.py")!r}, run_name="__main__")
+    """)
+    proc = subprocess.run([sys.executable, "-c", limit], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write {out / 'clip_pose.mp4'} (disk full or a file size limit?)")
+    assert not out.exists()  # no half-written video, no temporary file: the directory given back
 
 
 def test_video_bad_input_gives_one_line(checkpoint, tmp_path):
