@@ -191,9 +191,8 @@ class KeypointDataset(Dataset):
                 self.transform.aspect_ratio)
         keep = set(self.few_shot_image_ids) if self.few_shot_image_ids is not None else None
         records, skipped, clipped, unpredictable = ground_truth_records(*args, self.train, keep)
-        removed = (set(unpredictable) if boxes is None else set()) | {  # detections crop any
-            a["id"] for a in self.coco.dataset["annotations"]
-            if a["category_id"] not in self.keypoint_category_ids}
+        removed = set(unpredictable) | {a["id"] for a in self.coco.dataset["annotations"]
+                                        if a["category_id"] not in self.keypoint_category_ids}
         if removed and not self.train:   # the scored ground truth = what can be predicted
             self.coco = index_coco(dict(self.coco.dataset, annotations=[
                 a for a in self.coco.dataset["annotations"] if a["id"] not in removed]))

@@ -754,14 +754,6 @@ def test_dataset_with_detected_boxes(tmp_path):
         D.KeypointDataset(ann_file, img_dir, train=True, boxes=dets)
     with pytest.raises(ValueError, match=r"boxes\[0\]: category_id 18 is not a keypoint category"):
         D.KeypointDataset(ann_file, img_dir, train=False, boxes=[dict(dets[0], category_id=18)])
-    # an instance its own box cannot crop (0.9 px wide) is removed from the scored ground truth
-    # on ground-truth boxes, but a detection can find it: with detections it stays scored
-    kps = keypoints_for((10, 10, 60, 40), np.random.default_rng(9))
-    thin = [annotation(11, 1, (10, 10, 60, 40), kps), annotation(12, 1, (50, 20, 0.9, 30), kps,
-                                                                 area=27.0)]
-    ann_file, img_dir = simple_json(tmp_path / "thin", anns=thin)
-    assert sorted(D.KeypointDataset(ann_file, img_dir, train=False).coco.anns) == [11]
-    assert sorted(D.KeypointDataset(ann_file, img_dir, train=False, boxes=dets).coco.anns) == [11, 12]
 
 
 # ---------------------------------------------------------------- few-shot
