@@ -20,7 +20,6 @@ sigmas (a DeepLabCut project) is reported in a tracking user's terms first (pixe
 ground-truth boxes and on the full frame: format_report), AP after.
 """
 import argparse
-import contextlib
 import os
 import time
 from collections import defaultdict
@@ -37,7 +36,7 @@ from diagnostics import branch_diagnostics, format_branch_diagnostics
 from distributed import (HelpFormatter, all_gather_list, cleanup, finite_float, init_distributed,
                          non_negative_int, number_list, on_rank0, own_shard, positive, print0,
                          run_cli)
-from files import claim_output_dir, write_json
+from files import claim_output_dir, release_output_dir, write_json
 from keypoints import sigma_list
 from metrics import (FULL_FRAME, GT_BOXES, coco_keypoint_eval, format_report, group_table,
                      keypoint_accuracy, match_instances, nms_per_image)
@@ -342,18 +341,6 @@ def settings_from_run(args, ckpt):
     return flip
 
 
-def release(out_dir):
-    """A run that failed before writing any output (an empty vis/ at most) gives its output
-    directory back: the .evaluation marker and the directory removed, so the next run writes
-    there (--output-dir skips only a directory holding outputs)."""
-    with contextlib.suppress(OSError):
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(out_dir, "vis"))  # made by run_photos; removed only if empty
-        if os.listdir(out_dir) == [".evaluation"]:
-            os.remove(os.path.join(out_dir, ".evaluation"))
-            os.rmdir(out_dir)
-
-
 def run_mode(mode, model, ckpt, args, flip, device, rank, world, out_dir):
     if mode == "dataset":
         return run_dataset(model, ckpt, args, flip, device, rank, world, out_dir)
@@ -376,7 +363,7 @@ def main(args):
         report = run_mode(mode, model, ckpt, args, flip, device, rank, world, out_dir)
     except BaseException:  # bad --boxes, --images, --video, ...; Ctrl-C, SIGTERM of a video run
         if rank == 0:
-            release(out_dir)
+            release_output_dir(out_dir)
         raise
     cleanup()
     return report

@@ -17,8 +17,9 @@ Inside the program, as evaluate.py does it with numpy and OpenCV (transforms.py)
 a crop (clipped, filled to the input's aspect ratio, x1.25, bilinear with a black border as
 cv2.warpAffine), normalised, the model on the crop and its mirror (flip test), Eq. 1 decoding,
 back to the image; then, as predict.py clips own photos' and videos' keypoints (evaluate.py
-scores a json's unclipped), x to [0, W - 1] and y to [0, H - 1] of the image. The crop samples where OpenCV does, but in float32 where OpenCV rounds to
-1/32 px: keypoints agree to a small fraction of a pixel, except where two maxima almost tie.
+scores a json's unclipped), x to [0, W - 1] and y to [0, H - 1] of the image. The crop samples
+where OpenCV does, but in float32 where OpenCV rounds to 1/32 px: keypoints agree to a small
+fraction of a pixel, except where two maxima almost tie.
 """
 import argparse
 import json

@@ -185,3 +185,15 @@ def claim_output_dir(base):
         except OSError as e:
             raise OSError(f"cannot create the output directory {path} ({e.strerror}); "
                           f"choose another --output-dir") from None
+
+
+def release_output_dir(out_dir):
+    """A run that failed before writing any output (an empty vis/ at most) gives its output
+    directory back: the .evaluation marker and the directory removed, so the next run writes
+    there (claim_output_dir skips only a directory holding outputs)."""
+    with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(out_dir, "vis"))  # made by run_photos; removed only if empty
+        if os.listdir(out_dir) == [".evaluation"]:
+            os.remove(os.path.join(out_dir, ".evaluation"))
+            os.rmdir(out_dir)

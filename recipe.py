@@ -81,3 +81,15 @@ def check_schedule(epochs, iters_per_epoch, warmup_iters, lr_steps):
                         f"set --lr-steps")
     if problems:
         print0("warning: " + "; ".join(problems) + " (the README gives a small-data recipe)")
+
+
+def align_schedule(scheduler, iteration, world):
+    """Put a resumed run's lr schedule at `iteration` = next epoch x iterations per epoch: with
+    another number of processes the run has another number of iterations per epoch, and the
+    schedule's steps are in epochs."""
+    if scheduler.last_epoch != iteration:
+        print0(f"--resume: {world} process(es) make {iteration} iterations up to this epoch, the "
+               f"run had made {scheduler.last_epoch}: the lr schedule continues at {iteration}")
+        scheduler.last_epoch = iteration
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * scheduler.lr_lambdas[0](iteration)

@@ -36,7 +36,8 @@ from losses import total_loss
 from metrics import format_report
 from model import (AMP_DTYPES, BACKBONES, METHODS, autocast, build_model, default_config,
                    read_weights)
-from recipe import backbone_lr_mult, build_optimizer, check_schedule, loss_weights, lr_factor
+from recipe import (align_schedule, backbone_lr_mult, build_optimizer, check_schedule,
+                    loss_weights, lr_factor)
 from visualize import plot_training_curves
 
 
@@ -209,18 +210,6 @@ def build_schedule(args, model, train_set, device, rank, world):
         len(loader), args.warmup_iters, args.warmup_ratio, args.lr_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     return optimizer, scheduler, scaler, loader, sampler, generator
-
-
-def align_schedule(scheduler, iteration, world):
-    """Put a resumed run's lr schedule at `iteration` = next epoch x iterations per epoch: with
-    another number of processes the run has another number of iterations per epoch, and the
-    schedule's steps are in epochs."""
-    if scheduler.last_epoch != iteration:
-        print0(f"--resume: {world} process(es) make {iteration} iterations up to this epoch, the "
-               f"run had made {scheduler.last_epoch}: the lr schedule continues at {iteration}")
-        scheduler.last_epoch = iteration
-        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * scheduler.lr_lambdas[0](iteration)
 
 
 def wrap_model(model, args, alphas, device, local_rank, world):

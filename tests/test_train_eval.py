@@ -218,7 +218,7 @@ def test_a_frozen_image_encoder_trains_and_logs_the_schedule_lr(data, tmp_path):
 
 def test_resume_on_another_number_of_processes_keeps_the_schedule_in_epochs():
     from recipe import lr_factor
-    from train import align_schedule
+    from recipe import align_schedule
     def schedule(iters_per_epoch):  # lr steps x0.1 at epoch 2
         weight = torch.nn.Parameter(torch.zeros(1))
         optimizer = torch.optim.AdamW([{"params": [weight], "lr": 1e-3}], lr=1e-3)
